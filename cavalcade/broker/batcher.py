@@ -1,0 +1,118 @@
+"""The per-node write batcher: many publishes and acks, from all connections, per commit.
+
+While one transaction commits, new work piles up; the next transaction takes
+all of it (group commit). A publish's future resolves only after its commit,
+so a publisher confirm always means "committed".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from uuid import UUID
+
+from cavalcade.storage.repository import NewMessage, Repository
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_MESSAGES = 2000
+MAX_BATCH_BYTES = 16 * 1024 * 1024
+
+
+class WriteBatcher:
+    """Group commit for publishes and acks."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        node_id: UUID,
+        on_committed: Callable[[set[int]], None],
+    ) -> None:
+        self._repo = repo
+        self._node = str(node_id)
+        self._on_committed = on_committed
+        self._messages: list[NewMessage] = []
+        self._acks: list[int] = []
+        self._futures: list[asyncio.Future[None]] = []
+        self._bytes = 0
+        self._work = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.backlog_bytes = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="write-batcher")
+
+    async def stop(self) -> None:
+        await self.flush()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
+        """Queue rows for the next commit; the future resolves once they are committed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._messages.extend(messages)
+        size = sum(len(m.body) + len(m.properties) for m in messages)
+        self._bytes += size
+        self.backlog_bytes += size
+        self._futures.append(fut)
+        self._idle.clear()
+        self._work.set()
+        return fut
+
+    def ack(self, ids: Sequence[int]) -> None:
+        """Queue deletions of acked rows for the next commit."""
+        if ids:
+            self._acks.extend(ids)
+            self._idle.clear()
+            self._work.set()
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        if self._messages or self._acks or not self._idle.is_set():
+            fut = self.publish(())
+            await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            while self._messages or self._acks or self._futures:
+                await self._write_one()
+            self._idle.set()
+
+    def _take(self) -> tuple[list[NewMessage], list[int], list[asyncio.Future[None]], int]:
+        messages, acks, futures = self._messages, self._acks, self._futures
+        self._messages, self._acks, self._futures = [], [], []
+        size, self._bytes = self._bytes, 0
+        return messages, acks, futures, size
+
+    async def _write_one(self) -> None:
+        messages, acks, futures, size = self._take()
+        queues = {m.queue_id for m in messages}
+        payload = None
+        if queues:
+            payload = self._node + ":" + ",".join(str(q) for q in sorted(queues))
+        delay = 0.05
+        while True:
+            try:
+                await self._repo.write_batch(messages, acks, payload)
+                break
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the database may come back
+                log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        self.backlog_bytes -= size
+        for fut in futures:
+            if not fut.done():
+                fut.set_result(None)
+        if queues:
+            self._on_committed(queues)

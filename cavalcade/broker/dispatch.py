@@ -1,0 +1,137 @@
+"""Per-queue dispatchers: claim ready messages for local consumers and hand them over.
+
+One dispatcher per queue with local consumers. It wakes on a local commit, a
+NOTIFY from another node, freed prefetch credit, or the poll timer; then it
+claims, consumer by consumer in round-robin, at most each consumer's free
+credit with ``FOR UPDATE SKIP LOCKED``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+from uuid import UUID
+
+from cavalcade.storage.repository import ClaimedMessage, Repository
+
+log = logging.getLogger(__name__)
+
+CLAIM_CAP = 256
+
+
+class DeliveryTarget(Protocol):
+    """What a consumer looks like to the broker (implemented by the protocol layer)."""
+
+    tag: str
+    channel_key: int
+    no_ack: bool
+    priority: int
+
+    def credit(self) -> int:
+        """How many more deliveries it can take now (0: none)."""
+        ...
+
+    def deliver(self, messages: list[ClaimedMessage]) -> bool:
+        """Hand over claimed messages; False if the consumer is gone (caller requeues)."""
+        ...
+
+
+class QueueDispatcher:
+    """Claims and delivers the messages of one queue to this node's consumers."""
+
+    def __init__(
+        self, repo: Repository, node_id: UUID, queue_id: int, poll_interval: float
+    ) -> None:
+        self.queue_id = queue_id
+        self.consumers: list[DeliveryTarget] = []
+        self._repo = repo
+        self._node_id = node_id
+        self._poll = poll_interval
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._next = 0
+
+    def add(self, consumer: DeliveryTarget) -> None:
+        self.consumers.append(consumer)
+        self.consumers.sort(key=lambda c: -c.priority)
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._run(), name=f"dispatch-{self.queue_id}")
+        self.wake()
+
+    def remove(self, consumer: DeliveryTarget) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    async def _run(self) -> None:
+        while self.consumers:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self._poll)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                await self._drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the database may be away; the poll retries
+                log.exception("dispatch for queue %s failed", self.queue_id)
+                await asyncio.sleep(0.2)
+
+    def _eligible(self) -> list[DeliveryTarget]:
+        """Consumers with credit, at the highest priority that has any (x-priority)."""
+        ready = [c for c in self.consumers if c.credit() > 0]
+        if not ready:
+            return []
+        top = max(c.priority for c in ready)
+        return [c for c in ready if c.priority == top]
+
+    async def _drain(self) -> None:
+        """Claim and deliver until the queue is empty or nobody has credit."""
+        while True:
+            eligible = self._eligible()
+            if not eligible:
+                return
+            credit = {id(c): min(c.credit(), CLAIM_CAP) for c in eligible}
+            want = min(sum(credit.values()), CLAIM_CAP)
+            all_no_ack = all(c.no_ack for c in eligible)
+            rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
+            if not rows:
+                return
+            shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
+            order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
+            i = 0
+            for row in rows:
+                for _ in range(len(order)):
+                    c = order[i % len(order)]
+                    i += 1
+                    if len(shares[id(c)]) < credit[id(c)]:
+                        shares[id(c)].append(row)
+                        break
+            self._next += i
+            requeue: list[int] = []
+            consumed: list[int] = []
+            for c in eligible:
+                batch = shares[id(c)]
+                if not batch:
+                    continue
+                if c not in self.consumers or not c.deliver(batch):
+                    if not all_no_ack:
+                        requeue.extend(m.id for m in batch)
+                elif c.no_ack and not all_no_ack:
+                    consumed.extend(m.id for m in batch)
+            await self._repo.requeue(requeue)
+            await self._repo.delete_messages(consumed)
+            if len(rows) < want:
+                return

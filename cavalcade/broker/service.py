@@ -1,0 +1,559 @@
+"""The broker facade: every use-case the protocol layer may call, and nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import re
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from cavalcade.domain.arguments import (
+    EXCHANGE_EQUIVALENCE_KEYS,
+    QUEUE_EQUIVALENCE_KEYS,
+    assert_equivalent,
+    assert_flag,
+    check_exchange_type,
+    check_reserved,
+    json_safe,
+    server_generated_name,
+    validate_queue_arguments,
+)
+from cavalcade.domain.passwords import check_password
+from cavalcade.domain.properties import Properties
+from cavalcade.domain.routing import ExchangeInfo, route
+from cavalcade.errors import (
+    AccessRefused,
+    ConnectionAccessRefused,
+    NotAllowed,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
+from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
+
+from .batcher import WriteBatcher
+from .dispatch import DeliveryTarget, QueueDispatcher
+from .topology import VhostTopology
+
+log = logging.getLogger(__name__)
+
+_LOOPBACK_ONLY_USERS = frozenset({"guest"})
+
+
+@dataclass(slots=True)
+class Session:
+    """One client connection as the broker knows it."""
+
+    id: int
+    user: str
+    user_id: int
+    vhost: VhostTopology
+    permissions: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
+    exclusive_queues: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class DeclaredQueue:
+    name: str
+    message_count: int
+    consumer_count: int
+
+
+class Broker:
+    """Use-cases over the repository, the write batcher and the dispatchers of one node."""
+
+    def __init__(self, repo: Repository, node_id: uuid.UUID, poll_interval: float = 1.0) -> None:
+        self.repo = repo
+        self.node_id = node_id
+        self.poll_interval = poll_interval
+        self.batcher = WriteBatcher(repo, node_id, self.wake_queues)
+        self._vhosts: dict[str, VhostTopology] = {}
+        self._vhosts_by_id: dict[int, VhostTopology] = {}
+        self._dispatchers: dict[int, QueueDispatcher] = {}
+        self._next_id = 0
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def start(self) -> None:
+        self.batcher.start()
+
+    async def stop(self) -> None:
+        await self.batcher.stop()
+        for d in list(self._dispatchers.values()):
+            await d.stop()
+
+    def next_id(self) -> int:
+        """A node-local id for connections and channels."""
+        self._next_id += 1
+        return self._next_id
+
+    # -- wake-ups and invalidation (from commits and NOTIFY) ------------------
+
+    def wake_queues(self, queue_ids: Iterable[int]) -> None:
+        for qid in queue_ids:
+            d = self._dispatchers.get(qid)
+            if d is not None:
+                d.wake()
+
+    def wake_all(self) -> None:
+        for d in self._dispatchers.values():
+            d.wake()
+
+    def topology_changed(self, vhost_id: int | None = None) -> None:
+        """Mark cached topology stale (one vhost, or all)."""
+        targets = self._vhosts.values() if vhost_id is None else [self._vhosts_by_id.get(vhost_id)]
+        for vh in targets:
+            if vh is not None:
+                vh.stale = True
+
+    def queue_deleted_elsewhere(self, queue_id: int) -> None:
+        """Another node deleted a queue: cancel our consumers on it."""
+        self._cancel_local_consumers(queue_id)
+
+    async def _changed(self, vh: VhostTopology, queue_deleted: int | None = None) -> None:
+        vh.stale = True
+        payload = f"{self.node_id}:{vh.id}"
+        if queue_deleted is not None:
+            payload += f":{queue_deleted}"
+        await self.repo.notify_topology(payload)
+
+    # -- connections ---------------------------------------------------------
+
+    async def authenticate(self, username: str, password: str, peer: str | None) -> tuple[int, str]:
+        """Check credentials; RabbitMQ lets ``guest`` in from loopback only."""
+        row = await self.repo.find_user(username)
+        if row is None or not row["password_hash"] or not check_password(
+            password, row["password_hash"]
+        ):
+            raise ConnectionAccessRefused("login refused")
+        if username in _LOOPBACK_ONLY_USERS and not _is_loopback(peer):
+            raise ConnectionAccessRefused("guest may only log in from loopback")
+        return int(row["id"]), username
+
+    async def open_session(self, user_id: int, user: str, vhost_name: str) -> Session:
+        vhost_id = await self.repo.find_vhost(vhost_name)
+        if vhost_id is None:
+            raise NotAllowed(f"vhost {vhost_name} not found")
+        perm = await self.repo.find_permission(user_id, vhost_id)
+        if perm is None:
+            raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
+        vh = self._vhosts.get(vhost_name)
+        if vh is None or vh.id != vhost_id:
+            vh = VhostTopology(id=vhost_id, name=vhost_name)
+            self._vhosts[vhost_name] = vh
+            self._vhosts_by_id[vhost_id] = vh
+        patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
+        return Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
+
+    async def close_session(self, session: Session) -> None:
+        """The connection is gone: drop its exclusive queues."""
+        if not session.exclusive_queues:
+            return
+        await self.batcher.flush()
+        dropped = await self.repo.delete_exclusive_queues(self.node_id, session.id)
+        for _, qid, _ in dropped:
+            self._cancel_local_consumers(qid)
+        if dropped:
+            await self._changed(session.vhost)
+
+    def _permit(self, s: Session, which: int, kind: str, name: str) -> None:
+        if not s.permissions[which].fullmatch(name) and not s.permissions[which].match(name):
+            raise AccessRefused(
+                f"access to {kind} '{name}' in vhost '{s.vhost.name}' refused for user '{s.user}'"
+            )
+
+    # -- exchanges -----------------------------------------------------------
+
+    async def _exchange(self, s: Session, name: str) -> ExchangeInfo:
+        vh = await s.vhost.fresh(self.repo)
+        ex = vh.exchanges_by_name.get(name)
+        if ex is None:
+            vh.stale = True
+            vh = await vh.fresh(self.repo)
+            ex = vh.exchanges_by_name.get(name)
+        if ex is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{vh.name}'")
+        return ex
+
+    async def declare_exchange(
+        self,
+        s: Session,
+        name: str,
+        type_: str,
+        passive: bool,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        vhost = s.vhost.name
+        if passive:
+            if name == "":
+                return
+            await self._exchange(s, name)
+            return
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        check_exchange_type(type_)
+        args = json_safe(arguments or {})
+        existing = await self.repo.find_exchange(s.vhost.id, name)
+        if existing is None:
+            check_reserved("exchange", name)
+            self._permit(s, 0, "exchange", name)
+            await self.repo.insert_exchange(
+                s.vhost.id, name, type_, durable, auto_delete, internal, args
+            )
+            existing = await self.repo.find_exchange(s.vhost.id, name)
+            await self._changed(s.vhost)
+            assert existing is not None
+            if existing.type == type_ and existing.durable == durable:
+                return
+        assert_flag("exchange", name, vhost, "type", type_, existing.type)
+        assert_flag("exchange", name, vhost, "durable", durable, existing.durable)
+        assert_flag("exchange", name, vhost, "auto_delete", auto_delete, existing.auto_delete)
+        assert_flag("exchange", name, vhost, "internal", internal, existing.internal)
+        assert_equivalent(
+            "exchange", name, vhost, existing.arguments, args, EXCHANGE_EQUIVALENCE_KEYS
+        )
+
+    async def delete_exchange(self, s: Session, name: str, if_unused: bool) -> None:
+        if name == "":
+            raise AccessRefused("operation not permitted on the default exchange")
+        check_reserved("exchange", name)
+        ex = await self.repo.find_exchange(s.vhost.id, name)
+        if ex is None:
+            raise NotFound(f"no exchange '{name}' in vhost '{s.vhost.name}'")
+        self._permit(s, 0, "exchange", name)
+        if not await self.repo.delete_exchange(ex.id, if_unused):
+            raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
+        await self._changed(s.vhost)
+
+    async def bind_exchange(
+        self,
+        s: Session,
+        destination: str,
+        source: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+        unbind: bool = False,
+    ) -> None:
+        for n in (destination, source):
+            if n == "":
+                raise AccessRefused("operation not permitted on the default exchange")
+        dest = await self._exchange(s, destination)
+        src = await self._exchange(s, source)
+        self._permit(s, 1, "exchange", destination)
+        self._permit(s, 2, "exchange", source)
+        args = json_safe(arguments or {})
+        if unbind:
+            await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
+            await self._maybe_auto_delete_exchanges(s, [src])
+        else:
+            await self.repo.insert_binding(src.id, None, dest.id, routing_key, args)
+        await self._changed(s.vhost)
+
+    async def _maybe_auto_delete_exchanges(
+        self, s: Session, exchanges: Iterable[ExchangeInfo]
+    ) -> None:
+        for ex in exchanges:
+            if ex.auto_delete and not await self.repo.exchange_has_bindings(ex.id):
+                await self.repo.delete_exchange(ex.id, if_unused=True)
+
+    # -- queues --------------------------------------------------------------
+
+    def _check_exclusive(self, s: Session, q: QueueRow) -> None:
+        if q.exclusive_node is not None and (
+            q.exclusive_node != self.node_id or q.exclusive_connection != s.id
+        ):
+            raise ResourceLocked(
+                f"cannot obtain exclusive access to locked queue '{q.name}' in vhost "
+                f"'{s.vhost.name}'. It could be originally declared on another connection or "
+                "the exclusive property value does not match that of the original declaration."
+            )
+
+    async def _queue(self, s: Session, name: str, exclusive_check: bool = True) -> QueueRow:
+        q = await self.repo.find_queue(s.vhost.id, name)
+        if q is None:
+            raise NotFound(f"no queue '{name}' in vhost '{s.vhost.name}'")
+        if exclusive_check:
+            self._check_exclusive(s, q)
+        return q
+
+    async def declare_queue(
+        self,
+        s: Session,
+        name: str,
+        passive: bool,
+        durable: bool,
+        exclusive: bool,
+        auto_delete: bool,
+        arguments: dict[str, Any],
+    ) -> DeclaredQueue:
+        await self.batcher.flush()
+        vhost = s.vhost.name
+        if passive:
+            q = await self._queue(s, name)
+            await self.repo.touch_queue(q.id)
+            msgs, consumers = await self.repo.queue_counts(q.id)
+            return DeclaredQueue(name, msgs, consumers)
+        if name == "":
+            name = server_generated_name("amq.gen-")
+        args = json_safe(arguments or {})
+        validate_queue_arguments(args)
+        q = await self.repo.find_queue(s.vhost.id, name)
+        if q is None:
+            check_reserved("queue", name)
+            self._permit(s, 0, "queue", name)
+            await self.repo.insert_queue(
+                s.vhost.id,
+                name,
+                durable,
+                auto_delete,
+                self.node_id if exclusive else None,
+                s.id if exclusive else None,
+                args,
+            )
+            q = await self.repo.find_queue(s.vhost.id, name)
+            assert q is not None
+            if q.exclusive_node == self.node_id and q.exclusive_connection == s.id:
+                s.exclusive_queues.add(q.id)
+            await self._changed(s.vhost)
+        self._check_exclusive(s, q)
+        assert_flag("queue", name, vhost, "durable", durable, q.durable)
+        assert_flag("queue", name, vhost, "exclusive", exclusive, q.exclusive_node is not None)
+        assert_flag("queue", name, vhost, "auto_delete", auto_delete, q.auto_delete)
+        assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
+        await self.repo.touch_queue(q.id)
+        msgs, consumers = await self.repo.queue_counts(q.id)
+        return DeclaredQueue(name, msgs, consumers)
+
+    async def bind_queue(
+        self,
+        s: Session,
+        queue: str,
+        exchange: str,
+        routing_key: str,
+        arguments: dict[str, Any],
+        unbind: bool = False,
+    ) -> None:
+        if exchange == "":
+            raise AccessRefused(
+                f"operation not permitted on the default exchange"
+            )
+        q = await self._queue(s, queue)
+        ex = await self._exchange(s, exchange)
+        self._permit(s, 1, "queue", queue)
+        self._permit(s, 2, "exchange", exchange)
+        args = json_safe(arguments or {})
+        if unbind:
+            await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
+            await self._maybe_auto_delete_exchanges(s, [ex])
+        else:
+            await self.repo.insert_binding(ex.id, q.id, None, routing_key, args)
+        await self._changed(s.vhost)
+
+    async def purge_queue(self, s: Session, name: str) -> int:
+        await self.batcher.flush()
+        q = await self._queue(s, name)
+        self._permit(s, 2, "queue", name)
+        return await self.repo.purge_queue(q.id)
+
+    async def delete_queue(self, s: Session, name: str, if_unused: bool, if_empty: bool) -> int:
+        await self.batcher.flush()
+        q = await self.repo.find_queue(s.vhost.id, name)
+        if q is None:
+            return 0  # RabbitMQ: deleting a missing queue succeeds
+        self._check_exclusive(s, q)
+        self._permit(s, 0, "queue", name)
+        msgs, consumers = await self.repo.queue_counts(q.id)
+        if if_unused and consumers:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{s.vhost.name}' in use")
+        if if_empty and msgs:
+            raise PreconditionFailed(f"queue '{name}' in vhost '{s.vhost.name}' not empty")
+        await self._delete_queue(s.vhost, q)
+        s.exclusive_queues.discard(q.id)
+        return msgs
+
+    async def _delete_queue(self, vh: VhostTopology, q: QueueRow) -> None:
+        sources = [
+            e for e in (await vh.fresh(self.repo)).exchanges.values()
+            if e.auto_delete and any(b.queue_id == q.id for b in e.bindings)
+        ]
+        count = await self.repo.delete_queue(q.id)
+        del count
+        self._cancel_local_consumers(q.id)
+        await self._changed(vh, queue_deleted=q.id)
+        if sources:
+            await self._maybe_auto_delete_exchanges_vh(sources)
+
+    async def _maybe_auto_delete_exchanges_vh(self, exchanges: Iterable[ExchangeInfo]) -> None:
+        for ex in exchanges:
+            if not await self.repo.exchange_has_bindings(ex.id):
+                await self.repo.delete_exchange(ex.id, if_unused=True)
+
+    def _cancel_local_consumers(self, queue_id: int) -> None:
+        d = self._dispatchers.pop(queue_id, None)
+        if d is None:
+            return
+        for c in list(d.consumers):
+            cancel = getattr(c, "cancel_by_server", None)
+            if cancel is not None:
+                cancel()
+        d.consumers.clear()
+        asyncio.get_running_loop().create_task(d.stop())
+
+    # -- publish ---------------------------------------------------------------
+
+    async def route(
+        self, s: Session, exchange: str, routing_key: str, props: Properties
+    ) -> list[int]:
+        """Queue ids a publish reaches; 404 for a missing exchange, 403 for an internal one."""
+        vh = s.vhost if not s.vhost.stale else await s.vhost.fresh(self.repo)
+        if exchange == "":
+            q = vh.queues.get(routing_key)
+            if q is None:
+                # A queue declared on another node may not be in our copy yet.
+                vh.stale = True
+                vh = await vh.fresh(self.repo)
+                q = vh.queues.get(routing_key)
+            return [] if q is None else [q.id]
+        ex = vh.exchanges_by_name.get(exchange)
+        if ex is None:
+            ex = await self._exchange(s, exchange)
+        if ex.internal:
+            raise AccessRefused(
+                f"cannot publish to internal exchange '{exchange}' in vhost '{vh.name}'"
+            )
+        headers = props.headers() if ex.type == "headers" or _has_headers_exchange(vh) else None
+        return sorted(route(vh.exchanges, ex, routing_key, headers))
+
+    def queue_priority_cap(self, s: Session, queue_id: int) -> int:
+        q = s.vhost.queues_by_id.get(queue_id)
+        if q is None:
+            return 0
+        cap = q.arguments.get("x-max-priority")
+        return int(cap) if isinstance(cap, int) else 0
+
+    def publish(
+        self,
+        s: Session,
+        queue_ids: Sequence[int],
+        exchange: str,
+        routing_key: str,
+        props: Properties,
+        body: bytes,
+    ) -> asyncio.Future[None]:
+        """Hand routed rows to the write batcher; the future resolves after commit."""
+        rows = []
+        for qid in queue_ids:
+            cap = self.queue_priority_cap(s, qid)
+            prio = min(props.priority or 0, cap) if cap else 0
+            rows.append(
+                NewMessage(
+                    queue_id=qid,
+                    priority=prio,
+                    persistent=props.persistent,
+                    exchange=exchange,
+                    routing_key=routing_key,
+                    properties=props.raw,
+                    content_type=props.content_type,
+                    message_id=props.message_id,
+                    correlation_id=props.correlation_id,
+                    expiration=props.expiration,
+                    body=body,
+                )
+            )
+        return self.batcher.publish(rows)
+
+    def check_publish(self, s: Session, exchange: str) -> None:
+        self._permit(s, 1, "exchange", exchange)
+
+    # -- consume -------------------------------------------------------------
+
+    async def consume(
+        self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool
+    ) -> int:
+        """Register a consumer; returns the queue id."""
+        await self.batcher.flush()
+        q = await self._queue(s, queue)
+        self._permit(s, 2, "queue", queue)
+        refused = await self.repo.add_consumer(
+            q.id, self.node_id, target.channel_key, target.tag, exclusive, target.no_ack,
+            target.priority,
+        )
+        if refused:
+            raise AccessRefused(f"queue '{queue}' in vhost '{s.vhost.name}' in exclusive use")
+        d = self._dispatchers.get(q.id)
+        if d is None:
+            d = QueueDispatcher(self.repo, self.node_id, q.id, self.poll_interval)
+            self._dispatchers[q.id] = d
+        d.add(target)
+        return q.id
+
+    async def cancel(self, s: Session, queue_id: int, target: DeliveryTarget) -> None:
+        """Remove a consumer; an auto-delete queue goes with its last consumer."""
+        d = self._dispatchers.get(queue_id)
+        if d is not None:
+            d.remove(target)
+            if not d.consumers:
+                self._dispatchers.pop(queue_id, None)
+                await d.stop()
+        left = await self.repo.remove_consumer(queue_id, self.node_id, target.channel_key, target.tag)
+        if left == 0:
+            vh = await s.vhost.fresh(self.repo)
+            q = vh.queues_by_id.get(queue_id)
+            if q is None:
+                q = await self.repo.find_queue(vh.id, "") if False else None
+            if q is not None and q.auto_delete:
+                await self.batcher.flush()
+                await self._delete_queue(vh, q)
+                s.exclusive_queues.discard(q.id)
+
+    def wake(self, queue_id: int) -> None:
+        d = self._dispatchers.get(queue_id)
+        if d is not None:
+            d.wake()
+
+    async def get(self, s: Session, queue: str, no_ack: bool, channel_key: int) -> tuple[
+        ClaimedMessage, int
+    ] | None:
+        await self.batcher.flush()
+        q = await self._queue(s, queue)
+        self._permit(s, 2, "queue", queue)
+        rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
+        if not rows:
+            return None
+        remaining = await self.repo.ready_count(q.id)
+        return rows[0], remaining
+
+    def ack(self, ids: Sequence[int]) -> None:
+        self.batcher.ack(ids)
+
+    async def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
+        """Return (queue id, message id) pairs to their queues as redelivered."""
+        if not messages:
+            return
+        await self.batcher.flush()
+        await self.repo.requeue([m for _, m in messages])
+        self.wake_queues({q for q, _ in messages})
+
+    async def discard(self, ids: Sequence[int]) -> None:
+        """Rejected without requeue: the messages are dropped (dead-lettering comes later)."""
+        self.batcher.ack(ids)
+
+
+def _has_headers_exchange(vh: VhostTopology) -> bool:
+    return False
+
+
+def _is_loopback(peer: str | None) -> bool:
+    if not peer:
+        return True
+    try:
+        return ipaddress.ip_address(peer.split("%")[0]).is_loopback
+    except ValueError:
+        return peer in ("localhost",)

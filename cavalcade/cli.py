@@ -1,0 +1,509 @@
+"""The command line: ``cavalcade serve`` and ``cavalcade db upgrade|downgrade|current|...``.
+
+Every option is also a ``CAVALCADE_*`` environment variable (see :class:`Settings`); a
+flag on the command line wins over the environment. Errors an operator must act on are
+printed as one line on stderr with a non-zero exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pydantic import ValidationError
+
+from cavalcade.errors import SchemaNotReady
+from cavalcade.settings import Settings
+
+log = logging.getLogger("cavalcade.cli")
+
+PROG = "cavalcade"
+
+
+class CommandError(Exception):
+    """An error that ends the command with one stderr line and exit status 1."""
+
+
+class _Interrupted(BaseException):
+    """SIGTERM/SIGINT arrived while the node was still starting (outside the event loop)."""
+
+
+# --------------------------------------------------------------------------- arguments
+
+
+def _database_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="PostgreSQL URL (postgres://, postgresql://, postgresql+asyncpg://; several "
+        "hosts and libpq parameters allowed) [CAVALCADE_DATABASE_URL]; without one, an "
+        "embedded PostgreSQL runs in --data-dir",
+    )
+    parser.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        type=Path,
+        help="folder of the embedded PostgreSQL [CAVALCADE_DATA_DIR, ./cavalcade-data]",
+    )
+    parser.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR [CAVALCADE_LOG_LEVEL, INFO]",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="An AMQP 0-9-1 broker that keeps all of its state in PostgreSQL."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    serve = commands.add_parser("serve", help="run a broker node")
+    serve.add_argument("--host", help="address to listen on [CAVALCADE_HOST, 0.0.0.0]")
+    serve.add_argument("--port", type=int, help="AMQP port [CAVALCADE_PORT, 5672]")
+    _database_options(serve)
+    serve.add_argument(
+        "--node-name", help="label of this node [CAVALCADE_NODE_NAME, cavalcade@HOST:PORT]"
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="sibling node processes sharing the listening socket [CAVALCADE_WORKERS, 1]",
+    )
+    serve.add_argument(
+        "--notify",
+        choices=["listen", "poll"],
+        help="wake-ups by LISTEN/NOTIFY, or by polling only [CAVALCADE_NOTIFY, listen]",
+    )
+    serve.add_argument(
+        "--poll-interval",
+        type=float,
+        metavar="SECONDS",
+        help="fallback wake-up interval [CAVALCADE_POLL_INTERVAL, 1.0]",
+    )
+    serve.add_argument(
+        "--database-wait",
+        type=float,
+        metavar="SECONDS",
+        help="how long to retry an unreachable database at start [CAVALCADE_DATABASE_WAIT, 60]",
+    )
+    serve.set_defaults(handler=cmd_serve)
+
+    db = commands.add_parser("db", help="manage the database schema (Alembic)")
+    db_commands = db.add_subparsers(dest="db_command", metavar="ACTION", required=True)
+    upgrade = db_commands.add_parser("upgrade", help="migrate up (default: to head)")
+    upgrade.add_argument("revision", nargs="?", default="head")
+    _database_options(upgrade)
+    downgrade = db_commands.add_parser("downgrade", help="migrate down to REVISION")
+    downgrade.add_argument("revision")
+    _database_options(downgrade)
+    current = db_commands.add_parser("current", help="show the database's revision")
+    current.add_argument("-v", "--verbose", action="store_true")
+    _database_options(current)
+    history = db_commands.add_parser("history", help="list the migrations")
+    history.add_argument("-v", "--verbose", action="store_true")
+    _database_options(history)
+    check = db_commands.add_parser("check", help="fail if the models and the schema differ")
+    _database_options(check)
+    db.set_defaults(handler=cmd_db)
+    return parser
+
+
+_SETTING_FLAGS = (
+    "host",
+    "port",
+    "database_url",
+    "data_dir",
+    "node_name",
+    "workers",
+    "notify",
+    "poll_interval",
+    "database_wait",
+    "log_level",
+)
+
+
+def build_settings(args: argparse.Namespace) -> Settings:
+    """``Settings`` from the environment, overridden by the flags given on the command line."""
+    overrides: dict[str, Any] = {}
+    for name in _SETTING_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            overrides[name] = value
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise CommandError(f"invalid settings: {problems}") from exc
+    if settings.workers < 1:
+        raise CommandError("--workers must be at least 1")
+    if not 0 <= settings.port <= 65535:
+        raise CommandError(f"--port {settings.port} is not a TCP port")
+    return settings
+
+
+def _configure_logging(level_name: str) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise CommandError(f"unknown log level {level_name!r}")
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+    )
+    if level > logging.DEBUG:
+        # alembic's per-migration INFO lines are useful; SQLAlchemy's are noise
+        logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
+        logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+
+
+def _version() -> str:
+    from cavalcade import __version__
+
+    return __version__
+
+
+# --------------------------------------------------------------------------- database
+
+
+@contextlib.contextmanager
+def _database(settings: Settings, *, stop_when_done: bool) -> Iterator[str]:
+    """Yield an asyncpg DSN: ``--database-url`` normalised, or the embedded cluster's.
+
+    With ``stop_when_done`` the embedded cluster is stopped on the way out if this call
+    started it (a cluster a running ``serve`` started is left alone)."""
+    from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn
+
+    if settings.database_url:
+        try:
+            dsn = normalize_dsn(settings.database_url)
+        except InvalidDatabaseURL as exc:
+            raise CommandError(str(exc)) from exc
+        yield dsn
+        return
+    from cavalcade.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+    embedded = EmbeddedPostgres(settings.data_dir)
+    was_running = embedded.is_running()
+    try:
+        dsn = embedded.start()
+    except EmbeddedPostgresError as exc:
+        raise CommandError(str(exc)) from exc
+    try:
+        yield dsn
+    finally:
+        if stop_when_done and not was_running:
+            try:
+                embedded.stop()
+            except EmbeddedPostgresError as exc:
+                log.error("%s", exc)
+
+
+async def wait_for_database(dsn: str, wait: float, display: str) -> None:
+    """Connect until it works, retrying with backoff (logging each failure) for ``wait`` s."""
+    import asyncpg
+
+    fatal = (
+        asyncpg.InvalidPasswordError,
+        asyncpg.InvalidAuthorizationSpecificationError,
+        asyncpg.InvalidCatalogNameError,
+    )
+    deadline = time.monotonic() + max(wait, 0.0)
+    delay = 0.25
+    attempt = 0
+    while True:
+        attempt += 1
+        remaining = deadline - time.monotonic()
+        try:
+            connection = await asyncpg.connect(dsn, timeout=max(1.0, min(10.0, remaining)))
+        except fatal as exc:
+            raise CommandError(f"cannot use the database at {display}: {exc}") from exc
+        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
+            reason = str(exc) or type(exc).__name__
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise CommandError(
+                    f"cannot reach the database at {display} after {attempt} attempts "
+                    f"({wait:g}s, --database-wait): {reason}"
+                ) from exc
+            pause = min(delay, remaining)
+            log.warning(
+                "database at %s not reachable (attempt %d): %s; retrying in %.1fs",
+                display,
+                attempt,
+                reason,
+                pause,
+            )
+            await asyncio.sleep(pause)
+            delay = min(delay * 2, 5.0)
+            continue
+        await connection.close()
+        return
+
+
+# --------------------------------------------------------------------------- db
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from alembic.util.exc import AutogenerateDiffsDetected
+    from alembic.util.exc import CommandError as AlembicError
+
+    from cavalcade.storage import schema
+
+    settings = build_settings(args)
+    _configure_logging(settings.log_level)
+    with _database(settings, stop_when_done=True) as dsn:
+        try:
+            if args.db_command == "upgrade":
+                schema.upgrade(dsn, args.revision)
+            elif args.db_command == "downgrade":
+                schema.downgrade(dsn, args.revision)
+            elif args.db_command == "current":
+                schema.current(dsn, verbose=args.verbose)
+            elif args.db_command == "history":
+                schema.history(dsn, verbose=args.verbose)
+            elif args.db_command == "check":
+                schema.check(dsn)
+        except AutogenerateDiffsDetected as exc:
+            raise CommandError(f"the schema differs from the models: {exc}") from exc
+        except AlembicError as exc:
+            raise CommandError(str(exc)) from exc
+        except OSError as exc:
+            raise CommandError(f"cannot reach the database: {exc}") from exc
+    return 0
+
+
+# --------------------------------------------------------------------------- serve
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """Bind (not yet listen) the AMQP socket: SO_REUSEADDR, never SO_REUSEPORT."""
+    try:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CommandError(f"cannot resolve --host {host!r}: {exc}") from exc
+    family, kind, proto, _, address = infos[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6 and host in ("", "::"):
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise CommandError(
+                f"port {port} is already in use on {host or '*'}: stop what holds it or "
+                "choose another with --port"
+            ) from exc
+        if exc.errno == errno.EACCES:
+            raise CommandError(
+                f"no permission to listen on port {port}: choose another with --port"
+            ) from exc
+        raise CommandError(f"cannot listen on {host}:{port} (--host/--port): {exc}") from exc
+    sock.set_inheritable(True)
+    return sock
+
+
+@contextlib.contextmanager
+def _signals_interrupt() -> Iterator[None]:
+    """While the node starts (no event loop yet), turn SIGTERM/SIGINT into an exception so
+    the embedded cluster is still stopped on the way out."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise _Interrupted(signum)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop  # type: ignore[no-any-return]
+
+
+def _run_node_process(settings: Settings, dsn: str, sock: socket.socket) -> None:
+    """Run one node in this process until SIGTERM/SIGINT."""
+    from cavalcade import app
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        task = asyncio.current_task()
+        signals_seen = 0
+
+        def on_signal(signum: int) -> None:
+            nonlocal signals_seen
+            signals_seen += 1
+            if signals_seen == 1:
+                log.info("received %s: stopping", signal.Signals(signum).name)
+                stop.set()
+            elif task is not None:
+                log.warning("second %s: stopping now", signal.Signals(signum).name)
+                task.cancel()
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal, sig)
+        try:
+            await app.run_node(settings, dsn, sock, stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        try:
+            runner.run(main())
+        except asyncio.CancelledError:
+            pass
+
+
+def _fork_workers(count: int, settings: Settings, dsn: str, sock: socket.socket) -> list[int]:
+    """Fork ``count`` sibling nodes sharing ``sock``; each runs until SIGTERM/SIGINT."""
+    children: list[int] = []
+    for _ in range(count):
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                _run_node_process(settings, dsn, sock)
+            except BaseException:  # last resort in a forked child
+                log.exception("worker node failed")
+                code = 1
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        children.append(pid)
+    return children
+
+
+def _reap(children: list[int], timeout: float = 30.0) -> None:
+    for pid in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    pending = set(children)
+    while pending and time.monotonic() < deadline:
+        for pid in list(pending):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                pending.discard(pid)
+        if pending:
+            time.sleep(0.05)
+    for pid in pending:
+        log.warning("worker %d did not stop in %.0fs; killing it", pid, timeout)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    _configure_logging(settings.log_level)
+    from cavalcade.storage import schema
+    from cavalcade.storage.dsn import redact
+
+    sock = bind_socket(settings.host, settings.port)
+    embedded = None
+    try:
+        with _signals_interrupt():
+            if settings.database_url:
+                from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn
+
+                try:
+                    dsn = normalize_dsn(settings.database_url)
+                except InvalidDatabaseURL as exc:
+                    raise CommandError(str(exc)) from exc
+                display = redact(settings.database_url)
+                asyncio.run(wait_for_database(dsn, settings.database_wait, display))
+                try:
+                    asyncio.run(schema.check_schema(dsn))
+                except SchemaNotReady as exc:
+                    raise CommandError(str(exc)) from exc
+            else:
+                from cavalcade.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
+
+                embedded = EmbeddedPostgres(settings.data_dir)
+                try:
+                    dsn = embedded.start()
+                except EmbeddedPostgresError as exc:
+                    raise CommandError(str(exc)) from exc
+                schema.upgrade(dsn, "head")
+            try:
+                import cavalcade.app  # noqa: F401
+            except ImportError as exc:
+                raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
+            sock.listen(1024)
+        log.info(
+            "listening on %s:%d (%d worker%s)",
+            settings.host,
+            sock.getsockname()[1],
+            settings.workers,
+            "" if settings.workers == 1 else "s",
+        )
+        children = _fork_workers(settings.workers - 1, settings, dsn, sock)
+        try:
+            _run_node_process(settings, dsn, sock)
+        finally:
+            _reap(children)
+    except _Interrupted:
+        log.info("interrupted while starting")
+    finally:
+        sock.close()
+        if embedded is not None:
+            try:
+                embedded.stop()
+            except Exception as exc:  # report, then exit
+                log.error("could not stop the embedded PostgreSQL: %s", exc)
+    return 0
+
+
+# --------------------------------------------------------------------------- main
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"{PROG}: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    raise SystemExit(1)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of the ``cavalcade`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        code = args.handler(args)
+    except CommandError as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        code = 130
+    raise SystemExit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Pure domain logic: routing, names and arguments, message properties. No I/O."""

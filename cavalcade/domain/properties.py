@@ -1,0 +1,111 @@
+"""Basic content-header properties: read the few fields the broker acts on.
+
+The raw property bytes (flags + property list) are kept and sent back as
+received; this module only walks them to pull out ``delivery_mode``,
+``priority``, ``expiration`` and friends, and decodes the headers table on
+demand (for the headers exchange).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from pamqp import decode
+
+# Flag bits of class Basic, highest first, with the kind of each field.
+_FIELDS = (
+    (15, "content_type", "s"),
+    (14, "content_encoding", "s"),
+    (13, "headers", "t"),
+    (12, "delivery_mode", "o"),
+    (11, "priority", "o"),
+    (10, "correlation_id", "s"),
+    (9, "reply_to", "s"),
+    (8, "expiration", "s"),
+    (7, "message_id", "s"),
+    (6, "timestamp", "q"),
+    (5, "type", "s"),
+    (4, "user_id", "s"),
+    (3, "app_id", "s"),
+    (2, "cluster_id", "s"),
+)
+
+
+class MalformedProperties(ValueError):
+    """The property bytes do not parse."""
+
+
+@dataclass(slots=True)
+class Properties:
+    """The properties the broker looks at; everything else stays in ``raw``."""
+
+    raw: bytes
+    content_type: str | None = None
+    delivery_mode: int | None = None
+    priority: int | None = None
+    correlation_id: str | None = None
+    expiration: str | None = None
+    message_id: str | None = None
+    user_id: str | None = None
+    headers_raw: bytes | None = None
+    _headers: dict[str, Any] | None = None
+
+    @property
+    def persistent(self) -> bool:
+        return self.delivery_mode == 2
+
+    def headers(self) -> dict[str, Any]:
+        """The decoded headers table (empty when absent or undecodable)."""
+        if self._headers is None:
+            self._headers = {}
+            if self.headers_raw:
+                try:
+                    _, table = decode.field_table(self.headers_raw)
+                    self._headers = dict(table)
+                except Exception:  # noqa: BLE001 - undecodable tables route as empty
+                    self._headers = {}
+        return self._headers
+
+
+def parse_properties(raw: bytes) -> Properties:
+    """Walk the flags and property list of a Basic content header."""
+    props = Properties(raw=raw)
+    try:
+        (flags,) = struct.unpack_from(">H", raw, 0)
+        pos = 2
+        while flags & 1 and pos < len(raw):  # continuation words (unused by class Basic)
+            (more,) = struct.unpack_from(">H", raw, pos)
+            pos += 2
+            if not more & 1:
+                break
+        for bit, name, kind in _FIELDS:
+            if not flags & (1 << bit):
+                continue
+            if kind == "s":
+                size = raw[pos]
+                value = raw[pos + 1 : pos + 1 + size]
+                if len(value) != size:
+                    raise MalformedProperties("short string runs past the header")
+                pos += 1 + size
+                if name in ("content_type", "correlation_id", "expiration", "message_id", "user_id"):
+                    setattr(props, name, value.decode("utf-8", errors="replace"))
+            elif kind == "t":
+                (size,) = struct.unpack_from(">I", raw, pos)
+                if pos + 4 + size > len(raw):
+                    raise MalformedProperties("headers table runs past the header")
+                props.headers_raw = raw[pos : pos + 4 + size]
+                pos += 4 + size
+            elif kind == "o":
+                setattr(props, name, raw[pos])
+                pos += 1
+            else:
+                if pos + 8 > len(raw):
+                    raise MalformedProperties("timestamp runs past the header")
+                pos += 8
+    except (IndexError, struct.error) as exc:
+        raise MalformedProperties(str(exc)) from exc
+    if pos != len(raw):
+        raise MalformedProperties("trailing bytes after the property list")
+    return props

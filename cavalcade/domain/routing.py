@@ -1,0 +1,122 @@
+"""Exchange routing: which bindings a message matches (direct, fanout, topic, headers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+
+
+@dataclass(frozen=True, slots=True)
+class BindingInfo:
+    """One binding edge from an exchange to a queue (``queue_id``) or exchange."""
+
+    source_id: int
+    routing_key: str
+    arguments: dict[str, Any]
+    queue_id: int | None = None
+    exchange_id: int | None = None
+
+
+@dataclass(slots=True)
+class ExchangeInfo:
+    """An exchange as the router sees it."""
+
+    id: int
+    name: str
+    type: str
+    durable: bool = True
+    auto_delete: bool = False
+    internal: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+    bindings: list[BindingInfo] = field(default_factory=list)
+
+
+@lru_cache(maxsize=4096)
+def _topic_words(pattern: str) -> tuple[str, ...]:
+    return tuple(pattern.split("."))
+
+
+def topic_matches(pattern: str, routing_key: str) -> bool:
+    """AMQP topic match: ``*`` is exactly one word, ``#`` zero or more words."""
+    return _match(_topic_words(pattern), 0, _topic_words(routing_key), 0)
+
+
+def _match(pat: tuple[str, ...], i: int, key: tuple[str, ...], j: int) -> bool:
+    while i < len(pat):
+        word = pat[i]
+        if word == "#":
+            if i == len(pat) - 1:
+                return True
+            return any(_match(pat, i + 1, key, k) for k in range(j, len(key) + 1))
+        if j >= len(key):
+            return False
+        if word != "*" and word != key[j]:
+            return False
+        i += 1
+        j += 1
+    return j == len(key)
+
+
+def headers_match(binding_args: dict[str, Any], headers: dict[str, Any] | None) -> bool:
+    """The headers exchange: ``x-match`` all (default) or any; ``x-`` keys are not matched."""
+    headers = headers or {}
+    mode = binding_args.get("x-match", "all")
+    if isinstance(mode, bytes):
+        mode = mode.decode()
+    pairs = [(k, v) for k, v in binding_args.items() if not k.startswith("x-")]
+    if mode in ("any", "any-with-x"):
+        return any(_header_equal(k, v, headers) for k, v in pairs)
+    return all(_header_equal(k, v, headers) for k, v in pairs)
+
+
+def _header_equal(key: str, expected: Any, headers: dict[str, Any]) -> bool:
+    if key not in headers:
+        return False
+    if expected is None or expected == "":
+        # RabbitMQ: a void value in the binding matches on presence alone.
+        return expected is None or headers[key] == expected
+    actual = headers[key]
+    if isinstance(actual, bytes) and isinstance(expected, str):
+        actual = actual.decode(errors="replace")
+    return bool(actual == expected)
+
+
+def binding_matches(
+    exchange_type: str, binding: BindingInfo, routing_key: str, headers: dict[str, Any] | None
+) -> bool:
+    """Does ``binding`` on an exchange of ``exchange_type`` match this message?"""
+    if exchange_type == "fanout":
+        return True
+    if exchange_type == "topic":
+        return topic_matches(binding.routing_key, routing_key)
+    if exchange_type == "headers":
+        return headers_match(binding.arguments, headers)
+    return binding.routing_key == routing_key
+
+
+def route(
+    exchanges: dict[int, ExchangeInfo],
+    start: ExchangeInfo,
+    routing_key: str,
+    headers: dict[str, Any] | None,
+) -> set[int]:
+    """Queue ids reached from ``start``, following exchange-to-exchange bindings once each."""
+    queues: set[int] = set()
+    seen = {start.id}
+    pending = [start]
+    while pending:
+        ex = pending.pop()
+        for b in ex.bindings:
+            if not binding_matches(ex.type, b, routing_key, headers):
+                continue
+            if b.queue_id is not None:
+                queues.add(b.queue_id)
+            elif b.exchange_id is not None and b.exchange_id not in seen:
+                seen.add(b.exchange_id)
+                dest = exchanges.get(b.exchange_id)
+                if dest is not None:
+                    pending.append(dest)
+    return queues

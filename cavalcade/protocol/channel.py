@@ -1,0 +1,666 @@
+"""One AMQP channel: content assembly, the per-channel task, and its method handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from pamqp import commands
+from pamqp.base import Frame
+
+from cavalcade.broker.dispatch import CLAIM_CAP
+from cavalcade.domain.arguments import server_generated_name
+from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
+from cavalcade.errors import (
+    AMQPError,
+    CommandInvalid,
+    NotAllowed,
+    NotFound,
+    NotImplemented_,
+    PreconditionFailed,
+    SyntaxError_,
+    UnexpectedFrame,
+)
+from cavalcade.storage.repository import ClaimedMessage
+
+from .framing import (
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_METHOD,
+    RawFrame,
+    content_frames,
+    decode_method,
+    deliver_payload,
+    get_ok_payload,
+    parse_content_header,
+    return_payload,
+)
+
+if TYPE_CHECKING:
+    from .connection import AMQPConnection
+
+log = logging.getLogger(__name__)
+
+INBOX_HIGH = 512
+INBOX_LOW = 64
+
+Unacked = tuple[int, int, "Consumer | None"]  # message id, queue id, consumer
+
+
+class Consumer:
+    """A basic.consume on a channel; the broker's dispatcher sees it as a DeliveryTarget."""
+
+    __slots__ = ("channel", "tag", "queue_id", "no_ack", "exclusive", "priority", "unacked")
+
+    def __init__(
+        self, channel: Channel, tag: str, no_ack: bool, exclusive: bool, priority: int
+    ) -> None:
+        self.channel = channel
+        self.tag = tag
+        self.queue_id = 0
+        self.no_ack = no_ack
+        self.exclusive = exclusive
+        self.priority = priority
+        self.unacked = 0
+
+    @property
+    def channel_key(self) -> int:
+        return self.channel.key
+
+    def credit(self) -> int:
+        return self.channel.credit_for(self)
+
+    def deliver(self, messages: list[ClaimedMessage]) -> bool:
+        return self.channel.deliver(self, messages)
+
+    def cancel_by_server(self) -> None:
+        self.channel.cancel_by_server(self)
+
+
+class Channel:
+    """Frames in, in order, through one task; deliveries and confirms out."""
+
+    def __init__(self, conn: AMQPConnection, number: int) -> None:
+        self.conn = conn
+        self.broker = conn.broker
+        self.number = number
+        self.key = conn.broker.next_id()
+        self.state = "open"
+        self.consumers: dict[str, Consumer] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self.next_tag = 0
+        self.consumer_prefetch = 0
+        self.global_prefetch = 0
+        self.global_unacked = 0
+        self.confirm = False
+        self.publish_seq = 0
+        self._confirm_upto = 0
+        self._confirm_sent = 0
+        self._confirm_scheduled = False
+        self.tx = False
+        self._tx_publishes: list[tuple[list[int], Any, Properties, bytes]] = []
+        self._tx_acks: list[tuple[int, Unacked]] = []
+        self._tx_rejects: list[tuple[int, Unacked, bool]] = []
+        self.last_queue = ""
+        self._method: commands.Basic.Publish | None = None
+        self._props = b""
+        self._body_size = 0
+        self._body: list[bytes] = []
+        self._body_got = 0
+        self._inbox: asyncio.Queue[tuple[Frame, tuple[bytes, bytes] | None]] = asyncio.Queue()
+        self._reading_paused = False
+        self._handlers: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
+            commands.Channel.Close: self.on_channel_close,
+            commands.Channel.Flow: self.on_channel_flow,
+            commands.Exchange.Declare: self.on_exchange_declare,
+            commands.Exchange.Delete: self.on_exchange_delete,
+            commands.Exchange.Bind: self.on_exchange_bind,
+            commands.Exchange.Unbind: self.on_exchange_unbind,
+            commands.Queue.Declare: self.on_queue_declare,
+            commands.Queue.Bind: self.on_queue_bind,
+            commands.Queue.Unbind: self.on_queue_unbind,
+            commands.Queue.Purge: self.on_queue_purge,
+            commands.Queue.Delete: self.on_queue_delete,
+            commands.Basic.Qos: self.on_basic_qos,
+            commands.Basic.Consume: self.on_basic_consume,
+            commands.Basic.Cancel: self.on_basic_cancel,
+            commands.Basic.Publish: self.on_basic_publish,
+            commands.Basic.Get: self.on_basic_get,
+            commands.Basic.Ack: self.on_basic_ack,
+            commands.Basic.Reject: self.on_basic_reject,
+            commands.Basic.Nack: self.on_basic_nack,
+            commands.Basic.Recover: self.on_basic_recover,
+            commands.Basic.RecoverAsync: self.on_basic_recover,
+            commands.Confirm.Select: self.on_confirm_select,
+            commands.Tx.Select: self.on_tx_select,
+            commands.Tx.Commit: self.on_tx_commit,
+            commands.Tx.Rollback: self.on_tx_rollback,
+        }
+        self._task = asyncio.create_task(self._run(), name=f"channel-{number}")
+
+    # -- frames in (synchronous, from data_received) ---------------------------
+
+    def on_frame(self, f: RawFrame) -> None:
+        if self.state != "open":
+            self._on_frame_while_closing(f)
+            return
+        if f.type == FRAME_METHOD:
+            if self._method is not None:
+                raise UnexpectedFrame(
+                    "expected content header for class 60, got non content header frame instead"
+                )
+            method = decode_method(f.payload)
+            if isinstance(method, commands.Basic.Publish):
+                self._method = method
+                return
+            if isinstance(method, commands.Channel.CloseOk):
+                return
+            self._enqueue(method, None)
+        elif f.type == FRAME_HEADER:
+            if self._method is None:
+                raise UnexpectedFrame("expected method frame, got content header instead")
+            class_id, size, props = parse_content_header(f.payload)
+            if class_id != 60:
+                raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
+            limit = self.conn.settings.max_message_size
+            if size > limit:
+                self._method = None
+                self._fail_soon(
+                    PreconditionFailed(
+                        f"message size {size} is larger than configured max size {limit}",
+                        60,
+                        40,
+                    )
+                )
+                return
+            self._props, self._body_size, self._body, self._body_got = props, size, [], 0
+            if size == 0:
+                self._complete_publish()
+            else:
+                self._body_size = size
+        elif f.type == FRAME_BODY:
+            if self._method is None or self._body_size == 0:
+                raise UnexpectedFrame("expected method frame, got content body instead")
+            self._body.append(f.payload)
+            self._body_got += len(f.payload)
+            if self._body_got >= self._body_size:
+                if self._body_got > self._body_size:
+                    raise UnexpectedFrame("content body larger than announced in its header")
+                self._complete_publish()
+
+    def _on_frame_while_closing(self, f: RawFrame) -> None:
+        """After we sent Channel.Close, drop everything but Close / CloseOk."""
+        if f.type != FRAME_METHOD:
+            return
+        try:
+            method = decode_method(f.payload)
+        except Exception:  # noqa: BLE001
+            return
+        if isinstance(method, commands.Channel.CloseOk):
+            self.conn.forget_channel(self)
+        elif isinstance(method, commands.Channel.Close):
+            self.conn.send_method(self.number, commands.Channel.CloseOk())
+            self.conn.forget_channel(self)
+
+    def _complete_publish(self) -> None:
+        method = self._method
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        self._method, self._body, self._body_size, self._body_got = None, [], 0, 0
+        assert method is not None
+        self._enqueue(method, (self._props, body))
+
+    def _enqueue(self, method: Frame, content: tuple[bytes, bytes] | None) -> None:
+        self._inbox.put_nowait((method, content))
+        if not self._reading_paused and self._inbox.qsize() > INBOX_HIGH:
+            self._reading_paused = True
+            self.conn.pause_reading(self)
+
+    def _fail_soon(self, exc: AMQPError) -> None:
+        """A soft error found while framing: close the channel once earlier work is done."""
+        self._inbox.put_nowait((_Fail(exc), None))
+
+    # -- the channel task ------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            method, content = await self._inbox.get()
+            if self._reading_paused and self._inbox.qsize() < INBOX_LOW:
+                self._reading_paused = False
+                self.conn.resume_reading(self)
+            if self.state != "open":
+                continue
+            try:
+                if isinstance(method, _Fail):
+                    raise method.exc
+                handler = self._handlers.get(type(method))
+                if handler is None:
+                    raise CommandInvalid(
+                        f"unexpected method {type(method).__name__} on a channel",
+                        *_ids(method),
+                    )
+                await handler(method, content)
+                if self.state == "closed":
+                    return
+            except asyncio.CancelledError:
+                raise
+            except AMQPError as exc:
+                if not exc.class_id and not isinstance(method, _Fail):
+                    exc.class_id, exc.method_id = _ids(method)
+                self.conn.fail(exc, self)
+            except Exception as exc:  # noqa: BLE001 - never take the node down
+                log.exception("channel %s: %s failed", self.number, type(method).__name__)
+                self.conn.fail(exc, self)
+
+    def stop(self) -> None:
+        """End the channel task (unless it is the caller: then it returns by itself)."""
+        if self._task is not asyncio.current_task():
+            self._task.cancel()
+
+    # -- closing ----------------------------------------------------------------
+
+    async def teardown(self) -> None:
+        """Cancel consumers and requeue unacked deliveries (close, error, EOF, heartbeat)."""
+        self.state = "closed"
+        session = self.conn.session
+        consumers = list(self.consumers.values())
+        self.consumers.clear()
+        pending = [(q, m) for (m, q, _) in self.unacked.values()]
+        pending += [(e[1], e[0]) for _, e in self._tx_acks]
+        pending += [(e[1], e[0]) for _, e, _ in self._tx_rejects]
+        self.unacked.clear()
+        self._tx_acks.clear()
+        self._tx_rejects.clear()
+        self._tx_publishes.clear()
+        if session is not None:
+            for c in consumers:
+                try:
+                    await self.broker.cancel(session, c.queue_id, c)
+                except Exception:  # noqa: BLE001
+                    log.exception("cancel of %s on close failed", c.tag)
+        await self.broker.requeue(pending)
+
+    async def on_channel_close(self, m: commands.Channel.Close, _: None) -> None:
+        await self.teardown()
+        self.conn.forget_channel(self)
+        self.conn.send_method(self.number, commands.Channel.CloseOk())
+
+    async def on_channel_flow(self, m: commands.Channel.Flow, _: None) -> None:
+        self.conn.send_method(self.number, commands.Channel.FlowOk(active=m.active))
+
+    # -- exchanges --------------------------------------------------------------
+
+    async def on_exchange_declare(self, m: commands.Exchange.Declare, _: None) -> None:
+        await self.broker.declare_exchange(
+            self.conn.session, m.exchange, m.exchange_type, m.passive, m.durable,
+            m.auto_delete, m.internal, dict(m.arguments or {}),
+        )
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Exchange.DeclareOk())
+
+    async def on_exchange_delete(self, m: commands.Exchange.Delete, _: None) -> None:
+        await self.broker.delete_exchange(self.conn.session, m.exchange, m.if_unused)
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Exchange.DeleteOk())
+
+    async def on_exchange_bind(self, m: commands.Exchange.Bind, _: None) -> None:
+        await self.broker.bind_exchange(
+            self.conn.session, m.destination, m.source, m.routing_key, dict(m.arguments or {})
+        )
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Exchange.BindOk())
+
+    async def on_exchange_unbind(self, m: commands.Exchange.Unbind, _: None) -> None:
+        await self.broker.bind_exchange(
+            self.conn.session, m.destination, m.source, m.routing_key,
+            dict(m.arguments or {}), unbind=True,
+        )
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Exchange.UnbindOk())
+
+    # -- queues -----------------------------------------------------------------
+
+    def _queue_name(self, name: str) -> str:
+        if name:
+            return name
+        if not self.last_queue:
+            raise NotFound("no previously declared queue")
+        return self.last_queue
+
+    async def on_queue_declare(self, m: commands.Queue.Declare, _: None) -> None:
+        name = m.queue
+        if m.passive and not name:
+            name = self._queue_name(name)
+        result = await self.broker.declare_queue(
+            self.conn.session, name, m.passive, m.durable, m.exclusive, m.auto_delete,
+            dict(m.arguments or {}),
+        )
+        self.last_queue = result.name
+        if not m.nowait:
+            self.conn.send_method(
+                self.number,
+                commands.Queue.DeclareOk(
+                    queue=result.name,
+                    message_count=result.message_count,
+                    consumer_count=result.consumer_count,
+                ),
+            )
+
+    async def on_queue_bind(self, m: commands.Queue.Bind, _: None) -> None:
+        await self.broker.bind_queue(
+            self.conn.session, self._queue_name(m.queue), m.exchange, m.routing_key,
+            dict(m.arguments or {}),
+        )
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Queue.BindOk())
+
+    async def on_queue_unbind(self, m: commands.Queue.Unbind, _: None) -> None:
+        await self.broker.bind_queue(
+            self.conn.session, self._queue_name(m.queue), m.exchange, m.routing_key,
+            dict(m.arguments or {}), unbind=True,
+        )
+        self.conn.send_method(self.number, commands.Queue.UnbindOk())
+
+    async def on_queue_purge(self, m: commands.Queue.Purge, _: None) -> None:
+        count = await self.broker.purge_queue(self.conn.session, self._queue_name(m.queue))
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Queue.PurgeOk(message_count=count))
+
+    async def on_queue_delete(self, m: commands.Queue.Delete, _: None) -> None:
+        count = await self.broker.delete_queue(
+            self.conn.session, self._queue_name(m.queue), m.if_unused, m.if_empty
+        )
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Queue.DeleteOk(message_count=count))
+
+    # -- publish ----------------------------------------------------------------
+
+    async def on_basic_publish(
+        self, m: commands.Basic.Publish, content: tuple[bytes, bytes]
+    ) -> None:
+        if m.immediate:
+            raise NotImplemented_("immediate=true", 60, 40)
+        raw, body = content
+        try:
+            props = parse_properties(raw)
+        except MalformedProperties as exc:
+            raise SyntaxError_(f"malformed content header properties: {exc}", 60, 40) from exc
+        session = self.conn.session
+        self.broker.check_publish(session, m.exchange)
+        queue_ids = await self.broker.route(session, m.exchange, m.routing_key, props)
+        if not queue_ids and m.mandatory:
+            self.conn.write_frames(
+                content_frames(
+                    self.number,
+                    return_payload(312, "NO_ROUTE", m.exchange, m.routing_key),
+                    raw,
+                    body,
+                    self.conn.frame_max,
+                )
+            )
+        if self.tx:
+            self._tx_publishes.append((queue_ids, m, props, body))
+            return
+        if queue_ids:
+            fut = self.broker.publish(session, queue_ids, m.exchange, m.routing_key, props, body)
+        elif self.confirm and self._confirm_upto < self.publish_seq:
+            fut = self.broker.publish(session, (), m.exchange, m.routing_key, props, body)
+        else:
+            fut = None
+        if self.confirm:
+            self.publish_seq += 1
+            if fut is None:
+                self._on_committed(self.publish_seq, None)
+            else:
+                fut.add_done_callback(partial(self._on_committed, self.publish_seq))
+
+    def _on_committed(self, seq: int, _fut: object) -> None:
+        if self.state != "open":
+            return
+        if seq > self._confirm_upto:
+            self._confirm_upto = seq
+        if not self._confirm_scheduled:
+            self._confirm_scheduled = True
+            asyncio.get_running_loop().call_soon(self._send_confirms)
+
+    def _send_confirms(self) -> None:
+        self._confirm_scheduled = False
+        if self.state != "open" or self._confirm_upto <= self._confirm_sent:
+            return
+        multiple = self._confirm_upto - self._confirm_sent > 1
+        self._confirm_sent = self._confirm_upto
+        self.conn.send_method(
+            self.number, commands.Basic.Ack(delivery_tag=self._confirm_upto, multiple=multiple)
+        )
+
+    # -- consume ----------------------------------------------------------------
+
+    def credit_for(self, c: Consumer) -> int:
+        if self.state != "open" or self.conn.write_paused or c.tag not in self.consumers:
+            return 0
+        if c.no_ack:
+            return CLAIM_CAP
+        credit = CLAIM_CAP
+        if self.consumer_prefetch:
+            credit = min(credit, self.consumer_prefetch - c.unacked)
+        if self.global_prefetch:
+            credit = min(credit, self.global_prefetch - self.global_unacked)
+        return max(credit, 0)
+
+    def deliver(self, c: Consumer, messages: list[ClaimedMessage]) -> bool:
+        if self.state != "open" or self.consumers.get(c.tag) is not c or self.conn.closed:
+            return False
+        frames: list[bytes] = []
+        fmax = self.conn.frame_max
+        for msg in messages:
+            self.next_tag += 1
+            tag = self.next_tag
+            if not c.no_ack:
+                self.unacked[tag] = (msg.id, msg.queue_id, c)
+                c.unacked += 1
+                self.global_unacked += 1
+            frames += content_frames(
+                self.number,
+                deliver_payload(c.tag, tag, msg.redelivered, msg.exchange, msg.routing_key),
+                msg.properties,
+                msg.body,
+                fmax,
+            )
+        self.conn.write_frames(frames)
+        return True
+
+    def cancel_by_server(self, c: Consumer) -> None:
+        """The queue went away: tell the client (if it understands basic.cancel)."""
+        if self.consumers.get(c.tag) is c:
+            del self.consumers[c.tag]
+            if self.state == "open" and self.conn.cancel_notify:
+                self.conn.send_method(
+                    self.number, commands.Basic.Cancel(consumer_tag=c.tag, nowait=True)
+                )
+
+    async def on_basic_qos(self, m: commands.Basic.Qos, _: None) -> None:
+        if m.prefetch_size:
+            raise NotImplemented_(f"prefetch_size!=0 ({m.prefetch_size})", 60, 10)
+        if m.global_:
+            self.global_prefetch = m.prefetch_count
+        else:
+            self.consumer_prefetch = m.prefetch_count
+        self._wake_consumers()
+        self.conn.send_method(self.number, commands.Basic.QosOk())
+
+    def _wake_consumers(self) -> None:
+        for c in self.consumers.values():
+            self.broker.wake(c.queue_id)
+
+    async def on_basic_consume(self, m: commands.Basic.Consume, _: None) -> None:
+        tag = m.consumer_tag or server_generated_name("amq.ctag-")
+        if tag in self.consumers:
+            raise NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
+        queue = self._queue_name(m.queue)
+        args = dict(m.arguments or {})
+        priority = args.get("x-priority", 0)
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise PreconditionFailed(
+                f"invalid arg 'x-priority' for consumer '{tag}': must be an integer", 60, 20
+            )
+        c = Consumer(self, tag, m.no_ack, m.exclusive, priority)
+        self.consumers[tag] = c
+        try:
+            c.queue_id = await self.broker.consume(self.conn.session, queue, c, m.exclusive)
+        except BaseException:
+            self.consumers.pop(tag, None)
+            raise
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Basic.ConsumeOk(consumer_tag=tag))
+
+    async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
+        c = self.consumers.pop(m.consumer_tag, None)
+        if not m.nowait:
+            self.conn.send_method(
+                self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag)
+            )
+        if c is not None:
+            await self.broker.cancel(self.conn.session, c.queue_id, c)
+
+    async def on_basic_get(self, m: commands.Basic.Get, _: None) -> None:
+        result = await self.broker.get(
+            self.conn.session, self._queue_name(m.queue), m.no_ack, self.key
+        )
+        if result is None:
+            self.conn.send_method(self.number, commands.Basic.GetEmpty())
+            return
+        msg, remaining = result
+        self.next_tag += 1
+        tag = self.next_tag
+        if not m.no_ack:
+            self.unacked[tag] = (msg.id, msg.queue_id, None)
+        self.conn.write_frames(
+            content_frames(
+                self.number,
+                get_ok_payload(tag, msg.redelivered, msg.exchange, msg.routing_key, remaining),
+                msg.properties,
+                msg.body,
+                self.conn.frame_max,
+            )
+        )
+
+    # -- settling deliveries ----------------------------------------------------
+
+    def _take(self, tag: int, multiple: bool, method_id: int) -> list[tuple[int, Unacked]]:
+        if multiple:
+            if tag == 0:
+                taken = list(self.unacked.items())
+            else:
+                taken = [(t, e) for t, e in self.unacked.items() if t <= tag]
+                if not taken and tag not in self.unacked:
+                    raise PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+            for t, _ in taken:
+                del self.unacked[t]
+        else:
+            entry = self.unacked.pop(tag, None)
+            if entry is None:
+                raise PreconditionFailed(f"unknown delivery tag {tag}", 60, method_id)
+            taken = [(tag, entry)]
+        queues: set[int] = set()
+        for _, (_, qid, c) in taken:
+            if c is not None:
+                c.unacked -= 1
+                self.global_unacked -= 1
+                queues.add(qid)
+        for qid in queues:
+            self.broker.wake(qid)
+        return taken
+
+    async def on_basic_ack(self, m: commands.Basic.Ack, _: None) -> None:
+        taken = self._take(m.delivery_tag, m.multiple, 80)
+        if self.tx:
+            self._tx_acks.extend(taken)
+        else:
+            self.broker.ack([e[0] for _, e in taken])
+
+    async def on_basic_reject(self, m: commands.Basic.Reject, _: None) -> None:
+        await self._settle_negative(self._take(m.delivery_tag, False, 90), m.requeue)
+
+    async def on_basic_nack(self, m: commands.Basic.Nack, _: None) -> None:
+        await self._settle_negative(self._take(m.delivery_tag, m.multiple, 120), m.requeue)
+
+    async def _settle_negative(self, taken: list[tuple[int, Unacked]], requeue: bool) -> None:
+        if self.tx:
+            self._tx_rejects.extend((t, e, requeue) for t, e in taken)
+        elif requeue:
+            await self.broker.requeue([(e[1], e[0]) for _, e in taken])
+        else:
+            await self.broker.discard([e[0] for _, e in taken])
+
+    async def on_basic_recover(self, m: commands.Basic.Recover, _: None) -> None:
+        taken = self._take(0, True, 110)
+        await self.broker.requeue([(e[1], e[0]) for _, e in taken])
+        if isinstance(m, commands.Basic.Recover):
+            self.conn.send_method(self.number, commands.Basic.RecoverOk())
+
+    # -- confirms and transactions -----------------------------------------------
+
+    async def on_confirm_select(self, m: commands.Confirm.Select, _: None) -> None:
+        if self.tx:
+            raise PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
+        self.confirm = True
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Confirm.SelectOk())
+
+    async def on_tx_select(self, m: commands.Tx.Select, _: None) -> None:
+        if self.confirm:
+            raise PreconditionFailed("cannot switch from confirm to tx mode", 90, 10)
+        self.tx = True
+        self.conn.send_method(self.number, commands.Tx.SelectOk())
+
+    async def on_tx_commit(self, m: commands.Tx.Commit, _: None) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional", 90, 20)
+        publishes, acks, rejects = self._tx_publishes, self._tx_acks, self._tx_rejects
+        self._tx_publishes, self._tx_acks, self._tx_rejects = [], [], []
+        session = self.conn.session
+        futures = [
+            self.broker.publish(session, qids, pm.exchange, pm.routing_key, props, body)
+            for qids, pm, props, body in publishes
+            if qids
+        ]
+        self.broker.ack([e[0] for _, e in acks])
+        if futures:
+            await asyncio.gather(*futures)
+        await self.broker.batcher.flush()
+        requeue = [(e[1], e[0]) for _, e, r in rejects if r]
+        drop = [e[0] for _, e, r in rejects if not r]
+        await self.broker.requeue(requeue)
+        await self.broker.discard(drop)
+        self.conn.send_method(self.number, commands.Tx.CommitOk())
+
+    async def on_tx_rollback(self, m: commands.Tx.Rollback, _: None) -> None:
+        if not self.tx:
+            raise PreconditionFailed("channel is not transactional", 90, 30)
+        self._tx_publishes.clear()
+        for tag, entry in self._tx_acks + [(t, e) for t, e, _ in self._tx_rejects]:
+            self.unacked[tag] = entry
+            c = entry[2]
+            if c is not None:
+                c.unacked += 1
+                self.global_unacked += 1
+        self.unacked = dict(sorted(self.unacked.items()))
+        self._tx_acks.clear()
+        self._tx_rejects.clear()
+        self.conn.send_method(self.number, commands.Tx.RollbackOk())
+
+
+class _Fail:
+    """An inbox item that raises a framing-time error in order."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self, exc: AMQPError) -> None:
+        self.exc = exc
+
+
+def _ids(method: Any) -> tuple[int, int]:
+    index = getattr(method, "index", 0) or 0
+    return (index >> 16) & 0xFFFF, index & 0xFFFF

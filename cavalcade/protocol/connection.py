@@ -1,0 +1,446 @@
+"""One client connection: handshake, heartbeats, channel table, closing, flow control."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import platform
+import time
+from typing import Any
+
+from pamqp import commands
+from pamqp.base import Frame
+from pamqp.exceptions import PAMQPException
+
+from cavalcade import __version__
+from cavalcade.broker.service import Broker, Session
+from cavalcade.errors import (
+    AMQPError,
+    ChannelErrorHard,
+    CommandInvalid,
+    ConnectionAccessRefused,
+    ConnectionForced,
+    FrameError,
+    NotAllowed,
+    SyntaxError_,
+    UnexpectedFrame,
+)
+from cavalcade.settings import Settings
+
+from .channel import Channel
+from .closing import as_amqp_error, close_method
+from .framing import (
+    FRAME_BODY,
+    FRAME_HEADER,
+    FRAME_HEARTBEAT,
+    FRAME_METHOD,
+    PROTOCOL_HEADER,
+    FrameReader,
+    RawFrame,
+    decode_method,
+    encode_method,
+    heartbeat_frame,
+    method_ids,
+)
+from .sasl import MECHANISMS, parse_response
+
+log = logging.getLogger(__name__)
+
+CAPABILITIES = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "consumer_priorities": True,
+}
+
+WRITE_HIGH = 4 * 1024 * 1024
+WRITE_LOW = 1024 * 1024
+
+
+class AMQPConnection(asyncio.Protocol):
+    """The asyncio protocol of one client socket."""
+
+    def __init__(self, broker: Broker, settings: Settings, registry: set[AMQPConnection]) -> None:
+        self.broker = broker
+        self.settings = settings
+        self.registry = registry
+        self.transport: asyncio.Transport | None = None
+        self.peer: str | None = None
+        self.session: Session = None  # type: ignore[assignment]  # set by connection.open
+        self.frame_max = settings.frame_max
+        self.channel_max = settings.channel_max
+        self.heartbeat = 0
+        self.channels: dict[int, Channel] = {}
+        self.closed = False
+        self.write_paused = False
+        self.cancel_notify = False
+        self._reader = FrameReader(settings.frame_max)
+        self._header_seen = False
+        self._buf = b""
+        self._state = "start"  # start -> tune -> open -> opened -> closing
+        self._user: tuple[int, str] | None = None
+        self._paused_by: set[int] = set()
+        self._last_recv = time.monotonic()
+        self._last_sent = time.monotonic()
+        self._timers: list[asyncio.TimerHandle] = []
+        self._hb_task: asyncio.Task[None] | None = None
+        self._conn_inbox: asyncio.Queue[Frame] = asyncio.Queue()
+        self._conn_task: asyncio.Task[None] | None = None
+        self._cleanup_task: asyncio.Task[None] | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        peer = transport.get_extra_info("peername")
+        self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.registry.add(self)
+        loop = asyncio.get_running_loop()
+        self._timers.append(
+            loop.call_later(self.settings.handshake_timeout, self._handshake_timeout)
+        )
+        self._conn_task = loop.create_task(self._connection_methods())
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self._last_recv = time.monotonic()
+        if not self._header_seen:
+            self._buf += data
+            if len(self._buf) < 8:
+                if not PROTOCOL_HEADER.startswith(self._buf[: len(PROTOCOL_HEADER)]):
+                    self._reject_header()
+                return
+            if self._buf[:8] != PROTOCOL_HEADER:
+                self._reject_header()
+                return
+            self._header_seen = True
+            data, self._buf = self._buf[8:], b""
+            self._send_start()
+            if not data:
+                return
+        try:
+            for f in self._reader.feed(data):
+                if self.closed:
+                    return
+                self._on_frame(f)
+        except AMQPError as exc:
+            self.fail(exc, None)
+        except PAMQPException as exc:
+            self.fail(SyntaxError_(f"cannot decode method: {exc}"), None)
+        except Exception as exc:  # noqa: BLE001 - bad input never takes the node down
+            log.exception("error handling frames")
+            self.fail(exc, None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._shutdown()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for ch in self.channels.values():
+            for c in ch.consumers.values():
+                self.broker.wake(c.queue_id)
+
+    # -- inbound frames -------------------------------------------------------------
+
+    def _on_frame(self, f: RawFrame) -> None:
+        if self._state == "closing":
+            # Waiting for Connection.CloseOk: everything else is dropped.
+            if f.type == FRAME_METHOD and f.channel == 0:
+                m = decode_method(f.payload)
+                if isinstance(m, commands.Connection.CloseOk | commands.Connection.Close):
+                    if isinstance(m, commands.Connection.Close):
+                        self.send_method(0, commands.Connection.CloseOk())
+                    self._abort()
+            return
+        if f.type == FRAME_HEARTBEAT:
+            if f.channel != 0:
+                raise CommandInvalid("heartbeat on a non-zero channel")
+            return
+        if f.channel == 0:
+            if f.type != FRAME_METHOD:
+                raise UnexpectedFrame(f"content frame of type {f.type} on channel 0")
+            self._conn_inbox.put_nowait(self._decode(f))
+            return
+        if self._state != "opened":
+            raise ChannelErrorHard("channel frame before the connection is open")
+        ch = self.channels.get(f.channel)
+        if ch is None:
+            if f.type != FRAME_METHOD:
+                raise ChannelErrorHard(f"expected 'channel.open' on channel {f.channel}")
+            m = self._decode(f)
+            if not isinstance(m, commands.Channel.Open):
+                cls, meth = method_ids(f.payload)
+                raise ChannelErrorHard("expected 'channel.open'", cls, meth)
+            if f.channel > self.channel_max:
+                raise NotAllowed(
+                    f"channel number {f.channel} exceeds channel_max {self.channel_max}", 20, 10
+                )
+            self.channels[f.channel] = Channel(self, f.channel)
+            self.send_method(f.channel, commands.Channel.OpenOk())
+            return
+        if f.type == FRAME_METHOD and ch.state == "open":
+            if f.payload[:4] == b"\x00\x14\x00\x0a":  # channel.open again
+                raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
+        ch.on_frame(f)
+
+    def _decode(self, f: RawFrame) -> Frame:
+        try:
+            return decode_method(f.payload)
+        except PAMQPException as exc:
+            cls, meth = method_ids(f.payload)
+            raise CommandInvalid(f"unknown or malformed method {cls}/{meth}: {exc}", cls, meth) from exc
+
+    # -- channel 0 --------------------------------------------------------------------
+
+    def _send_start(self) -> None:
+        props: dict[str, Any] = {
+            "product": "Cavalcade",
+            "version": __version__,
+            "platform": f"Python {platform.python_version()}",
+            "cluster_name": self.settings.effective_node_name(),
+            "copyright": "Cavalcade contributors",
+            "information": "AMQP 0-9-1 on PostgreSQL",
+            "capabilities": CAPABILITIES,
+        }
+        self.send_method(
+            0,
+            commands.Connection.Start(
+                version_major=0,
+                version_minor=9,
+                server_properties=props,
+                mechanisms=MECHANISMS,
+                locales="en_US",
+            ),
+        )
+
+    async def _connection_methods(self) -> None:
+        while True:
+            m = await self._conn_inbox.get()
+            try:
+                await self._on_connection_method(m)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                err = as_amqp_error(exc)
+                if not isinstance(err, AMQPError) or not err.hard:
+                    err = CommandInvalid(str(exc))
+                self.fail(err, None)
+
+    async def _on_connection_method(self, m: Frame) -> None:
+        if isinstance(m, commands.Connection.StartOk) and self._state == "start":
+            await self._on_start_ok(m)
+        elif isinstance(m, commands.Connection.TuneOk) and self._state == "tune":
+            self._on_tune_ok(m)
+        elif isinstance(m, commands.Connection.Open) and self._state == "open":
+            await self._on_open(m)
+        elif isinstance(m, commands.Connection.Close):
+            self._state = "closing"
+            await self._teardown_channels()
+            self.send_method(0, commands.Connection.CloseOk())
+            self._abort()
+        elif isinstance(m, commands.Connection.CloseOk):
+            self._abort()
+        elif isinstance(m, commands.Connection.Blocked | commands.Connection.Unblocked):
+            return
+        else:
+            cls, meth = (m.index >> 16) & 0xFFFF, m.index & 0xFFFF
+            raise CommandInvalid(f"unexpected method {m.name} on channel 0", cls, meth)
+
+    async def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
+        caps = (m.client_properties or {}).get("capabilities") or {}
+        self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
+        creds = parse_response(m.mechanism, m.response)
+        if m.mechanism not in MECHANISMS.split():
+            raise ConnectionAccessRefused(
+                f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
+            )
+        refused = ConnectionAccessRefused(
+            f"Login was refused using authentication mechanism {m.mechanism}. "
+            "For details see the broker logfile.",
+            10,
+            11,
+        )
+        if creds is None:
+            raise refused
+        try:
+            self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
+        except ConnectionAccessRefused as exc:
+            log.info("login of %r from %s refused: %s", creds[0], self.peer, exc.text)
+            raise refused from exc
+        self._state = "tune"
+        self.send_method(
+            0,
+            commands.Connection.Tune(
+                channel_max=self.settings.channel_max,
+                frame_max=self.settings.frame_max,
+                heartbeat=self.settings.heartbeat,
+            ),
+        )
+
+    def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
+        if m.frame_max and m.frame_max < 4096:
+            raise NotAllowed(f"frame_max={m.frame_max} < 4096 min size", 10, 31)
+        if m.frame_max > self.settings.frame_max:
+            raise NotAllowed(
+                f"frame_max={m.frame_max} > {self.settings.frame_max} max size", 10, 31
+            )
+        self.frame_max = m.frame_max or self.settings.frame_max
+        self._reader.frame_max = self.frame_max
+        self.channel_max = m.channel_max or self.settings.channel_max
+        self.heartbeat = m.heartbeat
+        self._state = "open"
+
+    async def _on_open(self, m: commands.Connection.Open) -> None:
+        assert self._user is not None
+        try:
+            self.session = await self.broker.open_session(
+                self._user[0], self._user[1], m.virtual_host or "/"
+            )
+        except AMQPError as exc:
+            exc.class_id, exc.method_id = 10, 40
+            raise
+        self._state = "opened"
+        for t in self._timers:
+            t.cancel()
+        self._timers.clear()
+        self.send_method(0, commands.Connection.OpenOk())
+        if self.heartbeat:
+            self._hb_task = asyncio.get_running_loop().create_task(self._heartbeats())
+
+    async def _heartbeats(self) -> None:
+        interval = max(self.heartbeat / 2, 0.5)
+        while not self.closed:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            if now - self._last_recv > 2 * self.heartbeat:
+                log.info("missed heartbeats from %s; closing", self.peer)
+                self._abort()
+                return
+            if now - self._last_sent >= interval * 0.9 and self.transport is not None:
+                self.transport.write(heartbeat_frame())
+                self._last_sent = now
+
+    def _handshake_timeout(self) -> None:
+        if self._state != "opened":
+            self._abort()
+
+    def _reject_header(self) -> None:
+        """Not AMQP 0-9-1: answer with the header we speak, then close (as the spec says)."""
+        if self.transport is not None:
+            self.transport.write(PROTOCOL_HEADER)
+            self.transport.close()
+        self.closed = True
+
+    # -- outbound -----------------------------------------------------------------------
+
+    def send_method(self, channel: int, method: Frame) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.write(encode_method(channel, method))
+        self._last_sent = time.monotonic()
+
+    def write_frames(self, frames: list[bytes]) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        self.transport.writelines(frames)
+        self._last_sent = time.monotonic()
+
+    def pause_reading(self, ch: Channel) -> None:
+        if not self._paused_by and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused_by.add(ch.number)
+
+    def resume_reading(self, ch: Channel) -> None:
+        self._paused_by.discard(ch.number)
+        if not self._paused_by and self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    # -- errors and closing ---------------------------------------------------------------
+
+    def fail(self, exc: BaseException, ch: Channel | None) -> None:
+        """Close the channel (soft error) or the whole connection (hard error)."""
+        err = as_amqp_error(exc)
+        if self.closed:
+            return
+        if not err.hard and ch is not None:
+            if ch.state != "open":
+                return
+            ch.state = "closing"
+            self.send_method(ch.number, close_method(err))
+            asyncio.get_running_loop().create_task(self._teardown(ch))
+            return
+        if self._state == "closing":
+            return
+        self._state = "closing"
+        self.send_method(0, close_method(err))
+        loop = asyncio.get_running_loop()
+        loop.create_task(self._teardown_channels())
+        self._close_timer = loop.call_later(1.0, self._abort)
+
+    async def _teardown(self, ch: Channel) -> None:
+        try:
+            await ch.teardown()
+        except Exception:  # noqa: BLE001
+            log.exception("channel teardown failed")
+
+    async def _teardown_channels(self) -> None:
+        for ch in list(self.channels.values()):
+            if ch.state == "open" or ch.consumers or ch.unacked:
+                await self._teardown(ch)
+            ch.stop()
+
+    def forget_channel(self, ch: Channel) -> None:
+        if self.channels.get(ch.number) is ch:
+            del self.channels[ch.number]
+        ch.stop()
+
+    def close_forced(self, text: str = "broker shutdown") -> None:
+        """Graceful node shutdown: 320 CONNECTION_FORCED so clients fail over."""
+        if self._state == "opened":
+            self.fail(ConnectionForced(text), None)
+        else:
+            self._abort()
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        """Runs once when the socket is gone, however that happened."""
+        if self.closed and self._cleanup_task is not None:
+            return
+        self.closed = True
+        for t in self._timers:
+            t.cancel()
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        if self._hb_task is not None:
+            self._hb_task.cancel()
+        if self._conn_task is not None and self._conn_task is not asyncio.current_task():
+            self._conn_task.cancel()
+        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup())
+
+    async def _cleanup(self) -> None:
+        try:
+            for ch in list(self.channels.values()):
+                if ch.state == "open" or ch.consumers or ch.unacked:
+                    await self._teardown(ch)
+                ch.stop()
+            self.channels.clear()
+            if self.session is not None:
+                await self.broker.close_session(self.session)
+        except Exception:  # noqa: BLE001
+            log.exception("connection cleanup failed")
+        finally:
+            self.registry.discard(self)

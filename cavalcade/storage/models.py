@@ -1,0 +1,200 @@
+"""SQLAlchemy declarative models. The schema itself comes only from Alembic migrations."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a stable constraint naming convention."""
+
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Vhost(Base):
+    __tablename__ = "vhosts"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    created_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(255), unique=True)
+    password_hash: Mapped[str | None] = mapped_column(Text)
+    tags: Mapped[str] = mapped_column(Text, server_default="")
+
+
+class Permission(Base):
+    __tablename__ = "permissions"
+
+    user_id: Mapped[int] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    vhost_id: Mapped[int] = mapped_column(
+        ForeignKey("vhosts.id", ondelete="CASCADE"), primary_key=True
+    )
+    configure: Mapped[str] = mapped_column(Text, server_default=".*")
+    write: Mapped[str] = mapped_column(Text, server_default=".*")
+    read: Mapped[str] = mapped_column(Text, server_default=".*")
+
+
+class Node(Base):
+    __tablename__ = "nodes"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True)
+    name: Mapped[str] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    heartbeat_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Exchange(Base):
+    __tablename__ = "exchanges"
+    __table_args__ = (UniqueConstraint("vhost_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    type: Mapped[str] = mapped_column(String(255))
+    durable: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    auto_delete: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    internal: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+
+
+class Queue(Base):
+    __tablename__ = "queues"
+    __table_args__ = (UniqueConstraint("vhost_id", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(255))
+    durable: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    auto_delete: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    exclusive_node: Mapped[uuid.UUID | None] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), index=True
+    )
+    exclusive_connection: Mapped[int | None] = mapped_column(BigInteger)
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    had_consumer: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    last_used_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
+class Binding(Base):
+    __tablename__ = "bindings"
+    __table_args__ = (
+        Index(
+            "uq_bindings_edge",
+            "source_id",
+            text("coalesce(queue_id, 0)"),
+            text("coalesce(exchange_id, 0)"),
+            "routing_key",
+            "arguments",
+            unique=True,
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    source_id: Mapped[int] = mapped_column(ForeignKey("exchanges.id", ondelete="CASCADE"))
+    queue_id: Mapped[int | None] = mapped_column(
+        ForeignKey("queues.id", ondelete="CASCADE"), index=True
+    )
+    exchange_id: Mapped[int | None] = mapped_column(
+        ForeignKey("exchanges.id", ondelete="CASCADE"), index=True
+    )
+    routing_key: Mapped[str] = mapped_column(String(255), server_default="")
+    arguments: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+
+
+class Consumer(Base):
+    __tablename__ = "consumers"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id", ondelete="CASCADE"), index=True)
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), index=True
+    )
+    channel: Mapped[int] = mapped_column(BigInteger)
+    tag: Mapped[str] = mapped_column(String(255))
+    exclusive: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    no_ack: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class Message(Base):
+    """One row per (queue, message). ``owner_node`` NULL means ready, else unacked."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        Index(
+            "ix_messages_ready",
+            "queue_id",
+            text("priority DESC"),
+            "id",
+            postgresql_where=text("owner_node IS NULL"),
+        ),
+        Index("ix_messages_owner", "owner_node", "owner_channel"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id", ondelete="CASCADE"))
+    priority: Mapped[int] = mapped_column(SmallInteger, server_default="0")
+    owner_node: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    owner_channel: Mapped[int | None] = mapped_column(BigInteger)
+    redelivered: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    delivery_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    published_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    persistent: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    exchange: Mapped[str] = mapped_column(String(255), server_default="")
+    routing_key: Mapped[str] = mapped_column(String(255), server_default="")
+    properties: Mapped[bytes] = mapped_column(LargeBinary)
+    content_type: Mapped[str | None] = mapped_column(String(255))
+    message_id: Mapped[str | None] = mapped_column(String(255))
+    correlation_id: Mapped[str | None] = mapped_column(String(255))
+    expiration: Mapped[str | None] = mapped_column(String(255))
+    body: Mapped[bytes] = mapped_column(LargeBinary)

@@ -1,0 +1,545 @@
+"""Repository: every SQL statement the broker runs, on an asyncpg pool.
+
+Metadata operations are small statements; the hot path (publish batch, claim,
+ack) uses statements that asyncpg prepares once per connection and runs with
+arrays, so one round trip serves many messages.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+
+
+@dataclass(slots=True)
+class QueueRow:
+    """A queue as stored."""
+
+    id: int
+    name: str
+    durable: bool
+    auto_delete: bool
+    exclusive_node: uuid.UUID | None
+    exclusive_connection: int | None
+    arguments: dict[str, Any]
+
+
+@dataclass(slots=True)
+class ClaimedMessage:
+    """A message claimed for delivery (or fetched by basic.get)."""
+
+    id: int
+    queue_id: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    properties: bytes
+    body: bytes
+
+
+@dataclass(slots=True)
+class NewMessage:
+    """One row to insert: a routed publish into one queue."""
+
+    queue_id: int
+    priority: int
+    persistent: bool
+    exchange: str
+    routing_key: str
+    properties: bytes
+    content_type: str | None
+    message_id: str | None
+    correlation_id: str | None
+    expiration: str | None
+    body: bytes
+
+
+NOTIFY_CHANNEL = "cavalcade_wake"
+TOPOLOGY_CHANNEL = "cavalcade_topology"
+
+_INSERT = """
+INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
+                      content_type, message_id, correlation_id, expiration, body)
+SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
+                     $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+"""
+
+_CLAIM = """
+UPDATE messages m
+   SET owner_node = $2, owner_channel = $3, delivery_count = m.delivery_count + 1
+  FROM (SELECT id FROM messages
+         WHERE queue_id = $1 AND owner_node IS NULL
+         ORDER BY priority DESC, id
+         LIMIT $4
+         FOR UPDATE SKIP LOCKED) c
+ WHERE m.id = c.id
+RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
+"""
+
+_CLAIM_DELETE = """
+DELETE FROM messages m
+ USING (SELECT id FROM messages
+         WHERE queue_id = $1 AND owner_node IS NULL
+         ORDER BY priority DESC, id
+         LIMIT $2
+         FOR UPDATE SKIP LOCKED) c
+ WHERE m.id = c.id
+RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
+"""
+
+
+def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
+    out = [ClaimedMessage(*r) for r in rows]
+    out.sort(key=lambda m: m.id)
+    return out
+
+
+def _args(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        loaded: dict[str, Any] = json.loads(value)
+        return loaded
+    return dict(value or {})
+
+
+class Repository:
+    """All SQL of the broker. One instance per node, over one asyncpg pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    @classmethod
+    async def connect(cls, dsn: str, size: int = 8) -> Repository:
+        pool = await asyncpg.create_pool(
+            dsn, min_size=2, max_size=size, init=_init_connection, statement_cache_size=256
+        )
+        assert pool is not None
+        return cls(pool)
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    # -- nodes -------------------------------------------------------------
+
+    async def register_node(self, node_id: uuid.UUID, name: str) -> None:
+        await self.pool.execute("INSERT INTO nodes (id, name) VALUES ($1, $2)", node_id, name)
+
+    async def heartbeat_node(self, node_id: uuid.UUID) -> bool:
+        """Refresh this node's heartbeat; False if it was declared dead (row gone)."""
+        status = await self.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() WHERE id = $1", node_id
+        )
+        return bool(status != "UPDATE 0")
+
+    async def reap_dead_nodes(self, threshold_s: float) -> list[uuid.UUID]:
+        """Requeue what dead nodes held and delete them (their exclusive queues cascade)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            dead = await conn.fetch(
+                "SELECT id FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1)"
+                " FOR UPDATE SKIP LOCKED",
+                threshold_s,
+            )
+            ids = [r["id"] for r in dead]
+            if ids:
+                await conn.execute(
+                    "UPDATE messages SET owner_node = NULL, owner_channel = NULL,"
+                    " redelivered = true WHERE owner_node = ANY($1::uuid[])",
+                    ids,
+                )
+                await conn.execute("DELETE FROM nodes WHERE id = ANY($1::uuid[])", ids)
+            return ids
+
+    async def unregister_node(self, node_id: uuid.UUID) -> None:
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
+                " WHERE owner_node = $1",
+                node_id,
+            )
+            await conn.execute("DELETE FROM nodes WHERE id = $1", node_id)
+
+    # -- users and vhosts ----------------------------------------------------
+
+    async def find_user(self, name: str) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT id, name, password_hash, tags FROM users WHERE name = $1", name
+        )
+
+    async def find_vhost(self, name: str) -> int | None:
+        row = await self.pool.fetchval("SELECT id FROM vhosts WHERE name = $1", name)
+        return None if row is None else int(row)
+
+    async def find_permission(self, user_id: int, vhost_id: int) -> asyncpg.Record | None:
+        return await self.pool.fetchrow(
+            "SELECT configure, write, read FROM permissions WHERE user_id = $1 AND vhost_id = $2",
+            user_id,
+            vhost_id,
+        )
+
+    # -- topology ----------------------------------------------------------
+
+    async def load_topology(
+        self, vhost_id: int
+    ) -> tuple[dict[int, ExchangeInfo], dict[str, QueueRow]]:
+        """Every exchange (with its bindings) and queue of a vhost."""
+        async with self.pool.acquire() as conn:
+            ex_rows = await conn.fetch(
+                "SELECT id, name, type, durable, auto_delete, internal, arguments"
+                " FROM exchanges WHERE vhost_id = $1",
+                vhost_id,
+            )
+            b_rows = await conn.fetch(
+                "SELECT b.source_id, b.routing_key, b.arguments, b.queue_id, b.exchange_id"
+                " FROM bindings b JOIN exchanges e ON e.id = b.source_id WHERE e.vhost_id = $1",
+                vhost_id,
+            )
+            q_rows = await conn.fetch(
+                "SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,"
+                " arguments FROM queues WHERE vhost_id = $1",
+                vhost_id,
+            )
+        exchanges = {
+            r["id"]: ExchangeInfo(
+                id=r["id"],
+                name=r["name"],
+                type=r["type"],
+                durable=r["durable"],
+                auto_delete=r["auto_delete"],
+                internal=r["internal"],
+                arguments=_args(r["arguments"]),
+            )
+            for r in ex_rows
+        }
+        for r in b_rows:
+            ex = exchanges.get(r["source_id"])
+            if ex is not None:
+                ex.bindings.append(
+                    BindingInfo(
+                        source_id=r["source_id"],
+                        routing_key=r["routing_key"],
+                        arguments=_args(r["arguments"]),
+                        queue_id=r["queue_id"],
+                        exchange_id=r["exchange_id"],
+                    )
+                )
+        queues = {r["name"]: _queue_row(r) for r in q_rows}
+        return exchanges, queues
+
+    async def find_queue(self, vhost_id: int, name: str) -> QueueRow | None:
+        r = await self.pool.fetchrow(
+            "SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,"
+            " arguments FROM queues WHERE vhost_id = $1 AND name = $2",
+            vhost_id,
+            name,
+        )
+        return None if r is None else _queue_row(r)
+
+    async def find_exchange(self, vhost_id: int, name: str) -> ExchangeInfo | None:
+        r = await self.pool.fetchrow(
+            "SELECT id, name, type, durable, auto_delete, internal, arguments"
+            " FROM exchanges WHERE vhost_id = $1 AND name = $2",
+            vhost_id,
+            name,
+        )
+        if r is None:
+            return None
+        return ExchangeInfo(
+            id=r["id"],
+            name=r["name"],
+            type=r["type"],
+            durable=r["durable"],
+            auto_delete=r["auto_delete"],
+            internal=r["internal"],
+            arguments=_args(r["arguments"]),
+        )
+
+    async def insert_exchange(
+        self,
+        vhost_id: int,
+        name: str,
+        type_: str,
+        durable: bool,
+        auto_delete: bool,
+        internal: bool,
+        arguments: dict[str, Any],
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO exchanges (vhost_id, name, type, durable, auto_delete, internal,"
+            " arguments) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+            " ON CONFLICT (vhost_id, name) DO NOTHING",
+            vhost_id,
+            name,
+            type_,
+            durable,
+            auto_delete,
+            internal,
+            json.dumps(arguments),
+        )
+
+    async def delete_exchange(self, exchange_id: int, if_unused: bool) -> bool:
+        """Delete an exchange; False if ``if_unused`` and it is a binding source."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if if_unused:
+                used = await conn.fetchval(
+                    "SELECT EXISTS (SELECT 1 FROM bindings WHERE source_id = $1)", exchange_id
+                )
+                if used:
+                    return False
+            await conn.execute("DELETE FROM exchanges WHERE id = $1", exchange_id)
+            return True
+
+    async def exchange_has_bindings(self, exchange_id: int) -> bool:
+        return bool(
+            await self.pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM bindings WHERE source_id = $1)", exchange_id
+            )
+        )
+
+    async def insert_queue(
+        self,
+        vhost_id: int,
+        name: str,
+        durable: bool,
+        auto_delete: bool,
+        exclusive_node: uuid.UUID | None,
+        exclusive_connection: int | None,
+        arguments: dict[str, Any],
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO queues (vhost_id, name, durable, auto_delete, exclusive_node,"
+            " exclusive_connection, arguments) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
+            " ON CONFLICT (vhost_id, name) DO NOTHING",
+            vhost_id,
+            name,
+            durable,
+            auto_delete,
+            exclusive_node,
+            exclusive_connection,
+            json.dumps(arguments),
+        )
+
+    async def touch_queue(self, queue_id: int) -> None:
+        await self.pool.execute("UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id)
+
+    async def queue_counts(self, queue_id: int) -> tuple[int, int]:
+        """(ready messages, consumers) of a queue, cluster-wide."""
+        row = await self.pool.fetchrow(
+            "SELECT (SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL),"
+            " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
+            queue_id,
+        )
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def delete_queue(self, queue_id: int) -> int:
+        """Delete a queue with its messages; returns how many ready messages it held."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            count = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL",
+                queue_id,
+            )
+            await conn.execute("DELETE FROM messages WHERE queue_id = $1", queue_id)
+            await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
+            return int(count or 0)
+
+    async def delete_exclusive_queues(
+        self, node_id: uuid.UUID, connection_id: int
+    ) -> list[tuple[int, int, str]]:
+        """Drop a connection's exclusive queues; returns (vhost id, queue id, name)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT vhost_id, id, name FROM queues WHERE exclusive_node = $1"
+                " AND exclusive_connection = $2",
+                node_id,
+                connection_id,
+            )
+            ids = [r["id"] for r in rows]
+            if ids:
+                await conn.execute("DELETE FROM messages WHERE queue_id = ANY($1::bigint[])", ids)
+                await conn.execute("DELETE FROM queues WHERE id = ANY($1::bigint[])", ids)
+            return [(r["vhost_id"], r["id"], r["name"]) for r in rows]
+
+    async def purge_queue(self, queue_id: int) -> int:
+        status = await self.pool.execute(
+            "DELETE FROM messages WHERE queue_id = $1 AND owner_node IS NULL", queue_id
+        )
+        return int(status.split()[-1])
+
+    async def insert_binding(
+        self,
+        source_id: int,
+        queue_id: int | None,
+        exchange_id: int | None,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        await self.pool.execute(
+            "INSERT INTO bindings (source_id, queue_id, exchange_id, routing_key, arguments)"
+            " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
+            source_id,
+            queue_id,
+            exchange_id,
+            routing_key,
+            json.dumps(arguments),
+        )
+
+    async def delete_binding(
+        self,
+        source_id: int,
+        queue_id: int | None,
+        exchange_id: int | None,
+        routing_key: str,
+        arguments: dict[str, Any],
+    ) -> None:
+        await self.pool.execute(
+            "DELETE FROM bindings WHERE source_id = $1 AND queue_id IS NOT DISTINCT FROM $2"
+            " AND exchange_id IS NOT DISTINCT FROM $3 AND routing_key = $4"
+            " AND arguments = $5::jsonb",
+            source_id,
+            queue_id,
+            exchange_id,
+            routing_key,
+            json.dumps(arguments),
+        )
+
+    async def notify_topology(self, payload: str) -> None:
+        await self.pool.execute("SELECT pg_notify($1, $2)", TOPOLOGY_CHANNEL, payload)
+
+    # -- consumers ---------------------------------------------------------
+
+    async def add_consumer(
+        self,
+        queue_id: int,
+        node_id: uuid.UUID,
+        channel: int,
+        tag: str,
+        exclusive: bool,
+        no_ack: bool,
+        priority: int,
+    ) -> str | None:
+        """Register a consumer; returns 'exclusive' if the queue refuses it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", queue_id)
+            existing = await conn.fetch(
+                "SELECT exclusive FROM consumers WHERE queue_id = $1", queue_id
+            )
+            if any(r["exclusive"] for r in existing) or (exclusive and existing):
+                return "exclusive"
+            await conn.execute(
+                "INSERT INTO consumers (queue_id, node_id, channel, tag, exclusive, no_ack,"
+                " priority) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                queue_id,
+                node_id,
+                channel,
+                tag,
+                exclusive,
+                no_ack,
+                priority,
+            )
+            await conn.execute(
+                "UPDATE queues SET had_consumer = true, last_used_at = now() WHERE id = $1",
+                queue_id,
+            )
+            return None
+
+    async def remove_consumer(self, queue_id: int, node_id: uuid.UUID, channel: int, tag: str) -> int:
+        """Remove a consumer; returns how many consumers the queue still has."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "DELETE FROM consumers WHERE queue_id = $1 AND node_id = $2 AND channel = $3"
+                " AND tag = $4",
+                queue_id,
+                node_id,
+                channel,
+                tag,
+            )
+            left = await conn.fetchval(
+                "SELECT count(*) FROM consumers WHERE queue_id = $1", queue_id
+            )
+            return int(left or 0)
+
+    # -- the hot path --------------------------------------------------------
+
+    async def write_batch(
+        self, messages: Sequence[NewMessage], acks: Sequence[int], wake_payload: str | None
+    ) -> None:
+        """One transaction: insert publishes, delete acked rows, wake other nodes."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            if messages:
+                cols: list[list[Any]] = [[] for _ in range(11)]
+                for m in messages:
+                    cols[0].append(m.queue_id)
+                    cols[1].append(m.priority)
+                    cols[2].append(m.persistent)
+                    cols[3].append(m.exchange)
+                    cols[4].append(m.routing_key)
+                    cols[5].append(m.properties)
+                    cols[6].append(m.content_type)
+                    cols[7].append(m.message_id)
+                    cols[8].append(m.correlation_id)
+                    cols[9].append(m.expiration)
+                    cols[10].append(m.body)
+                await conn.execute(_INSERT, *cols)
+            if acks:
+                await conn.execute("DELETE FROM messages WHERE id = ANY($1::bigint[])", list(acks))
+            if wake_payload:
+                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, wake_payload)
+
+    async def claim(
+        self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
+    ) -> list[ClaimedMessage]:
+        """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them."""
+        if no_ack:
+            rows = await self.pool.fetch(_CLAIM_DELETE, queue_id, limit)
+        else:
+            rows = await self.pool.fetch(_CLAIM, queue_id, node_id, channel, limit)
+        return _claimed(rows)
+
+    async def ready_count(self, queue_id: int) -> int:
+        value = await self.pool.fetchval(
+            "SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL", queue_id
+        )
+        return int(value or 0)
+
+    async def requeue(self, ids: Sequence[int]) -> None:
+        """Return claimed rows to ready, flagged redelivered (they keep their id, so their place)."""
+        if ids:
+            await self.pool.execute(
+                "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
+                " WHERE id = ANY($1::bigint[])",
+                list(ids),
+            )
+
+    async def requeue_channel(self, node_id: uuid.UUID, channel: int) -> None:
+        await self.pool.execute(
+            "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
+            " WHERE owner_node = $1 AND owner_channel = $2",
+            node_id,
+            channel,
+        )
+
+    async def delete_messages(self, ids: Sequence[int]) -> None:
+        if ids:
+            await self.pool.execute("DELETE FROM messages WHERE id = ANY($1::bigint[])", list(ids))
+
+
+def _queue_row(r: asyncpg.Record) -> QueueRow:
+    return QueueRow(
+        id=r["id"],
+        name=r["name"],
+        durable=r["durable"],
+        auto_delete=r["auto_delete"],
+        exclusive_node=r["exclusive_node"],
+        exclusive_connection=r["exclusive_connection"],
+        arguments=_args(r["arguments"]),
+    )
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET synchronous_commit = on")
