@@ -29,8 +29,9 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
     server = AMQPServer(broker, settings)
     await server.start(sock)
     loops = [asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop))]
-    log.info("node %s (%s) listening on %s", settings.effective_node_name(), node_id,
-             sock.getsockname())
+    log.info(
+        "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
+    )
     try:
         await stop.wait()
     finally:
@@ -54,7 +55,11 @@ async def _listen(dsn: str, broker: Broker, node_id: uuid.UUID) -> asyncpg.Conne
 
     def on_wake(_c: object, _pid: int, _channel: str, payload: str) -> None:
         node, _, ids = payload.partition(":")
-        if node != me and ids:
+        if node == me or not ids:
+            return
+        if ids == "*":
+            broker.wake_all()
+        else:
             broker.wake_queues(int(i) for i in ids.split(","))
 
     def on_topology(_c: object, _pid: int, _channel: str, payload: str) -> None:

@@ -1,10 +1,298 @@
-# SCRATCH - delete before handing back
-import os, pytest
+"""Fixtures shared by every test: a real PostgreSQL, migrated databases, real broker nodes.
+
+* ``pg_dsn`` (session): ``CAVALCADE_TEST_DATABASE_URL`` if set, else an embedded PostgreSQL
+  in a temporary folder, stopped at the end of the session. A DSN of a database on which
+  the tests may ``CREATE DATABASE``.
+* ``template_database`` (session): name of a database migrated to head once per session.
+* ``database_url`` (function): a fresh database copied from the template, dropped after.
+* ``empty_database_url`` (function): a fresh database with no schema at all, dropped after.
+* ``cavalcade_url`` (session): ``amqp://guest:guest@127.0.0.1:PORT/`` of a real
+  ``cavalcade serve`` subprocess on its own database (or ``CAVALCADE_TEST_AMQP_URL``).
+* ``start_broker`` (function): ``start_broker(database_url, **opts) -> BrokerProcess``
+  starts another node (``opts`` become flags: ``workers=2`` -> ``--workers 2``).
+* ``rabbitmq_url`` (session): the local RabbitMQ for comparisons, or the test is skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import pytest
+
+from cavalcade.storage import schema
+from cavalcade.storage.dsn import normalize_dsn, with_database
+from cavalcade.storage.embedded import EmbeddedPostgres
+
+T = TypeVar("T")
+
+BROKER_START_TIMEOUT = 60.0
+
+
+def run_sync(factory: Callable[[], Coroutine[Any, Any, T]] | Callable[[], T]) -> T:
+    """Run ``factory()`` (a coroutine function or a plain function that may call
+    ``asyncio.run``) in a worker thread, so it never meets the test's event loop."""
+
+    def call() -> T:
+        result = factory()
+        if asyncio.iscoroutine(result):
+            return asyncio.run(result)  # type: ignore[no-any-return]
+        return result  # type: ignore[return-value]
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(call).result()
+
+
+async def _execute(dsn: str, *statements: str) -> None:
+    connection = await asyncpg.connect(normalize_dsn(dsn))
+    try:
+        for statement in statements:
+            await connection.execute(statement)
+    finally:
+        await connection.close()
+
+
+def admin_execute(dsn: str, *statements: str) -> None:
+    """Run SQL statements (such as CREATE DATABASE) outside any transaction."""
+    run_sync(lambda: _execute(dsn, *statements))
+
+
+def _unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+def _drop(pg_dsn: str, name: str) -> None:
+    admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
 @pytest.fixture(scope="session")
-def rabbitmq_url():
-    return "amqp://guest:guest@127.0.0.1:5672/%2F"
+def pg_dsn() -> Iterator[str]:
+    """A PostgreSQL the tests own: CAVALCADE_TEST_DATABASE_URL, or an embedded one."""
+    url = os.environ.get("CAVALCADE_TEST_DATABASE_URL")
+    if url:
+        yield normalize_dsn(url)
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="cavalcade-test-pg-"))
+    data_dir.chmod(0o755)  # our own fresh folder: let the server's user traverse it
+    embedded = EmbeddedPostgres(data_dir)
+    try:
+        yield embedded.start()
+    finally:
+        embedded.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def cavalcade_url():
-    if os.environ.get("CAV_AS_RABBIT"):
-        return "amqp://guest:guest@127.0.0.1:5672/%2F"
-    pytest.skip("cavalcade not running")
+def template_database(pg_dsn: str) -> Iterator[str]:
+    """The name of a database migrated to head once per session (use it as a TEMPLATE)."""
+    name = _unique("cavalcade_tmpl")
+    admin_execute(pg_dsn, f'CREATE DATABASE "{name}"')
+    try:
+        run_sync(lambda: schema.upgrade(with_database(pg_dsn, name), "head"))
+        yield name
+    finally:
+        _drop(pg_dsn, name)
+
+
+@contextlib.contextmanager
+def _fresh_database(pg_dsn: str, template: str | None) -> Iterator[str]:
+    name = _unique("cavalcade_test")
+    clause = f' TEMPLATE "{template}"' if template else ""
+    admin_execute(pg_dsn, f'CREATE DATABASE "{name}"{clause}')
+    try:
+        yield with_database(pg_dsn, name)
+    finally:
+        _drop(pg_dsn, name)
+
+
+@pytest.fixture
+def database_url(pg_dsn: str, template_database: str) -> Iterator[str]:
+    """A database of its own for this test, at the head revision (with guest, vhost /)."""
+    with _fresh_database(pg_dsn, template_database) as url:
+        yield url
+
+
+@pytest.fixture
+def empty_database_url(pg_dsn: str) -> Iterator[str]:
+    """A database of its own for this test, with no Cavalcade schema at all."""
+    with _fresh_database(pg_dsn, None) as url:
+        yield url
+
+
+# --------------------------------------------------------------------------- broker nodes
+
+
+def broker_command(*args: str) -> list[str]:
+    """The ``cavalcade`` command of the interpreter running the tests."""
+    return [sys.executable, "-m", "cavalcade.cli", *args]
+
+
+@dataclass
+class BrokerProcess:
+    """A ``cavalcade serve`` subprocess."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    stderr_path: Path
+    url: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
+
+    def stderr(self) -> str:
+        try:
+            return self.stderr_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def wait_ready(self, timeout: float = BROKER_START_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(
+                    f"cavalcade serve exited with {self.process.returncode} before "
+                    f"listening:\n{self.stderr()}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        pytest.fail(
+            f"cavalcade serve did not listen on {self.port} in {timeout}s:\n{self.stderr()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait (SIGKILL after ``timeout``); return the exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def spawn_broker(database_url: str | None, port: int, tmp: Path, **opts: Any) -> BrokerProcess:
+    """Start ``cavalcade serve`` without waiting for it (see BrokerProcess.wait_ready)."""
+    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
+    if database_url is not None:
+        args += ["--database-url", database_url]
+    for key, value in opts.items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            args.append(flag)
+        elif value is not None and value is not False:
+            args += [flag, str(value)]
+    stderr_path = tmp / f"cavalcade-{port}-{uuid.uuid4().hex[:6]}.stderr"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
+    with stderr_path.open("wb") as stderr:
+        process = subprocess.Popen(
+            broker_command(*args),
+            stdin=subprocess.DEVNULL,
+            stdout=stderr,
+            stderr=stderr,
+            env=env,
+        )
+    return BrokerProcess(process=process, port=port, stderr_path=stderr_path)
+
+
+def _report(broker: BrokerProcess, code: int, failed: bool) -> None:
+    if code not in (0, -signal.SIGTERM) or failed:
+        print(f"\n--- cavalcade serve on port {broker.port} exited {code}; its stderr:")
+        print(broker.stderr())
+
+
+@pytest.fixture(scope="session")
+def cavalcade_url(
+    request: pytest.FixtureRequest,
+    pg_dsn: str,
+    template_database: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[str]:
+    """``amqp://guest:guest@127.0.0.1:PORT/`` of a broker node shared by the session.
+
+    ``CAVALCADE_TEST_AMQP_URL`` points the suite at a broker that already runs instead
+    (``CAV_AS_RABBIT=1`` at the local RabbitMQ, to check what a test asserts)."""
+    external = os.environ.get("CAVALCADE_TEST_AMQP_URL")
+    if not external and os.environ.get("CAV_AS_RABBIT"):
+        external = "amqp://guest:guest@127.0.0.1:5672/"
+    if external:
+        yield external
+        return
+    with _fresh_database(pg_dsn, template_database) as url:
+        broker = spawn_broker(url, free_port(), tmp_path_factory.mktemp("broker"))
+        try:
+            broker.wait_ready()
+            yield broker.url
+        finally:
+            code = broker.stop()
+            _report(broker, code, request.session.testsfailed > 0)
+
+
+@pytest.fixture
+def start_broker(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Callable[..., BrokerProcess]]:
+    """``start_broker(database_url, **opts)``: a node of this test's own, stopped after it."""
+    started: list[BrokerProcess] = []
+
+    def start(database_url: str | None, **opts: Any) -> BrokerProcess:
+        port = int(opts.pop("port", 0)) or free_port()
+        broker = spawn_broker(database_url, port, tmp_path, **opts)
+        started.append(broker)
+        broker.wait_ready()
+        return broker
+
+    yield start
+    failed = bool(getattr(request.node, "rep_call_failed", False))
+    for broker in started:
+        _report(broker, broker.stop(), failed)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    report = yield
+    if report.when == "call" and report.failed:
+        item.rep_call_failed = True  # type: ignore[attr-defined]
+    return report
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@pytest.fixture(scope="session")
+def rabbitmq_url() -> str:
+    """The local RabbitMQ (for behaviour comparisons), or skip the test."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=1):
+            pass
+    except OSError:
+        pytest.skip("no RabbitMQ on 127.0.0.1:5672")
+    return "amqp://guest:guest@127.0.0.1:5672/"

@@ -32,10 +32,8 @@ class WriteBatcher:
         self._repo = repo
         self._node = str(node_id)
         self._on_committed = on_committed
-        self._messages: list[NewMessage] = []
+        self._ops: list[tuple[Sequence[NewMessage], asyncio.Future[None], int]] = []
         self._acks: list[int] = []
-        self._futures: list[asyncio.Future[None]] = []
-        self._bytes = 0
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -57,11 +55,9 @@ class WriteBatcher:
     def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
         """Queue rows for the next commit; the future resolves once they are committed."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._messages.extend(messages)
         size = sum(len(m.body) + len(m.properties) for m in messages)
-        self._bytes += size
+        self._ops.append((messages, fut, size))
         self.backlog_bytes += size
-        self._futures.append(fut)
         self._idle.clear()
         self._work.set()
         return fut
@@ -75,7 +71,7 @@ class WriteBatcher:
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        if self._messages or self._acks or not self._idle.is_set():
+        if self._ops or self._acks or not self._idle.is_set():
             fut = self.publish(())
             await fut
 
@@ -83,14 +79,26 @@ class WriteBatcher:
         while True:
             await self._work.wait()
             self._work.clear()
-            while self._messages or self._acks or self._futures:
+            while self._ops or self._acks:
                 await self._write_one()
             self._idle.set()
 
     def _take(self) -> tuple[list[NewMessage], list[int], list[asyncio.Future[None]], int]:
-        messages, acks, futures = self._messages, self._acks, self._futures
-        self._messages, self._acks, self._futures = [], [], []
-        size, self._bytes = self._bytes, 0
+        """The oldest work that fits in one transaction, and all pending acks."""
+        messages: list[NewMessage] = []
+        futures: list[asyncio.Future[None]] = []
+        size = taken = 0
+        for rows, fut, op_size in self._ops:
+            if futures and (
+                len(messages) + len(rows) > MAX_BATCH_MESSAGES or size + op_size > MAX_BATCH_BYTES
+            ):
+                break
+            messages.extend(rows)
+            futures.append(fut)
+            size += op_size
+            taken += 1
+        del self._ops[:taken]
+        acks, self._acks = self._acks, []
         return messages, acks, futures, size
 
     async def _write_one(self) -> None:
@@ -99,6 +107,8 @@ class WriteBatcher:
         payload = None
         if queues:
             payload = self._node + ":" + ",".join(str(q) for q in sorted(queues))
+            if len(payload) > 7000:  # NOTIFY payloads stop at 8000 bytes
+                payload = self._node + ":*"
         delay = 0.05
         while True:
             try:

@@ -126,8 +126,10 @@ class Broker:
     async def authenticate(self, username: str, password: str, peer: str | None) -> tuple[int, str]:
         """Check credentials; RabbitMQ lets ``guest`` in from loopback only."""
         row = await self.repo.find_user(username)
-        if row is None or not row["password_hash"] or not check_password(
-            password, row["password_hash"]
+        if (
+            row is None
+            or not row["password_hash"]
+            or not check_password(password, row["password_hash"])
         ):
             raise ConnectionAccessRefused("login refused")
         if username in _LOOPBACK_ONLY_USERS and not _is_loopback(peer):
@@ -341,9 +343,7 @@ class Broker:
         unbind: bool = False,
     ) -> None:
         if exchange == "":
-            raise AccessRefused(
-                f"operation not permitted on the default exchange"
-            )
+            raise AccessRefused("operation not permitted on the default exchange")
         q = await self._queue(s, queue)
         ex = await self._exchange(s, exchange)
         self._permit(s, 1, "queue", queue)
@@ -380,7 +380,8 @@ class Broker:
 
     async def _delete_queue(self, vh: VhostTopology, q: QueueRow) -> None:
         sources = [
-            e for e in (await vh.fresh(self.repo)).exchanges.values()
+            e
+            for e in (await vh.fresh(self.repo)).exchanges.values()
             if e.auto_delete and any(b.queue_id == q.id for b in e.bindings)
         ]
         count = await self.repo.delete_queue(q.id)
@@ -428,8 +429,7 @@ class Broker:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{exchange}' in vhost '{vh.name}'"
             )
-        headers = props.headers() if ex.type == "headers" or _has_headers_exchange(vh) else None
-        return sorted(route(vh.exchanges, ex, routing_key, headers))
+        return sorted(route(vh.exchanges, ex, routing_key, props.headers))
 
     def queue_priority_cap(self, s: Session, queue_id: int) -> int:
         q = s.vhost.queues_by_id.get(queue_id)
@@ -474,15 +474,18 @@ class Broker:
 
     # -- consume -------------------------------------------------------------
 
-    async def consume(
-        self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool
-    ) -> int:
+    async def consume(self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool) -> int:
         """Register a consumer; returns the queue id."""
         await self.batcher.flush()
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
         refused = await self.repo.add_consumer(
-            q.id, self.node_id, target.channel_key, target.tag, exclusive, target.no_ack,
+            q.id,
+            self.node_id,
+            target.channel_key,
+            target.tag,
+            exclusive,
+            target.no_ack,
             target.priority,
         )
         if refused:
@@ -502,12 +505,12 @@ class Broker:
             if not d.consumers:
                 self._dispatchers.pop(queue_id, None)
                 await d.stop()
-        left = await self.repo.remove_consumer(queue_id, self.node_id, target.channel_key, target.tag)
+        left = await self.repo.remove_consumer(
+            queue_id, self.node_id, target.channel_key, target.tag
+        )
         if left == 0:
             vh = await s.vhost.fresh(self.repo)
             q = vh.queues_by_id.get(queue_id)
-            if q is None:
-                q = await self.repo.find_queue(vh.id, "") if False else None
             if q is not None and q.auto_delete:
                 await self.batcher.flush()
                 await self._delete_queue(vh, q)
@@ -518,9 +521,9 @@ class Broker:
         if d is not None:
             d.wake()
 
-    async def get(self, s: Session, queue: str, no_ack: bool, channel_key: int) -> tuple[
-        ClaimedMessage, int
-    ] | None:
+    async def get(
+        self, s: Session, queue: str, no_ack: bool, channel_key: int
+    ) -> tuple[ClaimedMessage, int] | None:
         await self.batcher.flush()
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
@@ -544,10 +547,6 @@ class Broker:
     async def discard(self, ids: Sequence[int]) -> None:
         """Rejected without requeue: the messages are dropped (dead-lettering comes later)."""
         self.batcher.ack(ids)
-
-
-def _has_headers_exchange(vh: VhostTopology) -> bool:
-    return False
 
 
 def _is_loopback(peer: str | None) -> bool:

@@ -81,7 +81,11 @@ def validate_queue_arguments(args: dict[str, Any]) -> None:
         if value < low or (high is not None and value > high):
             raise PreconditionFailed(f"invalid arg '{key}' for queue: value {value} out of range")
     overflow = args.get("x-overflow")
-    if overflow is not None and overflow not in ("drop-head", "reject-publish", "reject-publish-dlx"):
+    if overflow is not None and overflow not in (
+        "drop-head",
+        "reject-publish",
+        "reject-publish-dlx",
+    ):
         raise PreconditionFailed(f"invalid arg 'x-overflow' for queue: {overflow!r}")
     qtype = args.get("x-queue-type")
     if qtype is not None and qtype not in ("classic", "quorum", "stream"):
@@ -130,7 +134,8 @@ def assert_equivalent(
 def assert_flag(kind: str, name: str, vhost: str, flag: str, received: Any, current: Any) -> None:
     """406 when a declare flag (durable, type, …) differs from the existing entity."""
     if received != current:
-        shown = (lambda v: str(v).lower() if isinstance(v, bool) else str(v))
+        def shown(v):
+            return str(v).lower() if isinstance(v, bool) else str(v)
         raise PreconditionFailed(
             f"inequivalent arg '{flag}' for {kind} '{name}' in vhost '{vhost}': "
             f"received '{shown(received)}' but current is '{shown(current)}'"

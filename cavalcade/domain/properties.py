@@ -89,7 +89,13 @@ def parse_properties(raw: bytes) -> Properties:
                 if len(value) != size:
                     raise MalformedProperties("short string runs past the header")
                 pos += 1 + size
-                if name in ("content_type", "correlation_id", "expiration", "message_id", "user_id"):
+                if name in (
+                    "content_type",
+                    "correlation_id",
+                    "expiration",
+                    "message_id",
+                    "user_id",
+                ):
                     setattr(props, name, value.decode("utf-8", errors="replace"))
             elif kind == "t":
                 (size,) = struct.unpack_from(">I", raw, pos)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -75,25 +76,29 @@ def headers_match(binding_args: dict[str, Any], headers: dict[str, Any] | None) 
 def _header_equal(key: str, expected: Any, headers: dict[str, Any]) -> bool:
     if key not in headers:
         return False
-    if expected is None or expected == "":
-        # RabbitMQ: a void value in the binding matches on presence alone.
-        return expected is None or headers[key] == expected
+    if expected is None:
+        return True  # a void value in the binding matches on presence alone
     actual = headers[key]
     if isinstance(actual, bytes) and isinstance(expected, str):
         actual = actual.decode(errors="replace")
     return bool(actual == expected)
 
 
+Headers = Callable[[], dict[str, Any]]
+
+
 def binding_matches(
-    exchange_type: str, binding: BindingInfo, routing_key: str, headers: dict[str, Any] | None
+    exchange_type: str, binding: BindingInfo, routing_key: str, headers: Headers
 ) -> bool:
-    """Does ``binding`` on an exchange of ``exchange_type`` match this message?"""
+    """Does ``binding`` on an exchange of ``exchange_type`` match this message?
+
+    ``headers`` is called only for headers exchanges (decoding the table costs)."""
     if exchange_type == "fanout":
         return True
     if exchange_type == "topic":
         return topic_matches(binding.routing_key, routing_key)
     if exchange_type == "headers":
-        return headers_match(binding.arguments, headers)
+        return headers_match(binding.arguments, headers())
     return binding.routing_key == routing_key
 
 
@@ -101,7 +106,7 @@ def route(
     exchanges: dict[int, ExchangeInfo],
     start: ExchangeInfo,
     routing_key: str,
-    headers: dict[str, Any] | None,
+    headers: Headers,
 ) -> set[int]:
     """Queue ids reached from ``start``, following exchange-to-exchange bindings once each."""
     queues: set[int] = set()

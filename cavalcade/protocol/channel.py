@@ -294,8 +294,14 @@ class Channel:
 
     async def on_exchange_declare(self, m: commands.Exchange.Declare, _: None) -> None:
         await self.broker.declare_exchange(
-            self.conn.session, m.exchange, m.exchange_type, m.passive, m.durable,
-            m.auto_delete, m.internal, dict(m.arguments or {}),
+            self.conn.session,
+            m.exchange,
+            m.exchange_type,
+            m.passive,
+            m.durable,
+            m.auto_delete,
+            m.internal,
+            dict(m.arguments or {}),
         )
         if not m.nowait:
             self.conn.send_method(self.number, commands.Exchange.DeclareOk())
@@ -314,8 +320,12 @@ class Channel:
 
     async def on_exchange_unbind(self, m: commands.Exchange.Unbind, _: None) -> None:
         await self.broker.bind_exchange(
-            self.conn.session, m.destination, m.source, m.routing_key,
-            dict(m.arguments or {}), unbind=True,
+            self.conn.session,
+            m.destination,
+            m.source,
+            m.routing_key,
+            dict(m.arguments or {}),
+            unbind=True,
         )
         if not m.nowait:
             self.conn.send_method(self.number, commands.Exchange.UnbindOk())
@@ -334,7 +344,12 @@ class Channel:
         if m.passive and not name:
             name = self._queue_name(name)
         result = await self.broker.declare_queue(
-            self.conn.session, name, m.passive, m.durable, m.exclusive, m.auto_delete,
+            self.conn.session,
+            name,
+            m.passive,
+            m.durable,
+            m.exclusive,
+            m.auto_delete,
             dict(m.arguments or {}),
         )
         self.last_queue = result.name
@@ -350,7 +365,10 @@ class Channel:
 
     async def on_queue_bind(self, m: commands.Queue.Bind, _: None) -> None:
         await self.broker.bind_queue(
-            self.conn.session, self._queue_name(m.queue), m.exchange, m.routing_key,
+            self.conn.session,
+            self._queue_name(m.queue),
+            m.exchange,
+            m.routing_key,
             dict(m.arguments or {}),
         )
         if not m.nowait:
@@ -358,8 +376,12 @@ class Channel:
 
     async def on_queue_unbind(self, m: commands.Queue.Unbind, _: None) -> None:
         await self.broker.bind_queue(
-            self.conn.session, self._queue_name(m.queue), m.exchange, m.routing_key,
-            dict(m.arguments or {}), unbind=True,
+            self.conn.session,
+            self._queue_name(m.queue),
+            m.exchange,
+            m.routing_key,
+            dict(m.arguments or {}),
+            unbind=True,
         )
         self.conn.send_method(self.number, commands.Queue.UnbindOk())
 
@@ -518,9 +540,7 @@ class Channel:
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         c = self.consumers.pop(m.consumer_tag, None)
         if not m.nowait:
-            self.conn.send_method(
-                self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag)
-            )
+            self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
             await self.broker.cancel(self.conn.session, c.queue_id, c)
 

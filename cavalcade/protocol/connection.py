@@ -20,7 +20,6 @@ from cavalcade.errors import (
     CommandInvalid,
     ConnectionAccessRefused,
     ConnectionForced,
-    FrameError,
     NotAllowed,
     SyntaxError_,
     UnexpectedFrame,
@@ -30,8 +29,6 @@ from cavalcade.settings import Settings
 from .channel import Channel
 from .closing import as_amqp_error, close_method
 from .framing import (
-    FRAME_BODY,
-    FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
     PROTOCOL_HEADER,
@@ -198,7 +195,9 @@ class AMQPConnection(asyncio.Protocol):
             return decode_method(f.payload)
         except PAMQPException as exc:
             cls, meth = method_ids(f.payload)
-            raise CommandInvalid(f"unknown or malformed method {cls}/{meth}: {exc}", cls, meth) from exc
+            raise CommandInvalid(
+                f"unknown or malformed method {cls}/{meth}: {exc}", cls, meth
+            ) from exc
 
     # -- channel 0 --------------------------------------------------------------------
 

@@ -10,8 +10,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pamqp import frame as pamqp_frame
 from pamqp import encode
+from pamqp import frame as pamqp_frame
 from pamqp.base import Frame
 
 from cavalcade.errors import FrameError

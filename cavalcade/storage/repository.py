@@ -448,7 +448,9 @@ class Repository:
             )
             return None
 
-    async def remove_consumer(self, queue_id: int, node_id: uuid.UUID, channel: int, tag: str) -> int:
+    async def remove_consumer(
+        self, queue_id: int, node_id: uuid.UUID, channel: int, tag: str
+    ) -> int:
         """Remove a consumer; returns how many consumers the queue still has."""
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -508,7 +510,7 @@ class Repository:
         return int(value or 0)
 
     async def requeue(self, ids: Sequence[int]) -> None:
-        """Return claimed rows to ready, flagged redelivered (they keep their id, so their place)."""
+        """Return claimed rows to ready, flagged redelivered; they keep their id, so their place."""
         if ids:
             await self.pool.execute(
                 "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
