@@ -300,6 +300,7 @@ class RawClient:
         self.start: commands.Connection.Start | None = None
         self.tune: commands.Connection.Tune | None = None
         self.frame_max = 131072
+        self.last_raw = b""
 
     # -- bytes ------------------------------------------------------------ #
 
@@ -333,42 +334,59 @@ class RawClient:
 
     # -- frames ----------------------------------------------------------- #
 
-    def _try_parse(self) -> tuple[int, Any] | None:
+    def _split_frame(self) -> bytes | None:
+        """Cut one complete frame (raw bytes) off the buffer, if there is one."""
         if len(self.buf) < 7:
             return None
         _, _, size = struct.unpack(">BHI", self.buf[:7])
         if len(self.buf) < 8 + size:
             return None
+        raw, self.buf = self.buf[: 8 + size], self.buf[8 + size :]
+        return raw
+
+    def _fill(self, deadline: float) -> None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("no frame from server")
+        self.sock.settimeout(left)
         try:
-            used, channel, value = frame.unmarshal(self.buf)
-        except pexc.UnmarshalingException as exc:
-            raise AssertionError(f"bad frame from server: {exc}; {self.buf[:64]!r}")
-        self.buf = self.buf[used:]
-        return channel, value
+            chunk = self.sock.recv(65536)
+        except ConnectionResetError:
+            chunk = b""
+        except TimeoutError:
+            raise TimeoutError("no frame from server") from None
+        if not chunk:
+            raise RawClosed(self.buf)
+        self.buf += chunk
+
+    def recv_raw_frame(self, timeout: float | None = None) -> tuple[int, int, bytes]:
+        """Next frame unparsed: (type, channel, payload). Checks the frame end."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        while True:
+            raw = self._split_frame()
+            if raw is not None:
+                ftype, channel, _ = struct.unpack(">BHI", raw[:7])
+                assert raw[-1] == constants.FRAME_END, f"bad frame end from server: {raw!r}"
+                return ftype, channel, raw[7:-1]
+            self._fill(deadline)
 
     def recv(self, timeout: float | None = None, skip_heartbeats: bool = True):
         """Next (channel, frame). Raises RawClosed on EOF, TimeoutError."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while True:
-            parsed = self._try_parse()
-            if parsed is not None:
-                self.received.append(parsed)
-                if skip_heartbeats and isinstance(parsed[1], heartbeat.Heartbeat):
-                    continue
-                return parsed
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("no frame from server")
-            self.sock.settimeout(left)
+            raw = self._split_frame()
+            if raw is None:
+                self._fill(deadline)
+                continue
+            self.last_raw = raw
             try:
-                chunk = self.sock.recv(65536)
-            except ConnectionResetError:
-                chunk = b""
-            except TimeoutError:
-                raise TimeoutError("no frame from server") from None
-            if not chunk:
-                raise RawClosed(self.buf)
-            self.buf += chunk
+                _, channel, value = frame.unmarshal(raw)
+            except pexc.UnmarshalingException as exc:
+                raise AssertionError(f"bad frame from server: {exc}; {raw[:64]!r}") from exc
+            self.received.append((channel, value))
+            if skip_heartbeats and isinstance(value, heartbeat.Heartbeat):
+                continue
+            return channel, value
 
     def expect(self, cls: type, timeout: float | None = None, channel: int | None = None):
         ch, value = self.recv(timeout)

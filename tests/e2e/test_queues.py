@@ -52,6 +52,9 @@ def test_declare_ok_fields(channel, resources):
 
 def test_declare_ok_counts(conn, resources):
     ch = conn.channel()
+    # Confirms make the publishes visible before we count (RabbitMQ answers
+    # queue.declare ahead of deliveries still in flight to the queue).
+    ch.confirm_delivery()
     q = resources.queue("counts")
     ch.queue_declare(q)
     for i in range(3):
@@ -114,6 +117,7 @@ def test_passive_declare_ignores_other_flags(channel, resources):
     """kombu's qsize and celery migrate send passive with junk flags."""
     q = resources.queue("passive")
     channel.queue_declare(q, durable=True)
+    channel.confirm_delivery()
     channel.basic_publish("", q, b"x")
     ok = channel.queue_declare(q, passive=True, durable=False, auto_delete=True, exclusive=False)
     assert ok.method.message_count == 1

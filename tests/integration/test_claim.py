@@ -1,0 +1,79 @@
+"""The SKIP LOCKED claim on a real PostgreSQL, with real commits on separate connections."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cavalcade.storage.repository import NewMessage, Repository
+
+
+async def _setup(database_url: str, n: int) -> tuple[Repository, int]:
+    repo = await Repository.connect(database_url, size=10)
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    await repo.insert_queue(vhost, "claim-test", True, False, None, None, {})
+    q = await repo.find_queue(vhost, "claim-test")
+    assert q is not None
+    rows = [
+        NewMessage(q.id, 0, True, "", "claim-test", b"\x00\x00", None, None, None, None, b"%d" % i)
+        for i in range(n)
+    ]
+    await repo.write_batch(rows, (), None)
+    return repo, q.id
+
+
+async def test_concurrent_claims_never_share_a_row(database_url: str) -> None:
+    repo, qid = await _setup(database_url, 500)
+    nodes = [uuid.uuid4() for _ in range(6)]
+    for n in nodes:
+        await repo.register_node(n, str(n))
+    seen: list[int] = []
+
+    async def claimer(node: uuid.UUID) -> None:
+        while True:
+            got = await repo.claim(qid, node, 1, 7, no_ack=False)
+            if not got:
+                return
+            seen.extend(m.id for m in got)
+
+    try:
+        await asyncio.gather(*(claimer(n) for n in nodes))
+        assert len(seen) == 500
+        assert len(set(seen)) == 500
+        assert await repo.ready_count(qid) == 0
+    finally:
+        await repo.close()
+
+
+async def test_requeue_keeps_fifo_order_and_flags_redelivered(database_url: str) -> None:
+    repo, qid = await _setup(database_url, 10)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    try:
+        first = await repo.claim(qid, node, 1, 4, no_ack=False)
+        assert [m.body for m in first] == [b"0", b"1", b"2", b"3"]
+        assert not any(m.redelivered for m in first)
+        await repo.requeue([m.id for m in first])
+        again = await repo.claim(qid, node, 1, 10, no_ack=False)
+        assert [m.body for m in again] == [b"%d" % i for i in range(10)]
+        assert [m.redelivered for m in again] == [True] * 4 + [False] * 6
+    finally:
+        await repo.close()
+
+
+async def test_dead_node_deliveries_return_to_the_queue(database_url: str) -> None:
+    repo, qid = await _setup(database_url, 3)
+    dead = uuid.uuid4()
+    await repo.register_node(dead, "dead")
+    try:
+        claimed = await repo.claim(qid, dead, 1, 3, no_ack=False)
+        assert len(claimed) == 3 and await repo.ready_count(qid) == 0
+        await repo.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", dead
+        )
+        assert await repo.reap_dead_nodes(10.0) == [dead]
+        assert await repo.ready_count(qid) == 3
+        assert not await repo.heartbeat_node(dead)  # fenced: its row is gone
+    finally:
+        await repo.close()

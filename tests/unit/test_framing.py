@@ -1,0 +1,97 @@
+"""Framing: splitting the stream, frame-end and size checks, outgoing content frames."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+from pamqp import commands
+from pamqp import frame as pframe
+
+from cavalcade.errors import FrameError
+from cavalcade.protocol.framing import (
+    FrameReader,
+    content_frames,
+    decode_method,
+    deliver_payload,
+    encode_method,
+    get_ok_payload,
+    parse_content_header,
+    return_payload,
+)
+
+
+def test_frames_split_across_reads() -> None:
+    data = encode_method(1, commands.Basic.Qos(prefetch_count=5)) + encode_method(
+        2, commands.Channel.Open()
+    )
+    reader = FrameReader(131072)
+    got = []
+    for i in range(len(data)):
+        got += list(reader.feed(data[i : i + 1]))
+    assert [(f.type, f.channel) for f in got] == [(1, 1), (1, 2)]
+    qos = decode_method(got[0].payload)
+    assert isinstance(qos, commands.Basic.Qos) and qos.prefetch_count == 5
+
+
+def test_bad_frame_end() -> None:
+    data = bytearray(encode_method(1, commands.Channel.Open()))
+    data[-1] = 0
+    with pytest.raises(FrameError):
+        list(FrameReader(131072).feed(bytes(data)))
+
+
+def test_frame_too_large() -> None:
+    head = struct.pack(">BHI", 3, 1, 200000)
+    with pytest.raises(FrameError):
+        list(FrameReader(131072).feed(head))
+
+
+def test_encode_method_matches_pamqp() -> None:
+    for value in (
+        commands.Queue.DeclareOk(queue="q", message_count=3, consumer_count=1),
+        commands.Basic.Nack(delivery_tag=5, multiple=True, requeue=False),
+        commands.Connection.Tune(channel_max=2047, frame_max=131072, heartbeat=60),
+        commands.Basic.Cancel(consumer_tag="t", nowait=True),
+    ):
+        assert encode_method(3, value) == pframe.marshal(value, 3)
+
+
+def test_encode_method_accepts_celery_queue_names() -> None:
+    raw = encode_method(
+        1,
+        commands.Queue.DeclareOk(queue="w1@host.celery.pidbox", message_count=0, consumer_count=0),
+    )
+    _, _, value = pframe.unmarshal(raw)
+    assert value.queue == "w1@host.celery.pidbox"
+
+
+def test_hand_built_payloads_decode_with_pamqp() -> None:
+    d = decode_method(deliver_payload("ctag", 7, True, "ex", "rk"))
+    assert isinstance(d, commands.Basic.Deliver)
+    assert (d.consumer_tag, d.delivery_tag, d.redelivered, d.exchange, d.routing_key) == (
+        "ctag",
+        7,
+        True,
+        "ex",
+        "rk",
+    )
+    g = decode_method(get_ok_payload(3, False, "", "q", 9))
+    assert isinstance(g, commands.Basic.GetOk) and g.message_count == 9
+    r = decode_method(return_payload(312, "NO_ROUTE", "ex", "rk"))
+    assert isinstance(r, commands.Basic.Return) and r.reply_code == 312
+
+
+@pytest.mark.parametrize("size", [0, 1, 131064, 131065, 300000])
+def test_content_frames_split_bodies(size: int) -> None:
+    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+    frames = content_frames(1, deliver_payload("t", 1, False, "", "q"), b"\x00\x00", body, 131072)
+    reader = FrameReader(131072)
+    parsed = list(reader.feed(b"".join(frames)))
+    assert parsed[1].type == 2
+    _, announced, props = parse_content_header(parsed[1].payload)
+    assert announced == size and props == b"\x00\x00"
+    bodies = parsed[2:]
+    assert all(f.type == 3 and len(f.payload) <= 131064 for f in bodies)
+    assert b"".join(f.payload for f in bodies) == body
+    assert (len(bodies) == 0) == (size == 0)  # an empty body has no body frame
