@@ -27,10 +27,10 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 import pytest
@@ -39,20 +39,16 @@ from cavalcade.storage import schema
 from cavalcade.storage.dsn import normalize_dsn, with_database
 from cavalcade.storage.embedded import EmbeddedPostgres
 
-T = TypeVar("T")
-
 BROKER_START_TIMEOUT = 60.0
 
 
-def run_sync(factory: Callable[[], Coroutine[Any, Any, T]] | Callable[[], T]) -> T:
-    """Run ``factory()`` (a coroutine function or a plain function that may call
-    ``asyncio.run``) in a worker thread, so it never meets the test's event loop."""
+def run_sync(factory: Callable[[], Any]) -> Any:
+    """Run ``factory()`` (awaiting it if it returns a coroutine) in a worker thread, so it
+    never meets the test's event loop (alembic's env.py calls ``asyncio.run``)."""
 
-    def call() -> T:
+    def call() -> Any:
         result = factory()
-        if asyncio.iscoroutine(result):
-            return asyncio.run(result)  # type: ignore[no-any-return]
-        return result  # type: ignore[return-value]
+        return asyncio.run(result) if asyncio.iscoroutine(result) else result
 
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(call).result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import re
@@ -74,6 +75,7 @@ class Broker:
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
+        self._closing: dict[int, asyncio.Event] = {}
         self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -151,16 +153,24 @@ class Broker:
         patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
         return Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
 
+    def session_closing(self, session: Session) -> None:
+        """The socket is gone; until close_session ends, its exclusive queues are in limbo."""
+        self._closing.setdefault(session.id, asyncio.Event())
+
     async def close_session(self, session: Session) -> None:
         """The connection is gone: drop its exclusive queues."""
-        if not session.exclusive_queues:
-            return
-        await self.batcher.flush()
-        dropped = await self.repo.delete_exclusive_queues(self.node_id, session.id)
-        for _, qid, _ in dropped:
-            self._cancel_local_consumers(qid)
-        if dropped:
-            await self._changed(session.vhost)
+        try:
+            if session.exclusive_queues:
+                await self.batcher.flush()
+                dropped = await self.repo.delete_exclusive_queues(self.node_id, session.id)
+                for _, qid, _ in dropped:
+                    self._cancel_local_consumers(qid)
+                if dropped:
+                    await self._changed(session.vhost)
+        finally:
+            done = self._closing.pop(session.id, None)
+            if done is not None:
+                done.set()
 
     def _permit(self, s: Session, which: int, kind: str, name: str) -> None:
         if not s.permissions[which].fullmatch(name) and not s.permissions[which].match(name):
@@ -225,10 +235,13 @@ class Broker:
     async def delete_exchange(self, s: Session, name: str, if_unused: bool) -> None:
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        check_reserved("exchange", name)
+        if name.startswith("amq."):
+            raise AccessRefused(
+                f"deletion of system exchange '{name}' in vhost '{s.vhost.name}' not allowed"
+            )
         ex = await self.repo.find_exchange(s.vhost.id, name)
         if ex is None:
-            raise NotFound(f"no exchange '{name}' in vhost '{s.vhost.name}'")
+            return  # RabbitMQ: deleting a missing exchange succeeds
         self._permit(s, 0, "exchange", name)
         if not await self.repo.delete_exchange(ex.id, if_unused):
             raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
@@ -277,8 +290,21 @@ class Broker:
                 "the exclusive property value does not match that of the original declaration."
             )
 
-    async def _queue(self, s: Session, name: str, exclusive_check: bool = True) -> QueueRow:
+    async def _find_queue(self, s: Session, name: str) -> QueueRow | None:
+        """The queue, once any cleanup of its (closed) exclusive owner on this node is done."""
         q = await self.repo.find_queue(s.vhost.id, name)
+        if (
+            q is not None
+            and q.exclusive_node == self.node_id
+            and q.exclusive_connection in self._closing
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing[q.exclusive_connection].wait(), 5.0)
+            q = await self.repo.find_queue(s.vhost.id, name)
+        return q
+
+    async def _queue(self, s: Session, name: str, exclusive_check: bool = True) -> QueueRow:
+        q = await self._find_queue(s, name)
         if q is None:
             raise NotFound(f"no queue '{name}' in vhost '{s.vhost.name}'")
         if exclusive_check:
@@ -302,13 +328,15 @@ class Broker:
             await self.repo.touch_queue(q.id)
             msgs, consumers = await self.repo.queue_counts(q.id)
             return DeclaredQueue(name, msgs, consumers)
-        if name == "":
+        generated = name == ""
+        if generated:
             name = server_generated_name("amq.gen-")
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
-        q = await self.repo.find_queue(s.vhost.id, name)
+        q = await self._find_queue(s, name)
         if q is None:
-            check_reserved("queue", name)
+            if not generated:
+                check_reserved("queue", name)
             self._permit(s, 0, "queue", name)
             await self.repo.insert_queue(
                 s.vhost.id,
@@ -364,7 +392,7 @@ class Broker:
 
     async def delete_queue(self, s: Session, name: str, if_unused: bool, if_empty: bool) -> int:
         await self.batcher.flush()
-        q = await self.repo.find_queue(s.vhost.id, name)
+        q = await self._find_queue(s, name)
         if q is None:
             return 0  # RabbitMQ: deleting a missing queue succeeds
         self._check_exclusive(s, q)

@@ -37,7 +37,8 @@ class ExchangeInfo:
 
 @lru_cache(maxsize=4096)
 def _topic_words(pattern: str) -> tuple[str, ...]:
-    return tuple(pattern.split("."))
+    """Words of a key or pattern; the empty string has none (as on RabbitMQ)."""
+    return tuple(pattern.split(".")) if pattern else ()
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:

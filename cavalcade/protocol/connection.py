@@ -420,6 +420,8 @@ class AMQPConnection(asyncio.Protocol):
         if self.closed and self._cleanup_task is not None:
             return
         self.closed = True
+        if self.session is not None:
+            self.broker.session_closing(self.session)
         for t in self._timers:
             t.cancel()
         if self._close_timer is not None:
