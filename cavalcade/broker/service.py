@@ -324,9 +324,9 @@ class Broker:
         await self.batcher.flush()
         vhost = s.vhost.name
         if passive:
-            q = await self._queue(s, name)
-            await self.repo.touch_queue(q.id)
-            msgs, consumers = await self.repo.queue_counts(q.id)
+            existing = await self._queue(s, name)
+            await self.repo.touch_queue(existing.id)
+            msgs, consumers = await self.repo.queue_counts(existing.id)
             return DeclaredQueue(name, msgs, consumers)
         generated = name == ""
         if generated:

@@ -134,8 +134,10 @@ def assert_equivalent(
 def assert_flag(kind: str, name: str, vhost: str, flag: str, received: Any, current: Any) -> None:
     """406 when a declare flag (durable, type, …) differs from the existing entity."""
     if received != current:
+
         def shown(v):
             return str(v).lower() if isinstance(v, bool) else str(v)
+
         raise PreconditionFailed(
             f"inequivalent arg '{flag}' for {kind} '{name}' in vhost '{vhost}': "
             f"received '{shown(received)}' but current is '{shown(current)}'"

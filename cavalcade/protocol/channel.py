@@ -53,22 +53,28 @@ Unacked = tuple[int, int, "Consumer | None"]  # message id, queue id, consumer
 class Consumer:
     """A basic.consume on a channel; the broker's dispatcher sees it as a DeliveryTarget."""
 
-    __slots__ = ("channel", "tag", "queue_id", "no_ack", "exclusive", "priority", "unacked")
+    __slots__ = (
+        "channel",
+        "channel_key",
+        "tag",
+        "queue_id",
+        "no_ack",
+        "exclusive",
+        "priority",
+        "unacked",
+    )
 
     def __init__(
         self, channel: Channel, tag: str, no_ack: bool, exclusive: bool, priority: int
     ) -> None:
         self.channel = channel
+        self.channel_key = channel.key
         self.tag = tag
         self.queue_id = 0
         self.no_ack = no_ack
         self.exclusive = exclusive
         self.priority = priority
         self.unacked = 0
-
-    @property
-    def channel_key(self) -> int:
-        return self.channel.key
 
     def credit(self) -> int:
         return self.channel.credit_for(self)
@@ -110,7 +116,9 @@ class Channel:
         self._body_size = 0
         self._body: list[bytes] = []
         self._body_got = 0
-        self._inbox: asyncio.Queue[tuple[Frame, tuple[bytes, bytes] | None]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Frame | _Fail, tuple[bytes, bytes] | None]] = (
+            asyncio.Queue()
+        )
         self._reading_paused = False
         self._handlers: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
             commands.Channel.Close: self.on_channel_close,
@@ -538,7 +546,7 @@ class Channel:
             self.conn.send_method(self.number, commands.Basic.ConsumeOk(consumer_tag=tag))
 
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
-        c = self.consumers.pop(m.consumer_tag, None)
+        c = self.consumers.pop(m.consumer_tag or "", None)
         if not m.nowait:
             self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
@@ -601,7 +609,7 @@ class Channel:
             self.broker.ack([e[0] for _, e in taken])
 
     async def on_basic_reject(self, m: commands.Basic.Reject, _: None) -> None:
-        await self._settle_negative(self._take(m.delivery_tag, False, 90), m.requeue)
+        await self._settle_negative(self._take(m.delivery_tag or 0, False, 90), m.requeue)
 
     async def on_basic_nack(self, m: commands.Basic.Nack, _: None) -> None:
         await self._settle_negative(self._take(m.delivery_tag, m.multiple, 120), m.requeue)

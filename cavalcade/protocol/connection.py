@@ -94,7 +94,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        self.transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)
+        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self.registry.add(self)
@@ -256,8 +256,9 @@ class AMQPConnection(asyncio.Protocol):
             raise CommandInvalid(f"unexpected method {m.name} on channel 0", cls, meth)
 
     async def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
-        caps = (m.client_properties or {}).get("capabilities") or {}
-        self.cancel_notify = bool(caps.get("consumer_cancel_notify"))
+        props = m.client_properties if isinstance(m.client_properties, dict) else {}
+        caps = props.get("capabilities")
+        self.cancel_notify = isinstance(caps, dict) and bool(caps.get("consumer_cancel_notify"))
         creds = parse_response(m.mechanism, m.response)
         if m.mechanism not in MECHANISMS.split():
             raise ConnectionAccessRefused(

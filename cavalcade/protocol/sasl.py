@@ -25,7 +25,9 @@ def parse_response(mechanism: str, response: str | bytes) -> tuple[str, str] | N
         login, password = table.get("LOGIN"), table.get("PASSWORD")
         if login is None or password is None:
             return None
+
         def as_text(v):
             return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
         return as_text(login), as_text(password)
     return None
