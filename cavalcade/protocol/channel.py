@@ -623,6 +623,10 @@ class Channel:
             await self.broker.discard([e[0] for _, e in taken])
 
     async def on_basic_recover(self, m: commands.Basic.Recover, _: None) -> None:
+        if not m.requeue:
+            raise NotImplemented_(
+                "requeue=false", 60, 110 if isinstance(m, commands.Basic.Recover) else 100
+            )
         taken = self._take(0, True, 110)
         await self.broker.requeue([(e[1], e[0]) for _, e in taken])
         if isinstance(m, commands.Basic.Recover):

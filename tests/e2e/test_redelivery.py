@@ -114,7 +114,6 @@ def test_unacked_go_to_a_waiting_consumer(conn, open_conn, resources):
     waiting = []
     ch = conn.channel()
     ch.basic_consume(q, lambda c, m, p, b: waiting.append((b, m.redelivered)), auto_ack=True)
-    time.sleep(0.1)
     first_conn.close()
     assert drain(conn, lambda: len(waiting) == 3)
     assert waiting == [(b, True) for b in TEN[:3]]
