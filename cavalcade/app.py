@@ -23,7 +23,12 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
     node_id = uuid.uuid4()
     repo = await Repository.connect(dsn, size=settings.pool_size)
     await repo.register_node(node_id, settings.effective_node_name())
-    broker = Broker(repo, node_id, poll_interval=settings.poll_interval)
+    broker = Broker(
+        repo,
+        node_id,
+        poll_interval=settings.poll_interval,
+        backlog_limit=settings.publish_backlog_bytes,
+    )
     broker.start()
     listener = await _listen(dsn, broker, node_id) if settings.notify == "listen" else None
     server = AMQPServer(broker, settings)

@@ -28,6 +28,7 @@ class WriteBatcher:
         repo: Repository,
         node_id: UUID,
         on_committed: Callable[[set[int]], None],
+        backlog_limit: int = 64 * 1024 * 1024,
     ) -> None:
         self._repo = repo
         self._node = str(node_id)
@@ -39,6 +40,9 @@ class WriteBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.backlog_bytes = 0
+        self.backlog_limit = backlog_limit
+        self.blocked = False
+        self.on_blocked: Callable[[bool], None] = lambda _blocked: None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -58,6 +62,9 @@ class WriteBatcher:
         size = sum(len(m.body) + len(m.properties) for m in messages)
         self._ops.append((messages, fut, size))
         self.backlog_bytes += size
+        if not self.blocked and self.backlog_bytes > self.backlog_limit:
+            self.blocked = True
+            self.on_blocked(True)
         self._idle.clear()
         self._work.set()
         return fut
@@ -121,6 +128,9 @@ class WriteBatcher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.backlog_bytes -= size
+        if self.blocked and self.backlog_bytes <= self.backlog_limit // 2:
+            self.blocked = False
+            self.on_blocked(False)
         for fut in futures:
             if not fut.done():
                 fut.set_result(None)

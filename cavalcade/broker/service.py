@@ -67,11 +67,17 @@ class DeclaredQueue:
 class Broker:
     """Use-cases over the repository, the write batcher and the dispatchers of one node."""
 
-    def __init__(self, repo: Repository, node_id: uuid.UUID, poll_interval: float = 1.0) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        node_id: uuid.UUID,
+        poll_interval: float = 1.0,
+        backlog_limit: int = 64 * 1024 * 1024,
+    ) -> None:
         self.repo = repo
         self.node_id = node_id
         self.poll_interval = poll_interval
-        self.batcher = WriteBatcher(repo, node_id, self.wake_queues)
+        self.batcher = WriteBatcher(repo, node_id, self.wake_queues, backlog_limit)
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}

@@ -158,21 +158,31 @@ class Channel:
         if f.type == FRAME_METHOD:
             if self._method is not None:
                 raise UnexpectedFrame(
-                    "expected content header for class 60, got non content header frame instead"
+                    "expected content header for class 60, got non content header frame instead",
+                    60,
+                    40,
                 )
             method = decode_method(f.payload)
             if isinstance(method, commands.Basic.Publish):
                 self._method = method
+                if not self.conn.publisher:
+                    self.conn.publisher = True
+                    if self.broker.batcher.blocked:
+                        self.conn.set_blocked(True)
                 return
             if isinstance(method, commands.Channel.CloseOk):
                 return
             self._enqueue(method, None)
         elif f.type == FRAME_HEADER:
             if self._method is None:
-                raise UnexpectedFrame("expected method frame, got content header instead")
+                raise UnexpectedFrame("expected method frame, got non method frame instead")
             class_id, size, props = parse_content_header(f.payload)
             if class_id != 60:
-                raise UnexpectedFrame(f"content header for class {class_id}, expected 60")
+                raise UnexpectedFrame(
+                    f"expected content header for class 60, got one for class {class_id} instead",
+                    60,
+                    40,
+                )
             limit = self.conn.settings.max_message_size
             if size > limit:
                 self._method = None
@@ -190,8 +200,14 @@ class Channel:
             else:
                 self._body_size = size
         elif f.type == FRAME_BODY:
-            if self._method is None or self._body_size == 0:
-                raise UnexpectedFrame("expected method frame, got content body instead")
+            if self._method is None:
+                raise UnexpectedFrame("expected method frame, got non method frame instead")
+            if self._body_size == 0:
+                raise UnexpectedFrame(
+                    "expected content header for class 60, got non content header frame instead",
+                    60,
+                    40,
+                )
             self._body.append(f.payload)
             self._body_got += len(f.payload)
             if self._body_got >= self._body_size:
@@ -224,7 +240,7 @@ class Channel:
         self._inbox.put_nowait((method, content))
         if not self._reading_paused and self._inbox.qsize() > INBOX_HIGH:
             self._reading_paused = True
-            self.conn.pause_reading(self)
+            self.conn.pause_reading(self.number)
 
     def _fail_soon(self, exc: AMQPError) -> None:
         """A soft error found while framing: close the channel once earlier work is done."""
@@ -237,7 +253,7 @@ class Channel:
             method, content = await self._inbox.get()
             if self._reading_paused and self._inbox.qsize() < INBOX_LOW:
                 self._reading_paused = False
-                self.conn.resume_reading(self)
+                self.conn.resume_reading(self.number)
             if self.state != "open":
                 continue
             try:
@@ -418,6 +434,13 @@ class Channel:
         except MalformedProperties as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}", 60, 40) from exc
         session = self.conn.session
+        if props.user_id is not None and props.user_id != session.user:
+            raise PreconditionFailed(
+                f"user_id property set to '{props.user_id}' but authenticated user was "
+                f"'{session.user}'",
+                60,
+                40,
+            )
         self.broker.check_publish(session, m.exchange)
         queue_ids = await self.broker.route(session, m.exchange, m.routing_key, props)
         if not queue_ids and m.mandatory:

@@ -10,7 +10,6 @@ from typing import Any
 
 from pamqp import commands
 from pamqp.base import Frame
-from pamqp.exceptions import PAMQPException
 
 from cavalcade import __version__
 from cavalcade.broker.service import Broker, Session
@@ -20,8 +19,8 @@ from cavalcade.errors import (
     CommandInvalid,
     ConnectionAccessRefused,
     ConnectionForced,
+    FrameError,
     NotAllowed,
-    SyntaxError_,
     UnexpectedFrame,
 )
 from cavalcade.settings import Settings
@@ -29,6 +28,8 @@ from cavalcade.settings import Settings
 from .channel import Channel
 from .closing import as_amqp_error, close_method
 from .framing import (
+    FRAME_BODY,
+    FRAME_HEADER,
     FRAME_HEARTBEAT,
     FRAME_METHOD,
     PROTOCOL_HEADER,
@@ -54,6 +55,7 @@ CAPABILITIES = {
     "consumer_priorities": True,
 }
 
+BLOCKED = -1  # pause_reading reason: the node's publish backlog is full
 WRITE_HIGH = 4 * 1024 * 1024
 WRITE_LOW = 1024 * 1024
 
@@ -75,6 +77,8 @@ class AMQPConnection(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.cancel_notify = False
+        self.blocked_notify = False
+        self.publisher = False
         self._reader = FrameReader(settings.frame_max)
         self._header_seen = False
         self._buf = b""
@@ -129,8 +133,6 @@ class AMQPConnection(asyncio.Protocol):
                 self._on_frame(f)
         except AMQPError as exc:
             self.fail(exc, None)
-        except PAMQPException as exc:
-            self.fail(SyntaxError_(f"cannot decode method: {exc}"), None)
         except Exception as exc:  # noqa: BLE001 - bad input never takes the node down
             log.exception("error handling frames")
             self.fail(exc, None)
@@ -161,12 +163,17 @@ class AMQPConnection(asyncio.Protocol):
             return
         if f.type == FRAME_HEARTBEAT:
             if f.channel != 0:
-                raise CommandInvalid("heartbeat on a non-zero channel")
+                raise UnexpectedFrame(f"heartbeat frame on channel {f.channel}")
             return
+        if f.type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY):
+            raise FrameError(f"unknown frame type {f.type}")
         if f.channel == 0:
             if f.type != FRAME_METHOD:
                 raise UnexpectedFrame(f"content frame of type {f.type} on channel 0")
-            self._conn_inbox.put_nowait(self._decode(f))
+            cls, meth = method_ids(f.payload)
+            if cls != 10:
+                raise ChannelErrorHard("expected a connection method on channel 0", cls, meth)
+            self._conn_inbox.put_nowait(decode_method(f.payload))
             return
         if self._state != "opened":
             raise ChannelErrorHard("channel frame before the connection is open")
@@ -174,7 +181,7 @@ class AMQPConnection(asyncio.Protocol):
         if ch is None:
             if f.type != FRAME_METHOD:
                 raise ChannelErrorHard(f"expected 'channel.open' on channel {f.channel}")
-            m = self._decode(f)
+            m = decode_method(f.payload)
             if not isinstance(m, commands.Channel.Open):
                 cls, meth = method_ids(f.payload)
                 raise ChannelErrorHard("expected 'channel.open'", cls, meth)
@@ -189,15 +196,6 @@ class AMQPConnection(asyncio.Protocol):
             if f.payload[:4] == b"\x00\x14\x00\x0a":  # channel.open again
                 raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
         ch.on_frame(f)
-
-    def _decode(self, f: RawFrame) -> Frame:
-        try:
-            return decode_method(f.payload)
-        except PAMQPException as exc:
-            cls, meth = method_ids(f.payload)
-            raise CommandInvalid(
-                f"unknown or malformed method {cls}/{meth}: {exc}", cls, meth
-            ) from exc
 
     # -- channel 0 --------------------------------------------------------------------
 
@@ -259,6 +257,7 @@ class AMQPConnection(asyncio.Protocol):
         props = m.client_properties if isinstance(m.client_properties, dict) else {}
         caps = props.get("capabilities")
         self.cancel_notify = isinstance(caps, dict) and bool(caps.get("consumer_cancel_notify"))
+        self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
         creds = parse_response(m.mechanism, m.response)
         if m.mechanism not in MECHANISMS.split():
             raise ConnectionAccessRefused(
@@ -322,6 +321,8 @@ class AMQPConnection(asyncio.Protocol):
         while not self.closed:
             await asyncio.sleep(interval)
             now = time.monotonic()
+            if BLOCKED in self._paused_by:
+                self._last_recv = now  # we stopped reading: silence is ours, not the peer's
             if now - self._last_recv > 2 * self.heartbeat:
                 log.info("missed heartbeats from %s; closing", self.peer)
                 self._abort()
@@ -355,15 +356,35 @@ class AMQPConnection(asyncio.Protocol):
         self.transport.writelines(frames)
         self._last_sent = time.monotonic()
 
-    def pause_reading(self, ch: Channel) -> None:
+    def pause_reading(self, reason: int) -> None:
+        """Stop reading the socket; ``reason`` is a channel number, or BLOCKED."""
         if not self._paused_by and self.transport is not None:
             self.transport.pause_reading()
-        self._paused_by.add(ch.number)
+        self._paused_by.add(reason)
 
-    def resume_reading(self, ch: Channel) -> None:
-        self._paused_by.discard(ch.number)
+    def resume_reading(self, reason: int) -> None:
+        self._paused_by.discard(reason)
         if not self._paused_by and self.transport is not None and not self.closed:
+            self._last_recv = time.monotonic()
             self.transport.resume_reading()
+
+    def set_blocked(self, blocked: bool) -> None:
+        """Publish backlog over its limit (the database is away or slow): hold publishers.
+
+        Only connections that publish are paused, and those that asked for it are
+        told with connection.blocked / unblocked, as RabbitMQ does."""
+        if self.closed or not self.publisher or self._state != "opened":
+            return
+        if blocked and BLOCKED not in self._paused_by:
+            if self.blocked_notify:
+                self.send_method(
+                    0, commands.Connection.Blocked(reason="publish backlog: database unavailable")
+                )
+            self.pause_reading(BLOCKED)
+        elif not blocked and BLOCKED in self._paused_by:
+            if self.blocked_notify:
+                self.send_method(0, commands.Connection.Unblocked())
+            self.resume_reading(BLOCKED)
 
     # -- errors and closing ---------------------------------------------------------------
 

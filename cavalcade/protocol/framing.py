@@ -10,11 +10,10 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from pamqp import encode
-from pamqp import frame as pamqp_frame
+from pamqp import commands, encode
 from pamqp.base import Frame
 
-from cavalcade.errors import FrameError
+from cavalcade.errors import FrameError, NotImplemented_
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD = 1
@@ -70,8 +69,16 @@ class FrameReader:
 
 
 def decode_method(payload: bytes) -> Frame:
-    """Decode a method frame payload with pamqp (raises on unknown ids or bad fields)."""
-    return pamqp_frame._unmarshal_method_frame(payload)  # noqa: SLF001 - the codec entry point
+    """Decode a method frame payload: 540 for unknown methods, 501 for bad arguments."""
+    cls, meth = method_ids(payload)
+    if len(payload) < 4 or ((cls << 16) | meth) not in commands.INDEX_MAPPING:
+        raise NotImplemented_(f"unknown method {cls}/{meth}", cls, meth)
+    try:
+        method = commands.INDEX_MAPPING[(cls << 16) | meth]()
+        method.unmarshal(payload[4:])
+    except Exception as exc:  # noqa: BLE001 - pamqp raises many kinds on bad input
+        raise FrameError(f"cannot decode method {cls}/{meth}: {exc}", cls, meth) from exc
+    return method
 
 
 def method_ids(payload: bytes) -> tuple[int, int]:

@@ -19,6 +19,11 @@ class AMQPServer:
         self.settings = settings
         self.connections: set[AMQPConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        broker.batcher.on_blocked = self._blocked
+
+    def _blocked(self, blocked: bool) -> None:
+        for conn in list(self.connections):
+            conn.set_blocked(blocked)
 
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
