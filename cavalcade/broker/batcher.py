@@ -35,6 +35,8 @@ class WriteBatcher:
         self._on_committed = on_committed
         self._ops: list[tuple[Sequence[NewMessage], asyncio.Future[None], int]] = []
         self._acks: list[int] = []
+        self._requeues: list[int] = []
+        self._requeue_queues: set[int] = set()
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -76,9 +78,18 @@ class WriteBatcher:
             self._idle.clear()
             self._work.set()
 
+    def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
+        """Queue (queue id, message id) pairs to return to ready, redelivered, in order
+        with the acks and publishes around them."""
+        if messages:
+            self._requeues.extend(m for _, m in messages)
+            self._requeue_queues.update(q for q, _ in messages)
+            self._idle.clear()
+            self._work.set()
+
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        if self._ops or self._acks or not self._idle.is_set():
+        if self._ops or self._acks or self._requeues or not self._idle.is_set():
             fut = self.publish(())
             await fut
 
@@ -86,11 +97,13 @@ class WriteBatcher:
         while True:
             await self._work.wait()
             self._work.clear()
-            while self._ops or self._acks:
+            while self._ops or self._acks or self._requeues:
                 await self._write_one()
             self._idle.set()
 
-    def _take(self) -> tuple[list[NewMessage], list[int], list[asyncio.Future[None]], int]:
+    def _take(
+        self,
+    ) -> tuple[list[NewMessage], list[int], list[asyncio.Future[None]], int]:
         """The oldest work that fits in one transaction, and all pending acks."""
         messages: list[NewMessage] = []
         futures: list[asyncio.Future[None]] = []
@@ -110,7 +123,9 @@ class WriteBatcher:
 
     async def _write_one(self) -> None:
         messages, acks, futures, size = self._take()
-        queues = {m.queue_id for m in messages}
+        requeues, self._requeues = self._requeues, []
+        queues = {m.queue_id for m in messages} | self._requeue_queues
+        self._requeue_queues = set()
         payload = None
         if queues:
             payload = self._node + ":" + ",".join(str(q) for q in sorted(queues))
@@ -119,7 +134,7 @@ class WriteBatcher:
         delay = 0.05
         while True:
             try:
-                await self._repo.write_batch(messages, acks, payload)
+                await self._repo.write_batch(messages, acks, payload, requeues)
                 break
             except asyncio.CancelledError:
                 raise

@@ -570,15 +570,11 @@ class Broker:
     def ack(self, ids: Sequence[int]) -> None:
         self.batcher.ack(ids)
 
-    async def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
-        """Return (queue id, message id) pairs to their queues as redelivered."""
-        if not messages:
-            return
-        await self.batcher.flush()
-        await self.repo.requeue([m for _, m in messages])
-        self.wake_queues({q for q, _ in messages})
+    def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
+        """Return (queue id, message id) pairs to their queues as redelivered (next commit)."""
+        self.batcher.requeue(messages)
 
-    async def discard(self, ids: Sequence[int]) -> None:
+    def discard(self, ids: Sequence[int]) -> None:
         """Rejected without requeue: the messages are dropped (dead-lettering comes later)."""
         self.batcher.ack(ids)
 

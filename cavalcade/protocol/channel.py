@@ -304,7 +304,7 @@ class Channel:
                     await self.broker.cancel(session, c.queue_id, c)
                 except Exception:  # noqa: BLE001
                     log.exception("cancel of %s on close failed", c.tag)
-        await self.broker.requeue(pending)
+        self.broker.requeue(pending)
 
     async def on_channel_close(self, m: commands.Channel.Close, _: None) -> None:
         await self.teardown()
@@ -570,10 +570,10 @@ class Channel:
 
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         c = self.consumers.pop(m.consumer_tag or "", None)
-        if not m.nowait:
-            self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
         if c is not None:
             await self.broker.cancel(self.conn.session, c.queue_id, c)
+        if not m.nowait:
+            self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
 
     async def on_basic_get(self, m: commands.Basic.Get, _: None) -> None:
         result = await self.broker.get(
@@ -641,9 +641,9 @@ class Channel:
         if self.tx:
             self._tx_rejects.extend((t, e, requeue) for t, e in taken)
         elif requeue:
-            await self.broker.requeue([(e[1], e[0]) for _, e in taken])
+            self.broker.requeue([(e[1], e[0]) for _, e in taken])
         else:
-            await self.broker.discard([e[0] for _, e in taken])
+            self.broker.discard([e[0] for _, e in taken])
 
     async def on_basic_recover(self, m: commands.Basic.Recover, _: None) -> None:
         if not m.requeue:
@@ -651,7 +651,7 @@ class Channel:
                 "requeue=false", 60, 110 if isinstance(m, commands.Basic.Recover) else 100
             )
         taken = self._take(0, True, 110)
-        await self.broker.requeue([(e[1], e[0]) for _, e in taken])
+        self.broker.requeue([(e[1], e[0]) for _, e in taken])
         if isinstance(m, commands.Basic.Recover):
             self.conn.send_method(self.number, commands.Basic.RecoverOk())
 
@@ -687,8 +687,8 @@ class Channel:
         await self.broker.batcher.flush()
         requeue = [(e[1], e[0]) for _, e, r in rejects if r]
         drop = [e[0] for _, e, r in rejects if not r]
-        await self.broker.requeue(requeue)
-        await self.broker.discard(drop)
+        self.broker.requeue(requeue)
+        self.broker.discard(drop)
         self.conn.send_method(self.number, commands.Tx.CommitOk())
 
     async def on_tx_rollback(self, m: commands.Tx.Rollback, _: None) -> None:

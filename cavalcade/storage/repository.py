@@ -83,6 +83,11 @@ UPDATE messages m
 RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
 """
 
+_REQUEUE = """
+UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
+ WHERE id = ANY($1::bigint[])
+"""
+
 _CLAIM_DELETE = """
 DELETE FROM messages m
  USING (SELECT id FROM messages
@@ -469,9 +474,13 @@ class Repository:
     # -- the hot path --------------------------------------------------------
 
     async def write_batch(
-        self, messages: Sequence[NewMessage], acks: Sequence[int], wake_payload: str | None
+        self,
+        messages: Sequence[NewMessage],
+        acks: Sequence[int],
+        wake_payload: str | None,
+        requeues: Sequence[int] = (),
     ) -> None:
-        """One transaction: insert publishes, delete acked rows, wake other nodes."""
+        """One transaction: insert publishes, delete acked rows, requeue, wake other nodes."""
         async with self.pool.acquire() as conn, conn.transaction():
             if messages:
                 cols: list[list[Any]] = [[] for _ in range(11)]
@@ -490,6 +499,8 @@ class Repository:
                 await conn.execute(_INSERT, *cols)
             if acks:
                 await conn.execute("DELETE FROM messages WHERE id = ANY($1::bigint[])", list(acks))
+            if requeues:
+                await conn.execute(_REQUEUE, list(requeues))
             if wake_payload:
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, wake_payload)
 
@@ -512,11 +523,7 @@ class Repository:
     async def requeue(self, ids: Sequence[int]) -> None:
         """Return claimed rows to ready, flagged redelivered; they keep their id, so their place."""
         if ids:
-            await self.pool.execute(
-                "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
-                " WHERE id = ANY($1::bigint[])",
-                list(ids),
-            )
+            await self.pool.execute(_REQUEUE, list(ids))
 
     async def requeue_channel(self, node_id: uuid.UUID, channel: int) -> None:
         await self.pool.execute(

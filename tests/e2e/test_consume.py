@@ -18,6 +18,7 @@ from .conftest import (
     get_all,
     settle,
     unique,
+    wait_queue_count,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -389,8 +390,17 @@ def _unacked(conn, q: str, n: int):
     return ch, methods
 
 
-def _remaining(conn, q: str) -> list[tuple[bytes, bool]]:
-    return [(b, m.redelivered) for m, _, b in get_all(conn.channel(), q)]
+def _remaining(conn, q: str, ready: int) -> list[tuple[bytes, bool]]:
+    """Every ready message of q as (body, redelivered), once ``ready`` are there.
+
+    Acks, nacks and channel closes act asynchronously with respect to other
+    channels, on RabbitMQ too, so wait for the expected ready count first.
+    """
+    ch = conn.channel()
+    if ready:
+        wait_queue_count(ch, q, ready)
+    settle(conn, 0.2)  # anything wrongly requeued has time to show up
+    return [(b, m.redelivered) for m, _, b in get_all(ch, q)]
 
 
 def test_ack_multiple(conn, resources):
@@ -398,7 +408,7 @@ def test_ack_multiple(conn, resources):
     ch, methods = _unacked(conn, q, 5)
     ch.basic_ack(methods[2].delivery_tag, multiple=True)  # 1..3
     ch.close()  # 4 and 5 come back
-    assert _remaining(conn, q) == [(b"3", True), (b"4", True)]
+    assert _remaining(conn, q, 2) == [(b"3", True), (b"4", True)]
 
 
 def test_ack_zero_multiple_acks_everything(conn, resources):
@@ -406,28 +416,28 @@ def test_ack_zero_multiple_acks_everything(conn, resources):
     ch, _ = _unacked(conn, q, 4)
     ch.basic_ack(0, multiple=True)
     ch.close()
-    assert _remaining(conn, q) == []
+    assert _remaining(conn, q, 0) == []
 
 
 def test_nack_multiple_requeue_keeps_order(conn, resources):
     q = filled_queue(conn, resources, 4)
     ch, methods = _unacked(conn, q, 3)
     ch.basic_nack(methods[-1].delivery_tag, multiple=True, requeue=True)
-    assert _remaining(conn, q) == [(b"0", True), (b"1", True), (b"2", True), (b"3", False)]
+    assert _remaining(conn, q, 4) == [(b"0", True), (b"1", True), (b"2", True), (b"3", False)]
 
 
 def test_nack_zero_multiple_requeues_everything(conn, resources):
     q = filled_queue(conn, resources, 3)
     ch, _ = _unacked(conn, q, 3)
     ch.basic_nack(0, multiple=True, requeue=True)
-    assert _remaining(conn, q) == [(b"0", True), (b"1", True), (b"2", True)]
+    assert _remaining(conn, q, 3) == [(b"0", True), (b"1", True), (b"2", True)]
 
 
 def test_nack_without_requeue_drops(conn, resources):
     q = filled_queue(conn, resources, 3)
     ch, methods = _unacked(conn, q, 2)
     ch.basic_nack(methods[1].delivery_tag, multiple=True, requeue=False)
-    assert _remaining(conn, q) == [(b"2", False)]
+    assert _remaining(conn, q, 1) == [(b"2", False)]
 
 
 def test_reject(conn, resources):
@@ -435,7 +445,7 @@ def test_reject(conn, resources):
     ch, methods = _unacked(conn, q, 2)
     ch.basic_reject(methods[0].delivery_tag, requeue=False)  # dropped
     ch.basic_reject(methods[1].delivery_tag, requeue=True)  # back, redelivered
-    assert _remaining(conn, q) == [(b"1", True), (b"2", False)]
+    assert _remaining(conn, q, 2) == [(b"1", True), (b"2", False)]
 
 
 def test_ack_via_consumer(conn, resources):
@@ -448,7 +458,7 @@ def test_ack_via_consumer(conn, resources):
     for tag in rec.tags:
         ch.basic_ack(tag)
     ch.close()
-    assert _remaining(conn, q) == []
+    assert _remaining(conn, q, 0) == []
 
 
 @pytest.mark.parametrize(
@@ -488,7 +498,7 @@ def test_double_ack_406(conn, resources):
     err = channel_error(ch, ch.basic_ack, method.delivery_tag)
     assert err.reply_code == 406
     assert err.reply_text == f"PRECONDITION_FAILED - unknown delivery tag {method.delivery_tag}"
-    assert _remaining(conn, q) == []
+    assert _remaining(conn, q, 0) == []
 
 
 def test_ack_of_no_ack_delivery_406(conn, resources):

@@ -23,6 +23,7 @@ from .conftest import (
     drain,
     get_all,
     unique,
+    wait_queue_count,
 )
 
 pytestmark = pytest.mark.timeout(60)
@@ -629,7 +630,9 @@ def test_tx_acks_apply_on_commit(conn, resources):
     ch.basic_ack(m2.delivery_tag)
     ch.tx_commit()
     ch.close()  # m1 was never acked: it comes back
-    got = get_all(conn.channel(), q)
+    check = conn.channel()
+    wait_queue_count(check, q, 1)
+    got = get_all(check, q)
     assert [(b, m.redelivered) for m, _, b in got] == [(b"0", True)]
 
 
