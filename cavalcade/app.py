@@ -30,10 +30,12 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
         backlog_limit=settings.publish_backlog_bytes,
     )
     broker.start()
-    listener = await _listen(dsn, broker, node_id) if settings.notify == "listen" else None
+    listener = Listener(dsn, broker, node_id) if settings.notify == "listen" else None
+    if listener is not None:
+        await listener.ensure()
     server = AMQPServer(broker, settings)
     await server.start(sock)
-    loops = [asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop))]
+    loops = [asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop, listener))]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
     )
@@ -46,47 +48,71 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
             t.cancel()
         await broker.stop()
         if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close()
+            await listener.close()
         with contextlib.suppress(Exception):
             await repo.unregister_node(node_id)
         await repo.close()
 
 
-async def _listen(dsn: str, broker: Broker, node_id: uuid.UUID) -> asyncpg.Connection:
-    """A dedicated connection for LISTEN: wake-ups and topology changes from other nodes."""
-    me = str(node_id)
-    conn = await asyncpg.connect(dsn)
+class Listener:
+    """A dedicated connection for LISTEN: wake-ups and topology changes from other nodes.
 
-    def on_wake(_c: object, _pid: int, _channel: str, payload: str) -> None:
-        node, _, ids = payload.partition(":")
-        if node == me or not ids:
+    If the database goes away, ``ensure`` reconnects it; meanwhile the dispatchers'
+    poll timer keeps deliveries going."""
+
+    def __init__(self, dsn: str, broker: Broker, node_id: uuid.UUID) -> None:
+        self.dsn = dsn
+        self.broker = broker
+        self.me = str(node_id)
+        self.conn: asyncpg.Connection | None = None
+
+    async def ensure(self) -> None:
+        if self.conn is not None and not self.conn.is_closed():
+            return
+        self.conn = await asyncpg.connect(self.dsn)
+        await self.conn.add_listener(NOTIFY_CHANNEL, self._on_wake)
+        await self.conn.add_listener(TOPOLOGY_CHANNEL, self._on_topology)
+        # Anything may have changed while we were not listening.
+        self.broker.topology_changed()
+        self.broker.wake_all()
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                await self.conn.close()
+
+    def _on_wake(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        node, _, ids = str(payload).partition(":")
+        if node == self.me or not ids:
             return
         if ids == "*":
-            broker.wake_all()
+            self.broker.wake_all()
         else:
-            broker.wake_queues(int(i) for i in ids.split(","))
+            self.broker.wake_queues(int(i) for i in ids.split(","))
 
-    def on_topology(_c: object, _pid: int, _channel: str, payload: str) -> None:
-        parts = payload.split(":")
-        if parts[0] == me:
+    def _on_topology(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
+        parts = str(payload).split(":")
+        if parts[0] == self.me:
             return
-        broker.topology_changed(int(parts[1]) if len(parts) > 1 else None)
+        self.broker.topology_changed(int(parts[1]) if len(parts) > 1 else None)
         if len(parts) > 2:
-            broker.queue_deleted_elsewhere(int(parts[2]))
-
-    await conn.add_listener(NOTIFY_CHANNEL, on_wake)
-    await conn.add_listener(TOPOLOGY_CHANNEL, on_topology)
-    return conn
+            self.broker.queue_deleted_elsewhere(int(parts[2]))
 
 
 async def _node_heartbeat(
-    repo: Repository, broker: Broker, settings: Settings, node_id: uuid.UUID, stop: asyncio.Event
+    repo: Repository,
+    broker: Broker,
+    settings: Settings,
+    node_id: uuid.UUID,
+    stop: asyncio.Event,
+    listener: Listener | None,
 ) -> None:
     """Keep this node's row alive and reap nodes that stopped heartbeating."""
     while True:
         await asyncio.sleep(settings.node_heartbeat)
         try:
+            if listener is not None:
+                await listener.ensure()
             if not await repo.heartbeat_node(node_id):
                 log.error("this node was declared dead by the others; stopping (fenced)")
                 stop.set()

@@ -85,9 +85,9 @@ class QueueDispatcher:
                 await self._drain()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the database may be away; the poll retries
-                log.exception("dispatch for queue %s failed", self.queue_id)
-                await asyncio.sleep(0.2)
+            except Exception as exc:  # noqa: BLE001 - the database may be away; poll retries
+                log.warning("dispatch for queue %s failed: %s", self.queue_id, exc)
+                await asyncio.sleep(0.5)
 
     def _eligible(self) -> list[DeliveryTarget]:
         """Consumers with credit, at the highest priority that has any (x-priority)."""

@@ -249,9 +249,7 @@ def get_all(ch, queue: str, limit: int = 10_000) -> list[tuple[Any, Any, bytes]]
     return out
 
 
-def wait_queue_count(
-    ch, queue: str, expected: int, timeout: float = OP_TIMEOUT
-) -> int:
+def wait_queue_count(ch, queue: str, expected: int, timeout: float = OP_TIMEOUT) -> int:
     """Poll passive declares until the ready count is ``expected``."""
     deadline = time.monotonic() + timeout
     while True:

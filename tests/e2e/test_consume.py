@@ -92,7 +92,9 @@ def test_same_tag_on_different_channels_is_fine(raw):
     c.open_channel(2)
     q = c.rpc(commands.Queue.Declare(queue="", exclusive=True), commands.Queue.DeclareOk).queue
     for ch in (1, 2):
-        ok = c.rpc(commands.Basic.Consume(queue=q, consumer_tag="None1"), commands.Basic.ConsumeOk, ch)
+        ok = c.rpc(
+            commands.Basic.Consume(queue=q, consumer_tag="None1"), commands.Basic.ConsumeOk, ch
+        )
         assert ok.consumer_tag == "None1"
 
 

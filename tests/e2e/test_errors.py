@@ -162,7 +162,8 @@ def test_bad_frame_end_501(raw):
     c.open_channel(1)
     data = frame.marshal(commands.Queue.Declare(queue="", exclusive=True), 1)
     c.send_raw(data[:-1] + b"\x00")
-    expect_connection_close(c, 501, "FRAME_ERROR", (0, 0))
+    # RabbitMQ: "FRAME_ERROR - type 1, all octets = <<...>>: {invalid_frame_end_marker,0}"
+    expect_connection_close(c, 501, "FRAME_ERROR - ", (0, 0))
 
 
 def test_unknown_frame_type_501(raw):
@@ -170,7 +171,8 @@ def test_unknown_frame_type_501(raw):
     c.handshake()
     c.open_channel(1)
     c.send_raw(struct.pack(">BHI", 9, 1, 1) + b"x" + b"\xce")
-    expect_connection_close(c, 501, "FRAME_ERROR", (0, 0))
+    # RabbitMQ: "FRAME_ERROR - type 9, all octets = <<\"x\">>: unknown_frame"
+    expect_connection_close(c, 501, "FRAME_ERROR - ", (0, 0))
 
 
 def test_frame_larger_than_frame_max_501(raw):
@@ -180,7 +182,8 @@ def test_frame_larger_than_frame_max_501(raw):
     c.send(commands.Basic.Publish(exchange="", routing_key="x"), 1)
     c.send(header.ContentHeader(0, 200_000, commands.Basic.Properties()), 1)
     c.send_raw(frame.marshal(pbody.ContentBody(b"x" * 200_000), 1))
-    expect_connection_close(c, 501, "FRAME_ERROR", (0, 0))
+    # RabbitMQ: "FRAME_ERROR - type 3, all octets = <<>>: {frame_too_large,200000,131064}"
+    expect_connection_close(c, 501, "FRAME_ERROR - ", (0, 0))
 
 
 def test_truncated_method_arguments_501(raw):
@@ -188,7 +191,8 @@ def test_truncated_method_arguments_501(raw):
     c.handshake()
     c.open_channel(1)
     c.send_raw(method_frame(1, 50, 10, b"\x00"))  # queue.declare with 1 byte of args
-    expect_connection_close(c, 501, "FRAME_ERROR", (50, 10))
+    # RabbitMQ: "FRAME_ERROR - cannot decode <<0>>"
+    expect_connection_close(c, 501, "FRAME_ERROR - ", (50, 10))
 
 
 @pytest.mark.parametrize("class_id,method_id", [(60, 999), (99, 1)], ids=["method", "class"])
@@ -214,9 +218,8 @@ def test_body_frame_without_header_505(raw):
     c.handshake()
     c.open_channel(1)
     c.send(pbody.ContentBody(b"x"), 1)
-    expect_connection_close(
-        c, 505, "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
-    )
+    # RabbitMQ: "UNEXPECTED_FRAME - expected method frame, got non method frame instead"
+    expect_connection_close(c, 505, "UNEXPECTED_FRAME - ", (0, 0))
 
 
 def test_method_instead_of_content_header_505(raw):
@@ -225,13 +228,9 @@ def test_method_instead_of_content_header_505(raw):
     c.open_channel(1)
     c.send(commands.Basic.Publish(exchange="", routing_key="x"), 1)
     c.send(commands.Basic.Qos(prefetch_count=1), 1)
-    expect_connection_close(
-        c,
-        505,
-        "UNEXPECTED_FRAME - expected content header for class 60, "
-        "got non content header frame instead",
-        (60, 40),
-    )
+    # RabbitMQ: "UNEXPECTED_FRAME - expected content header for class 60,
+    # got non content header frame instead"
+    expect_connection_close(c, 505, "UNEXPECTED_FRAME - ", (60, 40))
 
 
 def test_content_header_for_wrong_class_505(raw):
@@ -241,12 +240,9 @@ def test_content_header_for_wrong_class_505(raw):
     c.send(commands.Basic.Publish(exchange="", routing_key="x"), 1)
     payload = struct.pack(">HHQH", 50, 0, 1, 0)
     c.send_raw(struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce")
-    expect_connection_close(
-        c,
-        505,
-        "UNEXPECTED_FRAME - expected content header for class 60, got one for class 50 instead",
-        (60, 40),
-    )
+    # RabbitMQ: "UNEXPECTED_FRAME - expected content header for class 60,
+    # got one for class 50 instead"
+    expect_connection_close(c, 505, "UNEXPECTED_FRAME - ", (60, 40))
 
 
 def test_heartbeat_on_nonzero_channel_505(raw):
@@ -254,7 +250,8 @@ def test_heartbeat_on_nonzero_channel_505(raw):
     c.handshake()
     c.open_channel(1)
     c.send_raw(b"\x08\x00\x01\x00\x00\x00\x00\xce")
-    expect_connection_close(c, 505, "UNEXPECTED_FRAME")
+    # RabbitMQ: "UNEXPECTED_FRAME - type 8, all octets = <<>>"
+    expect_connection_close(c, 505, "UNEXPECTED_FRAME - ", (0, 0))
 
 
 def test_method_on_unopened_channel_504(raw):
@@ -276,7 +273,8 @@ def test_channel_method_on_channel_zero_504(raw):
     c = raw()
     c.handshake()
     c.send(commands.Queue.Declare(queue="", exclusive=True), 0)
-    expect_connection_close(c, 504, "CHANNEL_ERROR", (50, 10))
+    # RabbitMQ: "CHANNEL_ERROR - unexpected method in connection state running"
+    expect_connection_close(c, 504, "CHANNEL_ERROR - ", (50, 10))
 
 
 # --------------------------------------------------------------------------- #
@@ -373,4 +371,3 @@ def test_client_vanishing_mid_handshake(address, amqp_url):
             c.recv(4096)
         c.close()
     still_works(amqp_url)
-

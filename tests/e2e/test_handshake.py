@@ -300,7 +300,11 @@ def test_client_close_gets_close_ok(raw):
     c = raw()
     c.handshake()
     c.open_channel(1)
-    c.rpc(commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0), commands.Channel.CloseOk, 1)
+    c.rpc(
+        commands.Channel.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0),
+        commands.Channel.CloseOk,
+        1,
+    )
     # The same channel id can be re-opened immediately.
     c.open_channel(1)
     c.send(commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import time
 
 import amqp.exceptions
@@ -33,7 +32,7 @@ def drain_until(conn: kombu.Connection, predicate, timeout: float = OP_TIMEOUT) 
             return False
         try:
             conn.drain_events(timeout=min(left, 0.2))
-        except (socket.timeout, TimeoutError):
+        except TimeoutError:
             pass
     return True
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import struct
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import amqp
@@ -120,7 +120,7 @@ HEADERS = {
     "empty_dict": {},
     "bytes": b"\x00\xffraw\x80",
     "decimal": Decimal("3.14"),
-    "datetime": datetime(2024, 1, 2, 3, 4, 5, tzinfo=timezone.utc),
+    "datetime": datetime(2024, 1, 2, 3, 4, 5, tzinfo=UTC),
 }
 
 
@@ -568,9 +568,7 @@ async def test_aiormq_publisher_confirms(amqp_url, resources):
         q = resources.queue("aio-confirm")
         await ch.queue_declare(q)
         results = await asyncio.wait_for(
-            asyncio.gather(
-                *(ch.basic_publish(str(i).encode(), routing_key=q) for i in range(50))
-            ),
+            asyncio.gather(*(ch.basic_publish(str(i).encode(), routing_key=q) for i in range(50))),
             OP_TIMEOUT * 2,
         )
         assert all(isinstance(r, Basic.Ack) for r in results)

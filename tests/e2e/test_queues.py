@@ -14,9 +14,7 @@ from .conftest import OP_TIMEOUT, aiormq_connect, channel_error, drain, get_all,
 
 pytestmark = pytest.mark.timeout(30)
 
-LOCKED_TEXT = (
-    "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost '/'."
-)
+LOCKED_TEXT = "RESOURCE_LOCKED - cannot obtain exclusive access to locked queue '{q}' in vhost '/'."
 
 
 def wait_until_gone(conn, queue: str, timeout: float = OP_TIMEOUT) -> bool:
@@ -121,9 +119,7 @@ def test_passive_declare_ignores_other_flags(channel, resources):
     channel.basic_publish("", q, b"x")
     ok = channel.queue_declare(q, passive=True, durable=False, auto_delete=True, exclusive=False)
     assert ok.method.message_count == 1
-    ok = channel.queue_declare(
-        q, passive=True, arguments={"x-message-ttl": 5}, exclusive=True
-    )
+    ok = channel.queue_declare(q, passive=True, arguments={"x-message-ttl": 5}, exclusive=True)
     assert ok.method.queue == q
 
 
