@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable, Sequence
 from uuid import UUID
 
+import asyncpg
+
 from cavalcade.storage.repository import NewMessage, Repository
 
 log = logging.getLogger(__name__)
@@ -132,12 +134,22 @@ class WriteBatcher:
             if len(payload) > 7000:  # NOTIFY payloads stop at 8000 bytes
                 payload = self._node + ":*"
         delay = 0.05
+        failure: Exception | None = None
+        rejected = 0
         while True:
             try:
                 await self._repo.write_batch(messages, acks, payload, requeues)
                 break
             except asyncio.CancelledError:
                 raise
+            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
+                # A queue deleted under us is skipped on retry; anything else is a bad
+                # batch: it is refused (nacked), never retried forever.
+                rejected += 1
+                if rejected > 2:
+                    log.error("write batch refused by the database: %s", exc)
+                    failure = exc
+                    break
             except Exception as exc:  # noqa: BLE001 - the database may come back
                 log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
@@ -147,7 +159,12 @@ class WriteBatcher:
             self.blocked = False
             self.on_blocked(False)
         for fut in futures:
-            if not fut.done():
+            if fut.done():
+                continue
+            if failure is None:
                 fut.set_result(None)
+            else:
+                fut.set_exception(failure)
+                fut.exception()  # retrieved: publishers without confirms never look
         if queues:
             self._on_committed(queues)

@@ -469,8 +469,16 @@ class Channel:
             else:
                 fut.add_done_callback(partial(self._on_committed, self.publish_seq))
 
-    def _on_committed(self, seq: int, _fut: object) -> None:
+    def _on_committed(self, seq: int, fut: asyncio.Future[None] | None) -> None:
         if self.state != "open":
+            return
+        if fut is not None and (fut.cancelled() or fut.exception() is not None):
+            # Not stored: confirm what came before, then nack this one (in order).
+            self._send_confirms()
+            self._confirm_upto = self._confirm_sent = seq
+            self.conn.send_method(
+                self.number, commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False)
+            )
             return
         if seq > self._confirm_upto:
             self._confirm_upto = seq
