@@ -36,6 +36,14 @@ class DeliveryTarget(Protocol):
         """Hand over claimed messages; False if the consumer is gone (caller requeues)."""
         ...
 
+    def reserve(self, n: int) -> None:
+        """Hold ``n`` of its credit while a claim is in flight (other queues see less)."""
+        ...
+
+    def release(self, n: int) -> None:
+        """Give back a reservation (just before delivering what the claim returned)."""
+        ...
+
 
 class QueueDispatcher:
     """Claims and delivers the messages of one queue to this node's consumers."""
@@ -103,10 +111,20 @@ class QueueDispatcher:
             eligible = self._eligible()
             if not eligible:
                 return
-            credit = {id(c): min(c.credit(), CLAIM_CAP) for c in eligible}
+            credit: dict[int, int] = {}
+            for c in eligible:
+                # Reserve one consumer at a time: consumers of one channel share its
+                # global prefetch, so each reservation lowers the next one's credit.
+                credit[id(c)] = min(c.credit(), CLAIM_CAP)
+                c.reserve(credit[id(c)])
             want = min(sum(credit.values()), CLAIM_CAP)
             all_no_ack = all(c.no_ack for c in eligible)
-            rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
+            try:
+                rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
+            finally:
+                # No await from here to the deliveries: the reservation becomes unacked.
+                for c in eligible:
+                    c.release(credit[id(c)])
             if not rows:
                 return
             shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}

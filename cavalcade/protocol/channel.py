@@ -62,6 +62,7 @@ class Consumer:
         "exclusive",
         "priority",
         "unacked",
+        "reserved",
     )
 
     def __init__(
@@ -75,6 +76,7 @@ class Consumer:
         self.exclusive = exclusive
         self.priority = priority
         self.unacked = 0
+        self.reserved = 0
 
     def credit(self) -> int:
         return self.channel.credit_for(self)
@@ -84,6 +86,14 @@ class Consumer:
 
     def cancel_by_server(self) -> None:
         self.channel.cancel_by_server(self)
+
+    def reserve(self, n: int) -> None:
+        self.reserved += n
+        self.channel.global_reserved += n
+
+    def release(self, n: int) -> None:
+        self.reserved -= n
+        self.channel.global_reserved -= n
 
 
 class Channel:
@@ -101,6 +111,7 @@ class Channel:
         self.consumer_prefetch = 0
         self.global_prefetch = 0
         self.global_unacked = 0
+        self.global_reserved = 0
         self.confirm = False
         self.publish_seq = 0
         self._confirm_upto = 0
@@ -505,9 +516,9 @@ class Channel:
             return CLAIM_CAP
         credit = CLAIM_CAP
         if self.consumer_prefetch:
-            credit = min(credit, self.consumer_prefetch - c.unacked)
+            credit = min(credit, self.consumer_prefetch - c.unacked - c.reserved)
         if self.global_prefetch:
-            credit = min(credit, self.global_prefetch - self.global_unacked)
+            credit = min(credit, self.global_prefetch - self.global_unacked - self.global_reserved)
         return max(credit, 0)
 
     def deliver(self, c: Consumer, messages: list[ClaimedMessage]) -> bool:

@@ -67,10 +67,12 @@ TOPOLOGY_CHANNEL = "cavalcade_topology"
 _INSERT = """
 INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
                       content_type, message_id, correlation_id, expiration, body)
-SELECT * FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
-                     $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
-              AS u(queue_id)
- WHERE u.queue_id IN (SELECT id FROM queues WHERE id = ANY($1::bigint[]))
+SELECT q, p, d, e, r, h, ct, mi, ci, x, b
+  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
+              $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
+       WITH ORDINALITY AS u(q, p, d, e, r, h, ct, mi, ci, x, b, n)
+ WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ ORDER BY n
 """
 
 _CLAIM = """

@@ -321,10 +321,7 @@ class RawClient:
         out = b""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
         while time.monotonic() < deadline:
-            try:
-                chunk = self.recv_bytes(max(0.05, deadline - time.monotonic()))
-            except TimeoutError:
-                raise
+            chunk = self.recv_bytes(max(0.05, deadline - time.monotonic()))
             if not chunk:
                 return out
             out += chunk
