@@ -33,6 +33,7 @@ class WriteBatcher:
         backlog_limit: int = 64 * 1024 * 1024,
     ) -> None:
         self._repo = repo
+        self._node_id = node_id
         self._node = str(node_id)
         self._on_committed = on_committed
         self._ops: list[tuple[Sequence[NewMessage], asyncio.Future[None], int]] = []
@@ -138,7 +139,7 @@ class WriteBatcher:
         rejected = 0
         while True:
             try:
-                await self._repo.write_batch(messages, acks, payload, requeues)
+                await self._repo.write_batch(messages, acks, payload, requeues, self._node_id)
                 break
             except asyncio.CancelledError:
                 raise

@@ -149,7 +149,7 @@ class QueueDispatcher:
                         requeue.extend(m.id for m in batch)
                 elif c.no_ack and not all_no_ack:
                     consumed.extend(m.id for m in batch)
-            await self._repo.requeue(requeue)
-            await self._repo.delete_messages(consumed)
+            await self._repo.requeue(requeue, self._node_id)
+            await self._repo.delete_messages(consumed, self._node_id)
             if len(rows) < want:
                 return

@@ -131,6 +131,7 @@ class Channel:
             asyncio.Queue()
         )
         self._reading_paused = False
+        self._discarding = False
         self._handlers: dict[type, Callable[[Any, Any], Awaitable[None]]] = {
             commands.Channel.Close: self.on_channel_close,
             commands.Channel.Flow: self.on_channel_flow,
@@ -197,6 +198,7 @@ class Channel:
             limit = self.conn.settings.max_message_size
             if size > limit:
                 self._method = None
+                self._discarding = True
                 self._fail_soon(
                     PreconditionFailed(
                         f"message size {size} is larger than configured max size {limit}",
@@ -211,6 +213,8 @@ class Channel:
             else:
                 self._body_size = size
         elif f.type == FRAME_BODY:
+            if self._discarding:
+                return  # the body of a refused message: the channel is about to close
             if self._method is None:
                 raise UnexpectedFrame("expected method frame, got non method frame instead")
             if self._body_size == 0:
@@ -323,6 +327,8 @@ class Channel:
         self.conn.send_method(self.number, commands.Channel.CloseOk())
 
     async def on_channel_flow(self, m: commands.Channel.Flow, _: None) -> None:
+        if not m.active:
+            raise NotImplemented_("active=false", 20, 20)  # as RabbitMQ
         self.conn.send_method(self.number, commands.Channel.FlowOk(active=m.active))
 
     # -- exchanges --------------------------------------------------------------

@@ -89,8 +89,10 @@ RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properti
 
 _REQUEUE = """
 UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
- WHERE id = ANY($1::bigint[])
+ WHERE id = ANY($1::bigint[]) AND owner_node = $2
 """
+
+_ACK = "DELETE FROM messages WHERE id = ANY($1::bigint[]) AND owner_node = $2"
 
 _CLAIM_DELETE = """
 DELETE FROM messages m
@@ -483,8 +485,12 @@ class Repository:
         acks: Sequence[int],
         wake_payload: str | None,
         requeues: Sequence[int] = (),
+        node_id: uuid.UUID | None = None,
     ) -> None:
-        """One transaction: insert publishes, delete acked rows, requeue, wake other nodes."""
+        """One transaction: insert publishes, delete acked rows, requeue, wake other nodes.
+
+        Acks and requeues touch only rows this node still owns: a node declared dead
+        (and fenced) cannot settle what was redelivered elsewhere."""
         async with self.pool.acquire() as conn, conn.transaction():
             if messages:
                 cols: list[list[Any]] = [[] for _ in range(11)]
@@ -502,9 +508,9 @@ class Repository:
                     cols[10].append(m.body)
                 await conn.execute(_INSERT, *cols)
             if acks:
-                await conn.execute("DELETE FROM messages WHERE id = ANY($1::bigint[])", list(acks))
+                await conn.execute(_ACK, list(acks), node_id)
             if requeues:
-                await conn.execute(_REQUEUE, list(requeues))
+                await conn.execute(_REQUEUE, list(requeues), node_id)
             if wake_payload:
                 await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, wake_payload)
 
@@ -524,10 +530,10 @@ class Repository:
         )
         return int(value or 0)
 
-    async def requeue(self, ids: Sequence[int]) -> None:
+    async def requeue(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         """Return claimed rows to ready, flagged redelivered; they keep their id, so their place."""
         if ids:
-            await self.pool.execute(_REQUEUE, list(ids))
+            await self.pool.execute(_REQUEUE, list(ids), node_id)
 
     async def requeue_channel(self, node_id: uuid.UUID, channel: int) -> None:
         await self.pool.execute(
@@ -537,9 +543,9 @@ class Repository:
             channel,
         )
 
-    async def delete_messages(self, ids: Sequence[int]) -> None:
+    async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
-            await self.pool.execute("DELETE FROM messages WHERE id = ANY($1::bigint[])", list(ids))
+            await self.pool.execute(_ACK, list(ids), node_id)
 
 
 def _queue_row(r: asyncpg.Record) -> QueueRow:

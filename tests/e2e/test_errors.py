@@ -371,3 +371,22 @@ def test_client_vanishing_mid_handshake(address, amqp_url):
             c.recv(4096)
         c.close()
     still_works(amqp_url)
+
+
+def test_oversized_header_and_body_in_one_write_closes_only_the_channel(raw, broker_name):
+    """Header and the first body frame in one socket write: still 406 on the channel."""
+    if broker_name == "rabbitmq":
+        pytest.skip("RabbitMQ waits for the whole body before refusing it")
+    c = raw()
+    c.handshake()
+    c.open_channel(1)
+    data = frame.marshal(commands.Basic.Publish(exchange="", routing_key="x"), 1)
+    data += frame.marshal(
+        header.ContentHeader(0, 200 * 1024 * 1024, commands.Basic.Properties()), 1
+    )
+    data += frame.marshal(pbody.ContentBody(b"x" * 100_000), 1)
+    c.send_raw(data)
+    _, close = c.recv()
+    assert isinstance(close, commands.Channel.Close), close
+    assert close.reply_code == 406
+    c.open_channel(2)  # the connection lives on

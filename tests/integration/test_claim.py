@@ -54,7 +54,7 @@ async def test_requeue_keeps_fifo_order_and_flags_redelivered(database_url: str)
         first = await repo.claim(qid, node, 1, 4, no_ack=False)
         assert [m.body for m in first] == [b"0", b"1", b"2", b"3"]
         assert not any(m.redelivered for m in first)
-        await repo.requeue([m.id for m in first])
+        await repo.requeue([m.id for m in first], node)
         again = await repo.claim(qid, node, 1, 10, no_ack=False)
         assert [m.body for m in again] == [b"%d" % i for i in range(10)]
         assert [m.redelivered for m in again] == [True] * 4 + [False] * 6
@@ -75,5 +75,30 @@ async def test_dead_node_deliveries_return_to_the_queue(database_url: str) -> No
         assert await repo.reap_dead_nodes(10.0) == [dead]
         assert await repo.ready_count(qid) == 3
         assert not await repo.heartbeat_node(dead)  # fenced: its row is gone
+    finally:
+        await repo.close()
+
+
+async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: str) -> None:
+    repo, qid = await _setup(database_url, 2)
+    old, new = uuid.uuid4(), uuid.uuid4()
+    await repo.register_node(old, "old")
+    await repo.register_node(new, "new")
+    try:
+        first = await repo.claim(qid, old, 1, 2, no_ack=False)
+        await repo.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", old
+        )
+        await repo.reap_dead_nodes(10.0)
+        again = await repo.claim(qid, new, 1, 2, no_ack=False)
+        assert [m.id for m in again] == [m.id for m in first]
+        # The dead node's late ack and requeue touch nothing; the new owner's ack works.
+        await repo.write_batch((), [first[0].id], None, [first[1].id], old)
+        assert (
+            await repo.pool.fetchval("SELECT count(*) FROM messages WHERE owner_node = $1", new)
+            == 2
+        )
+        await repo.write_batch((), [m.id for m in again], None, (), new)
+        assert await repo.pool.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await repo.close()
