@@ -35,7 +35,10 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
         await listener.ensure()
     server = AMQPServer(broker, settings)
     await server.start(sock)
-    loops = [asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop, listener))]
+    loops = [
+        asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop, listener)),
+        asyncio.create_task(_sweeper(broker, settings)),
+    ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
     )
@@ -126,3 +129,15 @@ async def _node_heartbeat(
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
             log.warning("node heartbeat failed: %s", exc)
+
+
+async def _sweeper(broker: Broker, settings: Settings) -> None:
+    """Expire messages past their TTL and unused queues past their ``x-expires``."""
+    while True:
+        await asyncio.sleep(settings.sweep_interval)
+        try:
+            await broker.sweep()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+            log.warning("expiry sweep failed: %s", exc)

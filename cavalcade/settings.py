@@ -21,6 +21,7 @@ class Settings(BaseSettings):
     workers: int = 1
     notify: Literal["listen", "poll"] = "listen"
     poll_interval: float = 1.0
+    sweep_interval: float = 0.25
     database_wait: float = 60.0
 
     frame_max: int = 131072

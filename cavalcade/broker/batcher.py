@@ -1,8 +1,9 @@
-"""The per-node write batcher: many publishes and acks, from all connections, per commit.
+"""The per-node write batcher: many publishes and settlements, from all connections, per commit.
 
 While one transaction commits, new work piles up; the next transaction takes
 all of it (group commit). A publish's future resolves only after its commit,
-so a publisher confirm always means "committed".
+so a publisher confirm always means "committed". Acks, requeues and rejects go
+through the same queue, so they apply in the order the clients sent them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from uuid import UUID
 
 import asyncpg
 
-from cavalcade.storage.repository import NewMessage, Repository
+from cavalcade.storage.repository import BatchRules, NewMessage, Repository
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +23,15 @@ MAX_BATCH_MESSAGES = 2000
 MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
+class PublishRefused(Exception):
+    """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it."""
+
+
+RulesFor = Callable[[Sequence[NewMessage], set[int]], BatchRules]
+
+
 class WriteBatcher:
-    """Group commit for publishes and acks."""
+    """Group commit for publishes, acks, requeues and dead-lettering rejects."""
 
     def __init__(
         self,
@@ -31,15 +39,17 @@ class WriteBatcher:
         node_id: UUID,
         on_committed: Callable[[set[int]], None],
         backlog_limit: int = 64 * 1024 * 1024,
+        rules_for: RulesFor | None = None,
     ) -> None:
         self._repo = repo
         self._node_id = node_id
-        self._node = str(node_id)
         self._on_committed = on_committed
+        self._rules_for: RulesFor = rules_for or (lambda _m, _q: BatchRules())
         self._ops: list[tuple[Sequence[NewMessage], asyncio.Future[None], int]] = []
         self._acks: list[int] = []
         self._requeues: list[int] = []
         self._requeue_queues: set[int] = set()
+        self._rejects: list[int] = []
         self._work = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
@@ -61,8 +71,16 @@ class WriteBatcher:
             except asyncio.CancelledError:
                 pass
 
+    def _pending(self) -> bool:
+        return bool(self._ops or self._acks or self._requeues or self._rejects)
+
+    def _kick(self) -> None:
+        self._idle.clear()
+        self._work.set()
+
     def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
-        """Queue rows for the next commit; the future resolves once they are committed."""
+        """Queue rows for the next commit; the future resolves once they are committed
+        (or fails with PublishRefused / a database error: the publisher gets a nack)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         size = sum(len(m.body) + len(m.properties) for m in messages)
         self._ops.append((messages, fut, size))
@@ -70,84 +88,92 @@ class WriteBatcher:
         if not self.blocked and self.backlog_bytes > self.backlog_limit:
             self.blocked = True
             self.on_blocked(True)
-        self._idle.clear()
-        self._work.set()
+        self._kick()
         return fut
 
     def ack(self, ids: Sequence[int]) -> None:
         """Queue deletions of acked rows for the next commit."""
         if ids:
             self._acks.extend(ids)
-            self._idle.clear()
-            self._work.set()
+            self._kick()
 
     def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
-        """Queue (queue id, message id) pairs to return to ready, redelivered, in order
-        with the acks and publishes around them."""
+        """Queue (queue id, message id) pairs to return to ready, redelivered."""
         if messages:
             self._requeues.extend(m for _, m in messages)
             self._requeue_queues.update(q for q, _ in messages)
-            self._idle.clear()
-            self._work.set()
+            self._kick()
+
+    def reject(self, ids: Sequence[int]) -> None:
+        """Queue rejected rows to be dead-lettered (their queues have a DLX)."""
+        if ids:
+            self._rejects.extend(ids)
+            self._kick()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
-        if self._ops or self._acks or self._requeues or not self._idle.is_set():
-            fut = self.publish(())
-            await fut
+        if self._pending() or not self._idle.is_set():
+            await self.publish(())
 
     async def _run(self) -> None:
         while True:
             await self._work.wait()
             self._work.clear()
-            while self._ops or self._acks or self._requeues:
+            while self._pending():
                 await self._write_one()
             self._idle.set()
 
-    def _take(
+    def _take_ops(
         self,
-    ) -> tuple[list[NewMessage], list[int], list[asyncio.Future[None]], int]:
-        """The oldest work that fits in one transaction, and all pending acks."""
+    ) -> tuple[list[NewMessage], list[tuple[int, int, asyncio.Future[None]]], int]:
+        """The oldest publishes that fit in one transaction: rows, (start, end, future)."""
         messages: list[NewMessage] = []
-        futures: list[asyncio.Future[None]] = []
+        spans: list[tuple[int, int, asyncio.Future[None]]] = []
         size = taken = 0
         for rows, fut, op_size in self._ops:
-            if futures and (
+            if spans and (
                 len(messages) + len(rows) > MAX_BATCH_MESSAGES or size + op_size > MAX_BATCH_BYTES
             ):
                 break
+            spans.append((len(messages), len(messages) + len(rows), fut))
             messages.extend(rows)
-            futures.append(fut)
             size += op_size
             taken += 1
         del self._ops[:taken]
-        acks, self._acks = self._acks, []
-        return messages, acks, futures, size
+        return messages, spans, size
 
     async def _write_one(self) -> None:
-        messages, acks, futures, size = self._take()
+        messages, spans, size = self._take_ops()
+        acks, self._acks = self._acks, []
         requeues, self._requeues = self._requeues, []
-        queues = {m.queue_id for m in messages} | self._requeue_queues
-        self._requeue_queues = set()
-        payload = None
-        if queues:
-            payload = self._node + ":" + ",".join(str(q) for q in sorted(queues))
-            if len(payload) > 7000:  # NOTIFY payloads stop at 8000 bytes
-                payload = self._node + ":*"
+        wake, self._requeue_queues = self._requeue_queues, set()
+        rejects, self._rejects = self._rejects, []
+        rules = self._rules_for(messages, wake)
         delay = 0.05
         failure: Exception | None = None
-        rejected = 0
+        refused: set[int] = set()
+        touched: set[int] = set()
+        attempts = 0
         while True:
             try:
-                await self._repo.write_batch(messages, acks, payload, requeues, self._node_id)
+                outcome = await self._repo.write_batch(
+                    messages,
+                    acks,
+                    requeues,
+                    rejects,
+                    node_id=self._node_id,
+                    wake=wake,
+                    rules=rules,
+                )
+                refused, touched = outcome.refused, outcome.touched | wake
                 break
             except asyncio.CancelledError:
                 raise
             except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
                 # A queue deleted under us is skipped on retry; anything else is a bad
                 # batch: it is refused (nacked), never retried forever.
-                rejected += 1
-                if rejected > 2:
+                attempts += 1
+                if attempts > 2:
                     log.error("write batch refused by the database: %s", exc)
                     failure = exc
                     break
@@ -159,13 +185,16 @@ class WriteBatcher:
         if self.blocked and self.backlog_bytes <= self.backlog_limit // 2:
             self.blocked = False
             self.on_blocked(False)
-        for fut in futures:
+        for start, end, fut in spans:
             if fut.done():
                 continue
-            if failure is None:
+            error = failure
+            if error is None and any(i in refused for i in range(start, end)):
+                error = PublishRefused()
+            if error is None:
                 fut.set_result(None)
             else:
-                fut.set_exception(failure)
+                fut.set_exception(error)
                 fut.exception()  # retrieved: publishers without confirms never look
-        if queues:
-            self._on_committed(queues)
+        if touched:
+            self._on_committed(touched)

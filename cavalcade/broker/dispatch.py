@@ -49,9 +49,15 @@ class QueueDispatcher:
     """Claims and delivers the messages of one queue to this node's consumers."""
 
     def __init__(
-        self, repo: Repository, node_id: UUID, queue_id: int, poll_interval: float
+        self,
+        repo: Repository,
+        node_id: UUID,
+        queue_id: int,
+        poll_interval: float,
+        single_active: bool = False,
     ) -> None:
         self.queue_id = queue_id
+        self.single_active = single_active
         self.consumers: list[DeliveryTarget] = []
         self._repo = repo
         self._node_id = node_id
@@ -83,14 +89,20 @@ class QueueDispatcher:
                 pass
 
     async def _run(self) -> None:
+        timeout = self._poll
         while self.consumers:
             try:
-                await asyncio.wait_for(self._wake.wait(), self._poll)
+                await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
             self._wake.clear()
+            timeout = self._poll
             try:
-                await self._drain()
+                if await self._drain():
+                    # Empty for now: sleep until a delayed message falls due, if sooner.
+                    due = await self._repo.next_due(self.queue_id)
+                    if due is not None:
+                        timeout = min(self._poll, due + 0.005)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away; poll retries
@@ -105,12 +117,21 @@ class QueueDispatcher:
         top = max(c.priority for c in ready)
         return [c for c in ready if c.priority == top]
 
-    async def _drain(self) -> None:
-        """Claim and deliver until the queue is empty or nobody has credit."""
+    async def _drain(self) -> bool:
+        """Claim and deliver until the queue is empty (True) or nobody has credit."""
         while True:
             eligible = self._eligible()
+            if eligible and self.single_active:
+                active = await self._repo.active_consumer(self.queue_id)
+                eligible = [
+                    c
+                    for c in eligible
+                    if active is not None
+                    and active[0] == self._node_id
+                    and (active[1], active[2]) == (c.channel_key, c.tag)
+                ]
             if not eligible:
-                return
+                return False
             credit: dict[int, int] = {}
             for c in eligible:
                 # Reserve one consumer at a time: consumers of one channel share its
@@ -126,7 +147,7 @@ class QueueDispatcher:
                 for c in eligible:
                     c.release(credit[id(c)])
             if not rows:
-                return
+                return True
             shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
             order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
             i = 0
@@ -152,4 +173,4 @@ class QueueDispatcher:
             await self._repo.requeue(requeue, self._node_id)
             await self._repo.delete_messages(consumed, self._node_id)
             if len(rows) < want:
-                return
+                return True

@@ -23,9 +23,10 @@ from cavalcade.domain.arguments import (
     server_generated_name,
     validate_queue_arguments,
 )
+from cavalcade.domain.deadletter import dead_letter_properties
 from cavalcade.domain.passwords import check_password
-from cavalcade.domain.properties import Properties
-from cavalcade.domain.routing import ExchangeInfo, route
+from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
+from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
 from cavalcade.errors import (
     AccessRefused,
     ConnectionAccessRefused,
@@ -34,6 +35,8 @@ from cavalcade.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
+from cavalcade.storage.batch import BatchRules, QueueLimit
+from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
 
 from .batcher import WriteBatcher
@@ -77,7 +80,9 @@ class Broker:
         self.repo = repo
         self.node_id = node_id
         self.poll_interval = poll_interval
-        self.batcher = WriteBatcher(repo, node_id, self.wake_queues, backlog_limit)
+        self.batcher = WriteBatcher(
+            repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for
+        )
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
@@ -216,8 +221,8 @@ class Broker:
             return
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        check_exchange_type(type_)
         args = json_safe(arguments or {})
+        check_exchange_type(type_, args)
         existing = await self.repo.find_exchange(s.vhost.id, name)
         if existing is None:
             check_reserved("exchange", name)
@@ -463,14 +468,7 @@ class Broker:
             raise AccessRefused(
                 f"cannot publish to internal exchange '{exchange}' in vhost '{vh.name}'"
             )
-        return sorted(route(vh.exchanges, ex, routing_key, props.headers))
-
-    def queue_priority_cap(self, s: Session, queue_id: int) -> int:
-        q = s.vhost.queues_by_id.get(queue_id)
-        if q is None:
-            return 0
-        cap = q.arguments.get("x-max-priority")
-        return int(cap) if isinstance(cap, int) else 0
+        return sorted(route(vh.exchanges, ex, routing_key, props.headers, vh.exchanges_by_name))
 
     def publish(
         self,
@@ -482,10 +480,20 @@ class Broker:
         body: bytes,
     ) -> asyncio.Future[None]:
         """Hand routed rows to the write batcher; the future resolves after commit."""
+        vh = s.vhost
+        delay = None
+        if exchange:
+            ex = vh.exchanges_by_name.get(exchange)
+            if ex is not None and ex.type == DELAYED_TYPE:
+                delay = _int_header(props.headers().get("x-delay"))
+        message_ttl = _expiration_ms(props.expiration)
         rows = []
         for qid in queue_ids:
-            cap = self.queue_priority_cap(s, qid)
-            prio = min(props.priority or 0, cap) if cap else 0
+            q = vh.queues_by_id.get(qid)
+            args = q.arguments if q is not None else {}
+            cap = args.get("x-max-priority")
+            prio = min(props.priority or 0, cap) if isinstance(cap, int) and cap > 0 else 0
+            ttl = _min_ttl(args.get("x-message-ttl"), message_ttl)
             rows.append(
                 NewMessage(
                     queue_id=qid,
@@ -499,9 +507,116 @@ class Broker:
                     correlation_id=props.correlation_id,
                     expiration=props.expiration,
                     body=body,
+                    ttl_ms=ttl,
+                    delay_ms=delay,
                 )
             )
         return self.batcher.publish(rows)
+
+    # -- queue rules inside the write batch ---------------------------------------
+
+    def _queue_by_id(self, queue_id: int) -> tuple[VhostTopology, QueueRow] | None:
+        for vh in self._vhosts.values():
+            q = vh.queues_by_id.get(queue_id)
+            if q is not None:
+                return vh, q
+        return None
+
+    def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules:
+        """Limits of the queues a batch publishes to, delivery limits, dead-lettering."""
+        rules = BatchRules(dead_letter=self.dead_letter)
+        for qid in {m.queue_id for m in messages}:
+            found = self._queue_by_id(qid)
+            if found is None:
+                continue
+            args = found[1].arguments
+            max_len, max_bytes = args.get("x-max-length"), args.get("x-max-length-bytes")
+            if isinstance(max_len, int) or isinstance(max_bytes, int):
+                rules.limits[qid] = QueueLimit(
+                    max_len if isinstance(max_len, int) else None,
+                    max_bytes if isinstance(max_bytes, int) else None,
+                    str(args.get("x-overflow") or "drop-head"),
+                )
+        for qid in requeued:
+            found = self._queue_by_id(qid)
+            limit = found[1].arguments.get("x-delivery-limit") if found else None
+            if isinstance(limit, int) and not isinstance(limit, bool):
+                rules.delivery_limits[qid] = limit
+        return rules
+
+    def dead_letter(self, rows: list[DeadRow], reason: str) -> list[NewMessage]:
+        """Copies of dead messages for their queue's ``x-dead-letter-exchange`` (none: dropped)."""
+        copies: list[NewMessage] = []
+        for row in rows:
+            found = self._queue_by_id(row.queue_id)
+            if found is None:
+                continue
+            vh, q = found
+            dlx = q.arguments.get("x-dead-letter-exchange")
+            if not isinstance(dlx, str):
+                continue
+            key = q.arguments.get("x-dead-letter-routing-key")
+            key = key if isinstance(key, str) else row.routing_key
+            try:
+                raw = dead_letter_properties(
+                    row.properties,
+                    queue=q.name,
+                    reason=reason,
+                    exchange=row.exchange,
+                    routing_keys=[row.routing_key],
+                )
+                props = parse_properties(raw)
+            except MalformedProperties:
+                props = parse_properties(row.properties)
+            if dlx == "":
+                target = vh.queues.get(key)
+                targets = [target.id] if target is not None else []
+            else:
+                ex = vh.exchanges_by_name.get(dlx)
+                if ex is None:
+                    continue
+                targets = sorted(route(vh.exchanges, ex, key, props.headers, vh.exchanges_by_name))
+            for qid in targets:
+                tq = vh.queues_by_id.get(qid)
+                if reason != "rejected" and qid == q.id:
+                    continue  # a cycle that no client breaks: RabbitMQ drops it too
+                targs = tq.arguments if tq is not None else {}
+                cap = targs.get("x-max-priority")
+                copies.append(
+                    NewMessage(
+                        queue_id=qid,
+                        priority=min(props.priority or 0, cap)
+                        if isinstance(cap, int) and cap > 0
+                        else 0,
+                        persistent=row.persistent,
+                        exchange=dlx,
+                        routing_key=key,
+                        properties=props.raw,
+                        content_type=props.content_type,
+                        message_id=props.message_id,
+                        correlation_id=props.correlation_id,
+                        expiration=None,
+                        body=row.body,
+                        ttl_ms=_min_ttl(targs.get("x-message-ttl"), None),
+                    )
+                )
+        return copies
+
+    async def sweep(self, limit: int = 1000) -> None:
+        """Expire messages past their TTL and queues past their ``x-expires``."""
+        for vh in list(self._vhosts.values()):
+            await vh.fresh(self.repo)
+        rules = BatchRules(dead_letter=self.dead_letter)
+        for _ in range(5):  # bounded: the next sweep goes on
+            touched = await self.repo.expire_messages(limit, rules)
+            self.wake_queues(touched)
+            if not touched:
+                break
+        for vhost_id, qid in await self.repo.expire_queues():
+            self._cancel_local_consumers(qid)
+            gone_from = self._vhosts_by_id.get(vhost_id)
+            if gone_from is not None:
+                await self._changed(gone_from, queue_deleted=qid)
 
     def check_publish(self, s: Session, exchange: str) -> None:
         self._permit(s, 1, "exchange", exchange)
@@ -574,9 +689,45 @@ class Broker:
         """Return (queue id, message id) pairs to their queues as redelivered (next commit)."""
         self.batcher.requeue(messages)
 
-    def discard(self, ids: Sequence[int]) -> None:
-        """Rejected without requeue: the messages are dropped (dead-lettering comes later)."""
-        self.batcher.ack(ids)
+    def discard(self, messages: Sequence[tuple[int, int]]) -> None:
+        """Rejected without requeue: dead-lettered if the queue has a DLX, else dropped."""
+        dead: list[int] = []
+        drop: list[int] = []
+        for qid, mid in messages:
+            found = self._queue_by_id(qid)
+            has_dlx = found is not None and "x-dead-letter-exchange" in found[1].arguments
+            (dead if has_dlx else drop).append(mid)
+        self.batcher.reject(dead)
+        self.batcher.ack(drop)
+
+
+def _int_header(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float | str | bytes):
+        try:
+            return int(float(value))
+        except ValueError:
+            return None
+    return None
+
+
+def _expiration_ms(expiration: str | None) -> int | None:
+    """The ``expiration`` property in ms (RabbitMQ: a non-negative integer string)."""
+    if expiration is None:
+        return None
+    try:
+        value = int(expiration)
+    except ValueError:
+        return None
+    return value if value >= 0 else None
+
+
+def _min_ttl(queue_ttl: object, message_ttl: int | None) -> int | None:
+    ttls = [t for t in (queue_ttl, message_ttl) if isinstance(t, int) and not isinstance(t, bool)]
+    return min(ttls) if ttls else None
 
 
 def _is_loopback(peer: str | None) -> bool:

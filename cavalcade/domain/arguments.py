@@ -10,7 +10,7 @@ from typing import Any
 
 from cavalcade.errors import AccessRefused, CommandInvalid, PreconditionFailed
 
-from .routing import EXCHANGE_TYPES
+from .routing import DELAYED_TYPE, EXCHANGE_TYPES
 
 # Queue arguments that RabbitMQ compares on redeclare; others are stored, not compared.
 QUEUE_EQUIVALENCE_KEYS = (
@@ -24,8 +24,9 @@ QUEUE_EQUIVALENCE_KEYS = (
     "x-overflow",
     "x-queue-type",
     "x-single-active-consumer",
+    "x-delivery-limit",
 )
-EXCHANGE_EQUIVALENCE_KEYS = ("alternate-exchange",)
+EXCHANGE_EQUIVALENCE_KEYS = ("alternate-exchange", "x-delayed-type")
 
 _INT_ARGS = {
     "x-expires": (1, None),
@@ -41,8 +42,15 @@ def server_generated_name(prefix: str) -> str:
     return prefix + base64.urlsafe_b64encode(os.urandom(16)).decode().rstrip("=")
 
 
-def check_exchange_type(type_: str) -> None:
-    """Unknown exchange types are a hard 503 on RabbitMQ."""
+def check_exchange_type(type_: str, arguments: dict[str, Any]) -> None:
+    """Unknown exchange types are a hard 503 on RabbitMQ; a delayed exchange needs a
+    known ``x-delayed-type`` (406, as the plugin answers)."""
+    if type_ == DELAYED_TYPE:
+        if arguments.get("x-delayed-type") not in EXCHANGE_TYPES:
+            raise PreconditionFailed(
+                "Invalid argument, 'x-delayed-type' must be an existing exchange type"
+            )
+        return
     if type_ not in EXCHANGE_TYPES:
         raise CommandInvalid(f"unknown exchange type '{type_}'")
 

@@ -69,9 +69,9 @@ class Properties:
         return self._headers
 
 
-def parse_properties(raw: bytes) -> Properties:
-    """Walk the flags and property list of a Basic content header."""
-    props = Properties(raw=raw)
+def _walk(raw: bytes) -> tuple[int, list[tuple[int, str, str, int, int]]]:
+    """(flags, [(bit, name, kind, start, end)]) of every present property."""
+    spans: list[tuple[int, str, str, int, int]] = []
     try:
         (flags,) = struct.unpack_from(">H", raw, 0)
         pos = 2
@@ -83,35 +83,52 @@ def parse_properties(raw: bytes) -> Properties:
         for bit, name, kind in _FIELDS:
             if not flags & (1 << bit):
                 continue
+            start = pos
             if kind == "s":
-                size = raw[pos]
-                value = raw[pos + 1 : pos + 1 + size]
-                if len(value) != size:
-                    raise MalformedProperties("short string runs past the header")
-                pos += 1 + size
-                if name in (
-                    "content_type",
-                    "correlation_id",
-                    "expiration",
-                    "message_id",
-                    "user_id",
-                ):
-                    setattr(props, name, value.decode("utf-8", errors="replace"))
+                pos += 1 + raw[pos]
             elif kind == "t":
                 (size,) = struct.unpack_from(">I", raw, pos)
-                if pos + 4 + size > len(raw):
-                    raise MalformedProperties("headers table runs past the header")
-                props.headers_raw = raw[pos : pos + 4 + size]
                 pos += 4 + size
             elif kind == "o":
-                setattr(props, name, raw[pos])
                 pos += 1
             else:
-                if pos + 8 > len(raw):
-                    raise MalformedProperties("timestamp runs past the header")
                 pos += 8
+            if pos > len(raw):
+                raise MalformedProperties(f"{name} runs past the header")
+            spans.append((bit, name, kind, start, pos))
     except (IndexError, struct.error) as exc:
         raise MalformedProperties(str(exc)) from exc
     if pos != len(raw):
         raise MalformedProperties("trailing bytes after the property list")
+    return flags, spans
+
+
+def parse_properties(raw: bytes) -> Properties:
+    """Walk the flags and property list of a Basic content header."""
+    props = Properties(raw=raw)
+    _, spans = _walk(raw)
+    for _bit, name, kind, start, end in spans:
+        if kind == "s":
+            if name in ("content_type", "correlation_id", "expiration", "message_id", "user_id"):
+                setattr(props, name, raw[start + 1 : end].decode("utf-8", errors="replace"))
+        elif kind == "t":
+            props.headers_raw = raw[start:end]
+        elif kind == "o":
+            setattr(props, name, raw[start])
     return props
+
+
+def rewrite_properties(raw: bytes, headers_table: bytes | None, drop_expiration: bool) -> bytes:
+    """The same properties, byte for byte, with a new headers table (``headers_table``
+    includes its length prefix) and, if asked, without ``expiration``."""
+    flags, spans = _walk(raw)
+    by_bit = {bit: raw[start:end] for bit, _name, _kind, start, end in spans}
+    if headers_table is not None:
+        by_bit[13] = headers_table
+    if drop_expiration:
+        by_bit.pop(8, None)
+    new_flags = 0
+    for bit in by_bit:
+        new_flags |= 1 << bit
+    ordered = [by_bit[bit] for bit, _name, _kind in _FIELDS if bit in by_bit]
+    return struct.pack(">H", new_flags) + b"".join(ordered)

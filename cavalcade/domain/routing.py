@@ -8,6 +8,7 @@ from functools import lru_cache
 from typing import Any
 
 EXCHANGE_TYPES = frozenset({"direct", "fanout", "topic", "headers"})
+DELAYED_TYPE = "x-delayed-message"  # routes as its ``x-delayed-type``, after ``x-delay`` ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,20 +104,30 @@ def binding_matches(
     return binding.routing_key == routing_key
 
 
+def routing_type(ex: ExchangeInfo) -> str:
+    """How an exchange matches: its type, or ``x-delayed-type`` for a delayed exchange."""
+    if ex.type == DELAYED_TYPE:
+        return str(ex.arguments.get("x-delayed-type", "direct"))
+    return ex.type
+
+
 def route(
     exchanges: dict[int, ExchangeInfo],
     start: ExchangeInfo,
     routing_key: str,
     headers: Headers,
+    by_name: dict[str, ExchangeInfo] | None = None,
 ) -> set[int]:
-    """Queue ids reached from ``start``, following exchange-to-exchange bindings once each."""
+    """Queue ids reached from ``start``, following exchange-to-exchange bindings once
+    each; when nothing matches, the ``alternate-exchange`` chain (needs ``by_name``)."""
     queues: set[int] = set()
     seen = {start.id}
     pending = [start]
     while pending:
         ex = pending.pop()
+        ex_type = routing_type(ex)
         for b in ex.bindings:
-            if not binding_matches(ex.type, b, routing_key, headers):
+            if not binding_matches(ex_type, b, routing_key, headers):
                 continue
             if b.queue_id is not None:
                 queues.add(b.queue_id)
@@ -125,4 +136,14 @@ def route(
                 dest = exchanges.get(b.exchange_id)
                 if dest is not None:
                     pending.append(dest)
+    if not queues and by_name is not None:
+        alternate = start.arguments.get("alternate-exchange")
+        ae = by_name.get(alternate) if isinstance(alternate, str) else None
+        if ae is not None and ae.id not in seen:
+            return route(exchanges, ae, routing_key, headers, _without(by_name, start.name))
     return queues
+
+
+def _without(by_name: dict[str, ExchangeInfo], name: str) -> dict[str, ExchangeInfo]:
+    """The name map minus one exchange: alternate-exchange cycles end."""
+    return {k: v for k, v in by_name.items() if k != name}

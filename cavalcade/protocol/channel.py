@@ -668,7 +668,7 @@ class Channel:
         elif requeue:
             self.broker.requeue([(e[1], e[0]) for _, e in taken])
         else:
-            self.broker.discard([e[0] for _, e in taken])
+            self.broker.discard([(e[1], e[0]) for _, e in taken])
 
     async def on_basic_recover(self, m: commands.Basic.Recover, _: None) -> None:
         if not m.requeue:
@@ -706,14 +706,13 @@ class Channel:
             for qids, pm, props, body in publishes
             if qids
         ]
+        # Everything is queued before the first await: it commits in one batch.
         self.broker.ack([e[0] for _, e in acks])
-        if futures:
-            await asyncio.gather(*futures)
+        self.broker.requeue([(e[1], e[0]) for _, e, r in rejects if r])
+        self.broker.discard([(e[1], e[0]) for _, e, r in rejects if not r])
         await self.broker.batcher.flush()
-        requeue = [(e[1], e[0]) for _, e, r in rejects if r]
-        drop = [e[0] for _, e, r in rejects if not r]
-        self.broker.requeue(requeue)
-        self.broker.discard(drop)
+        if futures:
+            await asyncio.gather(*futures, return_exceptions=True)
         self.conn.send_method(self.number, commands.Tx.CommitOk())
 
     async def on_tx_rollback(self, m: commands.Tx.Rollback, _: None) -> None:

@@ -171,6 +171,17 @@ class Message(Base):
             postgresql_where=text("owner_node IS NULL"),
         ),
         Index("ix_messages_owner", "owner_node", "owner_channel"),
+        Index(
+            "ix_messages_expires",
+            "expires_at",
+            postgresql_where=text("expires_at IS NOT NULL"),
+        ),
+        Index(
+            "ix_messages_delayed",
+            "queue_id",
+            "available_at",
+            postgresql_where=text("available_at IS NOT NULL AND owner_node IS NULL"),
+        ),
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)

@@ -10,76 +10,35 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
+from . import batch
+from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
+from .records import ClaimedMessage, NewMessage, QueueRow
 
-@dataclass(slots=True)
-class QueueRow:
-    """A queue as stored."""
-
-    id: int
-    name: str
-    durable: bool
-    auto_delete: bool
-    exclusive_node: uuid.UUID | None
-    exclusive_connection: int | None
-    arguments: dict[str, Any]
-
-
-@dataclass(slots=True)
-class ClaimedMessage:
-    """A message claimed for delivery (or fetched by basic.get)."""
-
-    id: int
-    queue_id: int
-    redelivered: bool
-    exchange: str
-    routing_key: str
-    properties: bytes
-    body: bytes
+__all__ = [
+    "NOTIFY_CHANNEL",
+    "BatchRules",
+    "ClaimedMessage",
+    "NewMessage",
+    "QueueRow",
+    "Repository",
+]
 
 
-@dataclass(slots=True)
-class NewMessage:
-    """One row to insert: a routed publish into one queue."""
-
-    queue_id: int
-    priority: int
-    persistent: bool
-    exchange: str
-    routing_key: str
-    properties: bytes
-    content_type: str | None
-    message_id: str | None
-    correlation_id: str | None
-    expiration: str | None
-    body: bytes
-
-
-NOTIFY_CHANNEL = "cavalcade_wake"
 TOPOLOGY_CHANNEL = "cavalcade_topology"
-
-_INSERT = """
-INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
-                      content_type, message_id, correlation_id, expiration, body)
-SELECT q, p, d, e, r, h, ct, mi, ci, x, b
-  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
-              $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[])
-       WITH ORDINALITY AS u(q, p, d, e, r, h, ct, mi, ci, x, b, n)
- WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
- ORDER BY n
-"""
 
 _CLAIM = """
 UPDATE messages m
    SET owner_node = $2, owner_channel = $3, delivery_count = m.delivery_count + 1
   FROM (SELECT id FROM messages
          WHERE queue_id = $1 AND owner_node IS NULL
+           AND (expires_at IS NULL OR expires_at > now())
+           AND (available_at IS NULL OR available_at <= now())
          ORDER BY priority DESC, id
          LIMIT $4
          FOR UPDATE SKIP LOCKED) c
@@ -87,17 +46,12 @@ UPDATE messages m
 RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
 """
 
-_REQUEUE = """
-UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
- WHERE id = ANY($1::bigint[]) AND owner_node = $2
-"""
-
-_ACK = "DELETE FROM messages WHERE id = ANY($1::bigint[]) AND owner_node = $2"
-
 _CLAIM_DELETE = """
 DELETE FROM messages m
  USING (SELECT id FROM messages
          WHERE queue_id = $1 AND owner_node IS NULL
+           AND (expires_at IS NULL OR expires_at > now())
+           AND (available_at IS NULL OR available_at <= now())
          ORDER BY priority DESC, id
          LIMIT $2
          FOR UPDATE SKIP LOCKED) c
@@ -341,7 +295,7 @@ class Repository:
     async def queue_counts(self, queue_id: int) -> tuple[int, int]:
         """(ready messages, consumers) of a queue, cluster-wide."""
         row = await self.pool.fetchrow(
-            "SELECT (SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL),"
+            f"SELECT (SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}),"
             " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
             queue_id,
         )
@@ -419,6 +373,10 @@ class Repository:
             json.dumps(arguments),
         )
 
+    async def notify_wake(self, node_id: uuid.UUID, queue_id: int) -> None:
+        """Tell other nodes a queue may have work for their consumers."""
+        await self.pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{node_id}:{queue_id}")
+
     async def notify_topology(self, payload: str) -> None:
         await self.pool.execute("SELECT pg_notify($1, $2)", TOPOLOGY_CHANNEL, payload)
 
@@ -475,6 +433,7 @@ class Repository:
             left = await conn.fetchval(
                 "SELECT count(*) FROM consumers WHERE queue_id = $1", queue_id
             )
+            await conn.execute("UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id)
             return int(left or 0)
 
     # -- the hot path --------------------------------------------------------
@@ -482,37 +441,58 @@ class Repository:
     async def write_batch(
         self,
         messages: Sequence[NewMessage],
-        acks: Sequence[int],
-        wake_payload: str | None,
+        acks: Sequence[int] = (),
         requeues: Sequence[int] = (),
+        rejects: Sequence[int] = (),
+        *,
         node_id: uuid.UUID | None = None,
-    ) -> None:
-        """One transaction: insert publishes, delete acked rows, requeue, wake other nodes.
-
-        Acks and requeues touch only rows this node still owns: a node declared dead
-        (and fenced) cannot settle what was redelivered elsewhere."""
+        wake: set[int] | None = None,
+        rules: BatchRules | None = None,
+    ) -> BatchOutcome:
+        """One transaction for a batch: see :func:`cavalcade.storage.batch.write`."""
         async with self.pool.acquire() as conn, conn.transaction():
-            if messages:
-                cols: list[list[Any]] = [[] for _ in range(11)]
-                for m in messages:
-                    cols[0].append(m.queue_id)
-                    cols[1].append(m.priority)
-                    cols[2].append(m.persistent)
-                    cols[3].append(m.exchange)
-                    cols[4].append(m.routing_key)
-                    cols[5].append(m.properties)
-                    cols[6].append(m.content_type)
-                    cols[7].append(m.message_id)
-                    cols[8].append(m.correlation_id)
-                    cols[9].append(m.expiration)
-                    cols[10].append(m.body)
-                await conn.execute(_INSERT, *cols)
-            if acks:
-                await conn.execute(_ACK, list(acks), node_id)
-            if requeues:
-                await conn.execute(_REQUEUE, list(requeues), node_id)
-            if wake_payload:
-                await conn.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, wake_payload)
+            return await batch.write(
+                conn,
+                messages,
+                acks,
+                requeues,
+                rejects,
+                node_id=node_id,
+                wake=wake or set(),
+                rules=rules or BatchRules(),
+            )
+
+    async def expire_messages(self, limit: int, rules: BatchRules) -> set[int]:
+        """Drop (or dead-letter) expired ready messages; returns the queues that gained some."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await batch.expire(conn, limit, rules)
+
+    async def expire_queues(self) -> list[tuple[int, int]]:
+        """Delete queues unused for longer than their ``x-expires``: (vhost id, queue id)."""
+        rows = await self.pool.fetch(
+            "DELETE FROM queues q WHERE q.arguments ? 'x-expires'"
+            " AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = q.id)"
+            " AND q.last_used_at + (q.arguments->>'x-expires')::bigint * interval '1 millisecond'"
+            " < now() RETURNING vhost_id, id"
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    async def active_consumer(self, queue_id: int) -> tuple[uuid.UUID, int, str] | None:
+        """The single active consumer of a queue: the oldest one (cluster-wide)."""
+        row = await self.pool.fetchrow(
+            "SELECT node_id, channel, tag FROM consumers WHERE queue_id = $1 ORDER BY id LIMIT 1",
+            queue_id,
+        )
+        return None if row is None else (row[0], row[1], row[2])
+
+    async def next_due(self, queue_id: int) -> float | None:
+        """Seconds until the next delayed message of a queue becomes deliverable."""
+        value = await self.pool.fetchval(
+            "SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
+            " WHERE queue_id = $1 AND owner_node IS NULL AND available_at > now()",
+            queue_id,
+        )
+        return None if value is None else max(float(value), 0.0)
 
     async def claim(
         self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
@@ -526,14 +506,14 @@ class Repository:
 
     async def ready_count(self, queue_id: int) -> int:
         value = await self.pool.fetchval(
-            "SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL", queue_id
+            f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}", queue_id
         )
         return int(value or 0)
 
     async def requeue(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         """Return claimed rows to ready, flagged redelivered; they keep their id, so their place."""
         if ids:
-            await self.pool.execute(_REQUEUE, list(ids), node_id)
+            await self.pool.execute(REQUEUE, list(ids), node_id)
 
     async def requeue_channel(self, node_id: uuid.UUID, channel: int) -> None:
         await self.pool.execute(
@@ -545,7 +525,7 @@ class Repository:
 
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
-            await self.pool.execute(_ACK, list(ids), node_id)
+            await self.pool.execute(ACK, list(ids), node_id)
 
 
 def _queue_row(r: asyncpg.Record) -> QueueRow:

@@ -19,7 +19,7 @@ async def _setup(database_url: str, n: int) -> tuple[Repository, int]:
         NewMessage(q.id, 0, True, "", "claim-test", b"\x00\x00", None, None, None, None, b"%d" % i)
         for i in range(n)
     ]
-    await repo.write_batch(rows, (), None)
+    await repo.write_batch(rows)
     return repo, q.id
 
 
@@ -93,12 +93,12 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
         again = await repo.claim(qid, new, 1, 2, no_ack=False)
         assert [m.id for m in again] == [m.id for m in first]
         # The dead node's late ack and requeue touch nothing; the new owner's ack works.
-        await repo.write_batch((), [first[0].id], None, [first[1].id], old)
+        await repo.write_batch((), [first[0].id], [first[1].id], node_id=old)
         assert (
             await repo.pool.fetchval("SELECT count(*) FROM messages WHERE owner_node = $1", new)
             == 2
         )
-        await repo.write_batch((), [m.id for m in again], None, (), new)
+        await repo.write_batch((), [m.id for m in again], node_id=new)
         assert await repo.pool.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await repo.close()

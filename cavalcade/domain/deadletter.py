@@ -1,0 +1,143 @@
+"""Dead-lettering: the ``x-death`` header RabbitMQ writes, spliced into the raw properties.
+
+Only the headers that dead-lettering changes are re-encoded; every other header
+entry and property is copied byte for byte, so what a client put in survives.
+"""
+
+from __future__ import annotations
+
+import datetime
+import struct
+from collections.abc import Iterator
+from typing import Any
+
+from pamqp import decode
+
+from .properties import MalformedProperties, parse_properties, rewrite_properties
+
+# Fixed sizes of field-table values by type letter (variable ones are length-prefixed).
+_FIXED = {
+    "t": 1, "b": 1, "B": 1, "s": 2, "u": 2, "U": 2, "I": 4, "i": 4, "l": 8, "L": 8,
+    "f": 4, "d": 8, "D": 5, "T": 8, "V": 0,
+}  # fmt: skip
+_PREFIXED = frozenset("SxAF")
+
+
+def table_entries(table: bytes) -> Iterator[tuple[str, bytes]]:
+    """(key, raw entry bytes) of a field table given with its 4-byte length prefix."""
+    (size,) = struct.unpack_from(">I", table, 0)
+    pos, end = 4, 4 + size
+    while pos < end:
+        start = pos
+        klen = table[pos]
+        key = table[pos + 1 : pos + 1 + klen].decode("utf-8", "replace")
+        pos += 1 + klen
+        kind = chr(table[pos])
+        pos += 1
+        if kind in _FIXED:
+            pos += _FIXED[kind]
+        elif kind in _PREFIXED:
+            (vlen,) = struct.unpack_from(">I", table, pos)
+            pos += 4 + vlen
+        else:
+            raise MalformedProperties(f"unknown field type {kind!r} in headers")
+        if pos > end:
+            raise MalformedProperties("headers table entry runs past its end")
+        yield key, table[start:pos]
+
+
+def _shortstr(value: str) -> bytes:
+    raw = value.encode()[:255]
+    return bytes((len(raw),)) + raw
+
+
+def encode_value(value: Any) -> bytes:
+    """A field value as RabbitMQ types x-death: S, l, T, A, F, t, V."""
+    if value is None:
+        return b"V"
+    if isinstance(value, bool):
+        return b"t" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        return b"l" + struct.pack(">q", value)
+    if isinstance(value, datetime.datetime):
+        stamp = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+        return b"T" + struct.pack(">Q", int(stamp.timestamp()))
+    if isinstance(value, dict):
+        body = b"".join(_shortstr(k) + encode_value(v) for k, v in value.items())
+        return b"F" + struct.pack(">I", len(body)) + body
+    if isinstance(value, list | tuple):
+        body = b"".join(encode_value(v) for v in value)
+        return b"A" + struct.pack(">I", len(body)) + body
+    raw = value if isinstance(value, bytes) else str(value).encode()
+    return b"S" + struct.pack(">I", len(raw)) + raw
+
+
+def _entry(key: str, value: Any) -> bytes:
+    return _shortstr(key) + encode_value(value)
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def dead_letter_properties(
+    raw: bytes,
+    *,
+    queue: str,
+    reason: str,
+    exchange: str,
+    routing_keys: list[str],
+    now: datetime.datetime | None = None,
+) -> bytes:
+    """Properties of the dead-lettered copy: x-death updated, expiration moved into it."""
+    props = parse_properties(raw)
+    now = now or datetime.datetime.now(datetime.UTC)
+    entries: list[tuple[str, bytes]] = (
+        list(table_entries(props.headers_raw)) if props.headers_raw else []
+    )
+    existing: dict[str, bytes] = dict(entries)
+    deaths: list[dict[str, Any]] = []
+    if "x-death" in existing:
+        try:
+            _, decoded = decode.embedded_value(existing["x-death"][1 + existing["x-death"][0] :])
+            if isinstance(decoded, list):
+                deaths = [dict(d) for d in decoded if isinstance(d, dict)]
+        except Exception:  # noqa: BLE001 - an x-death we cannot read is replaced
+            deaths = []
+    found = None
+    for d in deaths:
+        if _text(d.get("queue", "")) == queue and _text(d.get("reason", "")) == reason:
+            found = d
+            break
+    if found is not None:
+        deaths.remove(found)
+        found["count"] = int(found.get("count", 1)) + 1
+        for k, v in list(found.items()):
+            if isinstance(v, bytes):
+                found[k] = _text(v)
+        deaths.insert(0, found)
+    else:
+        death: dict[str, Any] = {
+            "count": 1,
+            "reason": reason,
+            "queue": queue,
+            "time": now,
+            "exchange": exchange,
+            "routing-keys": routing_keys,
+        }
+        if props.expiration is not None:
+            death["original-expiration"] = props.expiration
+        deaths.insert(0, death)
+    updates = {"x-death": deaths}
+    for key, value in (
+        ("x-first-death-reason", reason),
+        ("x-first-death-queue", queue),
+        ("x-first-death-exchange", exchange),
+    ):
+        if key not in existing:
+            updates[key] = value  # type: ignore[assignment]
+    kept = [raw_entry for key, raw_entry in entries if key not in updates]
+    added = [_entry(k, v) for k, v in updates.items()]
+    body = b"".join(kept + added)
+    table = struct.pack(">I", len(body)) + body
+    return rewrite_properties(raw, table, drop_expiration=props.expiration is not None)

@@ -1,0 +1,1 @@
+"""Celery drop-in suite: a real ``celery worker`` against Cavalcade and RabbitMQ."""
