@@ -61,12 +61,12 @@ _EXPIRE = f"""
 DELETE FROM messages m
  USING (SELECT id FROM messages
          WHERE expires_at <= now() AND owner_node IS NULL
-         ORDER BY expires_at
+         ORDER BY id
          LIMIT $1
          FOR UPDATE SKIP LOCKED) c
  WHERE m.id = c.id
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
-"""
+"""  # id order: dead-lettered in the order they were queued, as from a queue's head
 
 # Keep the newest messages (in delivery order, the last ones) within the limits.
 _DROP_HEAD = f"""
@@ -141,7 +141,8 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
 
 
 def _dead(rows: Sequence[asyncpg.Record]) -> list[DeadRow]:
-    return [DeadRow(*r) for r in rows]
+    """RETURNING order is unspecified: id order is queue order."""
+    return sorted((DeadRow(*r) for r in rows), key=lambda d: d.id)
 
 
 def _as_dead(m: NewMessage) -> DeadRow:
