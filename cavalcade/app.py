@@ -19,7 +19,21 @@ log = logging.getLogger(__name__)
 
 
 async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event) -> None:
-    """Run one broker node on a bound socket until ``stop`` is set."""
+    """Run a broker node on a bound socket until ``stop`` is set.
+
+    If the other nodes declare this one dead (its heartbeat row is gone, e.g. after a
+    long partition from the database), it is fenced: every connection is closed and
+    the node comes back under a new node id, owning nothing it held before."""
+    while not stop.is_set():
+        fenced = asyncio.Event()
+        await _run_incarnation(settings, dsn, sock, stop, fenced)
+        if fenced.is_set() and not stop.is_set():
+            log.warning("fenced by the cluster: re-registering as a new node")
+
+
+async def _run_incarnation(
+    settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
+) -> None:
     node_id = uuid.uuid4()
     repo = await Repository.connect(dsn, size=settings.pool_size)
     await repo.register_node(node_id, settings.effective_node_name())
@@ -34,17 +48,23 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
     if listener is not None:
         await listener.ensure()
     server = AMQPServer(broker, settings)
-    await server.start(sock)
+    await server.start(sock.dup())  # closing the server must not close the shared socket
     loops = [
-        asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, stop, listener)),
+        asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
     ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
     )
+    ended: list[asyncio.Task[bool]] = [
+        asyncio.create_task(stop.wait()),
+        asyncio.create_task(fenced.wait()),
+    ]
     try:
-        await stop.wait()
+        await asyncio.wait(ended, return_when=asyncio.FIRST_COMPLETED)
     finally:
+        for waiter in ended:
+            waiter.cancel()
         log.info("shutting down node %s", node_id)
         await server.stop()
         for t in loops:
@@ -107,19 +127,22 @@ async def _node_heartbeat(
     broker: Broker,
     settings: Settings,
     node_id: uuid.UUID,
-    stop: asyncio.Event,
+    fenced: asyncio.Event,
     listener: Listener | None,
 ) -> None:
-    """Keep this node's row alive and reap nodes that stopped heartbeating."""
+    """Keep this node's row alive and reap nodes that stopped heartbeating. In poll
+    mode (no LISTEN/NOTIFY), also re-read the topology other nodes may have changed."""
     while True:
         await asyncio.sleep(settings.node_heartbeat)
         try:
             if listener is not None:
                 await listener.ensure()
             if not await repo.heartbeat_node(node_id):
-                log.error("this node was declared dead by the others; stopping (fenced)")
-                stop.set()
+                log.error("this node was declared dead by the others (fenced)")
+                fenced.set()
                 return
+            if listener is None:
+                broker.topology_changed()
             dead = await repo.reap_dead_nodes(settings.node_death_threshold)
             if dead:
                 log.warning("requeued the deliveries of dead nodes %s", dead)

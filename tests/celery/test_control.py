@@ -137,7 +137,7 @@ def test_confirm_publish(broker, celery_config, make_app, workers):
     assert info["retries"] == 1  # the worker's retry publish was confirmed too
 
 
-def test_failover_url_list(broker, celery_config, make_app, workers, rabbitmq_url):
+def test_failover_url_list(broker, celery_config, make_app, workers):
     """broker_url='amqp://dead;amqp://live': kombu fails over to the next URL."""
     from tests.conftest import free_port
 

@@ -764,7 +764,14 @@ def test_dead_letter_wire_field_order(conn, resources, amqp_url):
     first = dict(orders[0])["x-death"][1][0][1]
     assert [k for k, _ in first] == ["count", "reason", "queue", "time", "exchange", "routing-keys"]
     second = dict(orders[1])["x-death"][1][0][1]
-    assert [k for k, _ in second] == ["count", "exchange", "queue", "reason", "routing-keys", "time"]
+    assert [k for k, _ in second] == [
+        "count",
+        "exchange",
+        "queue",
+        "reason",
+        "routing-keys",
+        "time",
+    ]
     assert dict(second)["count"] == ("l", 2)
 
 
@@ -791,7 +798,9 @@ def test_max_length_bytes_drop_head_counts_body_bytes(conn, resources):
     ch.queue_declare(q, arguments={"x-max-length-bytes": 20})
     ch.confirm_delivery()
     for i in range(4):
-        ch.basic_publish("", q, str(i).encode() * 10, pika.BasicProperties(headers={"pad": "x" * 50}))
+        ch.basic_publish(
+            "", q, str(i).encode() * 10, pika.BasicProperties(headers={"pad": "x" * 50})
+        )
         assert count(ch, q) <= 2
     assert [b for _, _, b in get_all(ch, q)] == [b"2" * 10, b"3" * 10]
 
@@ -871,8 +880,7 @@ def test_reject_publish_mandatory_is_nack_not_return(raw, resources, conn):
     for body in (b"kept", b"refused-1", b"refused-2"):
         c.publish(1, "", q, body, mandatory=True)
     confirms = []
-    deadline = time.monotonic() + OP_TIMEOUT
-    while len(confirms) < 3 and time.monotonic() < deadline:
+    while not confirms or confirms[-1].delivery_tag < 3:
         _, value = c.recv()
         assert not isinstance(value, commands.Basic.Return), "refused publish was returned"
         if isinstance(value, commands.Basic.Ack | commands.Basic.Nack):
@@ -1161,7 +1169,7 @@ def quorum(ch, q: str, **args: Any) -> None:
 def requeue_until_gone(ch, q: str, limit: int = 10) -> list:
     seen = []
     for _ in range(limit):
-        method, props, body = poll_get(ch, q, timeout=1.0, auto_ack=False)
+        method, props, body = poll_get(ch, q, timeout=0.5, auto_ack=False)
         if method is None:
             break
         seen.append((method, props, body))
