@@ -13,6 +13,7 @@ import logging
 from typing import Protocol
 from uuid import UUID
 
+from cavalcade.domain.deadletter import with_delivery_count
 from cavalcade.storage.repository import ClaimedMessage, Repository
 
 log = logging.getLogger(__name__)
@@ -55,9 +56,11 @@ class QueueDispatcher:
         queue_id: int,
         poll_interval: float,
         single_active: bool = False,
+        quorum: bool = False,
     ) -> None:
         self.queue_id = queue_id
         self.single_active = single_active
+        self.quorum = quorum
         self.consumers: list[DeliveryTarget] = []
         self._repo = repo
         self._node_id = node_id
@@ -148,6 +151,9 @@ class QueueDispatcher:
                     c.release(credit[id(c)])
             if not rows:
                 return True
+            if self.quorum:
+                for row in rows:
+                    row.properties = with_delivery_count(row.properties, row.delivery_count)
             shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
             order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
             i = 0

@@ -23,7 +23,7 @@ from cavalcade.domain.arguments import (
     server_generated_name,
     validate_queue_arguments,
 )
-from cavalcade.domain.deadletter import dead_letter_properties
+from cavalcade.domain.deadletter import dead_letter_properties, with_delivery_count
 from cavalcade.domain.passwords import check_password
 from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
 from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
@@ -641,22 +641,42 @@ class Broker:
             raise AccessRefused(f"queue '{queue}' in vhost '{s.vhost.name}' in exclusive use")
         d = self._dispatchers.get(q.id)
         if d is None:
-            d = QueueDispatcher(self.repo, self.node_id, q.id, self.poll_interval)
+            d = QueueDispatcher(
+                self.repo,
+                self.node_id,
+                q.id,
+                self.poll_interval,
+                single_active=bool(q.arguments.get("x-single-active-consumer")),
+                quorum=_is_quorum(q),
+            )
             self._dispatchers[q.id] = d
         d.add(target)
         return q.id
 
-    async def cancel(self, s: Session, queue_id: int, target: DeliveryTarget) -> None:
-        """Remove a consumer; an auto-delete queue goes with its last consumer."""
+    def is_single_active(self, s: Session, queue_id: int) -> bool:
+        q = s.vhost.queues_by_id.get(queue_id)
+        return q is not None and bool(q.arguments.get("x-single-active-consumer"))
+
+    async def detach(self, queue_id: int, target: DeliveryTarget) -> None:
+        """Stop dispatching to a consumer; its row (and so its place as the single
+        active consumer) stays until :meth:`cancel`."""
         d = self._dispatchers.get(queue_id)
         if d is not None:
             d.remove(target)
             if not d.consumers:
                 self._dispatchers.pop(queue_id, None)
                 await d.stop()
+
+    async def cancel(self, s: Session, queue_id: int, target: DeliveryTarget) -> None:
+        """Remove a consumer; an auto-delete queue goes with its last consumer."""
+        await self.detach(queue_id, target)
         left = await self.repo.remove_consumer(
             queue_id, self.node_id, target.channel_key, target.tag
         )
+        if left:
+            # Another consumer (maybe on another node) may be the single active one now.
+            self.wake(queue_id)
+            await self.repo.notify_wake(self.node_id, queue_id)
         if left == 0:
             vh = await s.vhost.fresh(self.repo)
             q = vh.queues_by_id.get(queue_id)
@@ -676,9 +696,12 @@ class Broker:
         await self.batcher.flush()
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
+        await self.repo.touch_queue(q.id)
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
         if not rows:
             return None
+        if _is_quorum(q):
+            rows[0].properties = with_delivery_count(rows[0].properties, rows[0].delivery_count)
         remaining = await self.repo.ready_count(q.id)
         return rows[0], remaining
 
@@ -699,6 +722,10 @@ class Broker:
             (dead if has_dlx else drop).append(mid)
         self.batcher.reject(dead)
         self.batcher.ack(drop)
+
+
+def _is_quorum(q: QueueRow) -> bool:
+    return q.arguments.get("x-queue-type") == "quorum"
 
 
 def _int_header(value: object) -> int | None:

@@ -76,6 +76,10 @@ def _entry(key: str, value: Any) -> bytes:
     return _shortstr(key) + encode_value(value)
 
 
+def _key_order(entry: tuple[str, bytes]) -> bytes:
+    return entry[0].encode()
+
+
 def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
@@ -115,7 +119,7 @@ def dead_letter_properties(
         for k, v in list(found.items()):
             if isinstance(v, bytes):
                 found[k] = _text(v)
-        deaths.insert(0, found)
+        deaths.insert(0, dict(sorted(found.items())))  # RabbitMQ re-sorts what it updates
     else:
         death: dict[str, Any] = {
             "count": 1,
@@ -127,7 +131,7 @@ def dead_letter_properties(
         }
         if props.expiration is not None:
             death["original-expiration"] = props.expiration
-        deaths.insert(0, death)
+        deaths.insert(0, dict(sorted(death.items())) if deaths else death)
     updates = {"x-death": deaths}
     for key, value in (
         ("x-first-death-reason", reason),
@@ -136,8 +140,26 @@ def dead_letter_properties(
     ):
         if key not in existing:
             updates[key] = value  # type: ignore[assignment]
-    kept = [raw_entry for key, raw_entry in entries if key not in updates]
-    added = [_entry(k, v) for k, v in updates.items()]
-    body = b"".join(kept + added)
+    kept = [(key, raw_entry) for key, raw_entry in entries if key not in updates]
+    added = [(k, _entry(k, v)) for k, v in updates.items()]
+    # RabbitMQ writes the headers of a dead-lettered message sorted by key.
+    body = b"".join(raw_entry for _, raw_entry in sorted(kept + added, key=_key_order))
     table = struct.pack(">I", len(body)) + body
     return rewrite_properties(raw, table, drop_expiration=props.expiration is not None)
+
+
+def with_header(raw: bytes, key: str, value: Any) -> bytes:
+    """The properties with one header set (entries sorted by key, as RabbitMQ re-encodes)."""
+    props = parse_properties(raw)
+    entries = list(table_entries(props.headers_raw)) if props.headers_raw else []
+    kept = [(k, e) for k, e in entries if k != key] + [(key, _entry(key, value))]
+    body = b"".join(e for _, e in sorted(kept, key=_key_order))
+    return rewrite_properties(raw, struct.pack(">I", len(body)) + body, drop_expiration=False)
+
+
+def with_delivery_count(message_properties: bytes, delivery_count: int) -> bytes:
+    """A quorum queue's delivery: ``x-delivery-count`` = earlier deliveries (a long)."""
+    try:
+        return with_header(message_properties, "x-delivery-count", max(delivery_count - 1, 0))
+    except MalformedProperties:
+        return message_properties

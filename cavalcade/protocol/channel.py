@@ -106,6 +106,7 @@ class Channel:
         self.key = conn.broker.next_id()
         self.state = "open"
         self.consumers: dict[str, Consumer] = {}
+        self._lingering: list[Consumer] = []  # cancelled, still holding unacked messages
         self.unacked: dict[int, Unacked] = {}
         self.next_tag = 0
         self.consumer_prefetch = 0
@@ -304,8 +305,9 @@ class Channel:
         """Cancel consumers and requeue unacked deliveries (close, error, EOF, heartbeat)."""
         self.state = "closed"
         session = self.conn.session
-        consumers = list(self.consumers.values())
+        consumers = list(self.consumers.values()) + self._lingering
         self.consumers.clear()
+        self._lingering.clear()
         pending = [(q, m) for (m, q, _) in self.unacked.values()]
         pending += [(e[1], e[0]) for _, e in self._tx_acks]
         pending += [(e[1], e[0]) for _, e, _ in self._tx_rejects]
@@ -313,13 +315,17 @@ class Channel:
         self._tx_acks.clear()
         self._tx_rejects.clear()
         self._tx_publishes.clear()
+        # Requeue first: the next consumer (single active, or another node's) must see
+        # these messages back in place, redelivered, before anything newer.
+        self.broker.requeue(pending)
+        if pending and consumers:
+            await self.broker.batcher.flush()
         if session is not None:
             for c in consumers:
                 try:
                     await self.broker.cancel(session, c.queue_id, c)
                 except Exception:  # noqa: BLE001
                     log.exception("cancel of %s on close failed", c.tag)
-        self.broker.requeue(pending)
 
     async def on_channel_close(self, m: commands.Channel.Close, _: None) -> None:
         await self.teardown()
@@ -596,7 +602,13 @@ class Channel:
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         c = self.consumers.pop(m.consumer_tag or "", None)
         if c is not None:
-            await self.broker.cancel(self.conn.session, c.queue_id, c)
+            if c.unacked and self.broker.is_single_active(self.conn.session, c.queue_id):
+                # As on RabbitMQ, a single active consumer stays active until what it
+                # holds is settled: the next one must not overtake those messages.
+                await self.broker.detach(c.queue_id, c)
+                self._lingering.append(c)
+            else:
+                await self.broker.cancel(self.conn.session, c.queue_id, c)
         if not m.nowait:
             self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
 
@@ -655,6 +667,17 @@ class Channel:
             self._tx_acks.extend(taken)
         else:
             self.broker.ack([e[0] for _, e in taken])
+        await self._release_lingering()
+
+    async def _release_lingering(self) -> None:
+        """Cancelled consumers that hold nothing any more are removed for good."""
+        done = [c for c in self._lingering if c.unacked <= 0]
+        if not done:
+            return
+        self._lingering = [c for c in self._lingering if c.unacked > 0]
+        await self.broker.batcher.flush()
+        for c in done:
+            await self.broker.cancel(self.conn.session, c.queue_id, c)
 
     async def on_basic_reject(self, m: commands.Basic.Reject, _: None) -> None:
         await self._settle_negative(self._take(m.delivery_tag or 0, False, 90), m.requeue)
@@ -669,6 +692,7 @@ class Channel:
             self.broker.requeue([(e[1], e[0]) for _, e in taken])
         else:
             self.broker.discard([(e[1], e[0]) for _, e in taken])
+        await self._release_lingering()
 
     async def on_basic_recover(self, m: commands.Basic.Recover, _: None) -> None:
         if not m.requeue:

@@ -31,6 +31,8 @@ class ClaimedMessage:
     routing_key: str
     properties: bytes
     body: bytes
+    priority: int = 0
+    delivery_count: int = 1
 
 
 @dataclass(slots=True)

@@ -43,7 +43,8 @@ UPDATE messages m
          LIMIT $4
          FOR UPDATE SKIP LOCKED) c
  WHERE m.id = c.id
-RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
+RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body,
+          m.priority, m.delivery_count
 """
 
 _CLAIM_DELETE = """
@@ -56,13 +57,14 @@ DELETE FROM messages m
          LIMIT $2
          FOR UPDATE SKIP LOCKED) c
  WHERE m.id = c.id
-RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body
+RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body,
+          m.priority, m.delivery_count + 1
 """
 
 
 def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
     out = [ClaimedMessage(*r) for r in rows]
-    out.sort(key=lambda m: m.id)
+    out.sort(key=lambda m: (-m.priority, m.id))  # the order the claim chose
     return out
 
 

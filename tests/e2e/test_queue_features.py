@@ -1049,6 +1049,8 @@ def test_single_active_consumer_failover_on_cancel(conn, open_conn, resources):
     c2.channel().basic_consume(q, r2, auto_ack=True)
     ch.basic_publish("", q, b"0")
     assert pump_until(c1, c2, until=lambda: len(r1) == 1)
+    pump(c1, c2)
+    assert r2.bodies == []
     ch1.basic_ack(r1.deliveries[0][0].delivery_tag)
     ch1.basic_cancel(tag)
     for i in (1, 2):
