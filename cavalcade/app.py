@@ -118,6 +118,8 @@ class Listener:
         if parts[0] == self.me:
             return
         self.broker.topology_changed(int(parts[1]) if len(parts) > 1 else None)
+        if parts[0] == "reaper":
+            self.broker.wake_all()
         if len(parts) > 2:
             self.broker.queue_deleted_elsewhere(int(parts[2]))
 

@@ -119,7 +119,19 @@ class Repository:
                     " redelivered = true WHERE owner_node = ANY($1::uuid[])",
                     ids,
                 )
+                # Auto-delete queues whose last consumers were on the dead nodes go too.
+                await conn.execute(
+                    "DELETE FROM queues q WHERE q.auto_delete"
+                    " AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = q.id"
+                    "             AND c.node_id = ANY($1::uuid[]))"
+                    " AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = q.id"
+                    "                 AND NOT c.node_id = ANY($1::uuid[]))",
+                    ids,
+                )
                 await conn.execute("DELETE FROM nodes WHERE id = ANY($1::uuid[])", ids)
+                # Every node re-reads its topology and re-checks its queues.
+                await conn.execute("SELECT pg_notify($1, 'reaper:*')", NOTIFY_CHANNEL)
+                await conn.execute("SELECT pg_notify($1, 'reaper')", TOPOLOGY_CHANNEL)
             return ids
 
     async def unregister_node(self, node_id: uuid.UUID) -> None:
