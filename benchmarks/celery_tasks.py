@@ -204,7 +204,16 @@ def main() -> None:
         serve = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", db]
         where = "external PostgreSQL"
     else:
-        serve = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(tmp / "data")]
+        serve = [
+            *cmd,
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(tmp / "data"),
+        ]
         where = "embedded PostgreSQL"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
     log = open(tmp / "serve.log", "w")  # noqa: SIM115
@@ -215,9 +224,7 @@ def main() -> None:
         results: dict[str, list[dict[str, float]]] = {"cavalcade": [], "rabbitmq": []}
         for r in range(args.rounds):
             results["cavalcade"].append(one_round(cav_url, args.n, args.concurrency, tmp))
-            results["rabbitmq"].append(
-                one_round(args.rabbitmq_url, args.n, args.concurrency, tmp)
-            )
+            results["rabbitmq"].append(one_round(args.rabbitmq_url, args.n, args.concurrency, tmp))
             print(
                 f"round {r + 1}: cavalcade {results['cavalcade'][-1]['rate']:.0f} tasks/s, "
                 f"rabbitmq {results['rabbitmq'][-1]['rate']:.0f} tasks/s",

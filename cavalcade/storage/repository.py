@@ -32,33 +32,33 @@ __all__ = [
 
 TOPOLOGY_CHANNEL = "cavalcade_topology"
 
-_CLAIM = """
-UPDATE messages m
-   SET owner_node = $2, owner_channel = $3, delivery_count = m.delivery_count + 1
-  FROM (SELECT id FROM messages
-         WHERE queue_id = $1 AND owner_node IS NULL
-           AND (expires_at IS NULL OR expires_at > now())
-           AND (available_at IS NULL OR available_at <= now())
-         ORDER BY priority DESC, id
-         LIMIT $4
-         FOR UPDATE SKIP LOCKED) c
- WHERE m.id = c.id
-RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body,
-          m.priority, m.delivery_count
+# The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
+# lets every node and dispatcher claim at once without ever sharing a row.
+_HEAD = f"""
+SELECT id FROM messages
+ WHERE queue_id = $1 AND {READY}
+ ORDER BY priority DESC, id
+ LIMIT $2
+ FOR UPDATE SKIP LOCKED
 """
 
-_CLAIM_DELETE = """
-DELETE FROM messages m
- USING (SELECT id FROM messages
-         WHERE queue_id = $1 AND owner_node IS NULL
-           AND (expires_at IS NULL OR expires_at > now())
-           AND (available_at IS NULL OR available_at <= now())
-         ORDER BY priority DESC, id
-         LIMIT $2
-         FOR UPDATE SKIP LOCKED) c
+_CLAIMED_COLUMNS = (
+    "m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body, m.priority"
+)
+
+_CLAIM = f"""
+UPDATE messages m
+   SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
+  FROM ({_HEAD}) c
  WHERE m.id = c.id
-RETURNING m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body,
-          m.priority, m.delivery_count + 1
+RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
+"""
+
+_CLAIM_DELETE = f"""
+DELETE FROM messages m
+ USING ({_HEAD}) c
+ WHERE m.id = c.id
+RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
 """
 
 
@@ -515,7 +515,7 @@ class Repository:
         if no_ack:
             rows = await self.pool.fetch(_CLAIM_DELETE, queue_id, limit)
         else:
-            rows = await self.pool.fetch(_CLAIM, queue_id, node_id, channel, limit)
+            rows = await self.pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
         return _claimed(rows)
 
     async def ready_count(self, queue_id: int) -> int:

@@ -16,9 +16,7 @@ pytestmark = pytest.mark.timeout(120)
 
 
 def gossip_alive(app, node: str) -> list[str]:
-    replies = app.control.broadcast(
-        "cavtest_gossip", destination=[node], reply=True, timeout=5
-    )
+    replies = app.control.broadcast("cavtest_gossip", destination=[node], reply=True, timeout=5)
     for reply in replies:
         if node in reply:
             return reply[node]["alive"]
@@ -56,9 +54,7 @@ def test_same_node_name_gets_405_on_pidbox(broker, celery_config, make_app, work
     assert "RESOURCE_LOCKED" in log and "405" in log, log
     assert f"{w1.name}.celery.pidbox" in log, log
     # The first one is untouched.
-    assert app.control.inspect(destination=[w1.name], timeout=5).ping() == {
-        w1.name: {"ok": "pong"}
-    }
+    assert app.control.inspect(destination=[w1.name], timeout=5).ping() == {w1.name: {"ok": "pong"}}
     assert app.tasks["t.add"].delay(2, 2).get(timeout=30) == 4
 
 
@@ -115,8 +111,11 @@ def test_priorities_with_x_max_priority(broker, celery_config, make_app, workers
         app.tasks["t.info"].apply_async(kwargs={"tag": str(p), "sleep": 0.05}, priority=p)
         for p in priorities
     ]
-    wait_for(lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 10, 10,
-             "10 tasks queued")
+    wait_for(
+        lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 10,
+        10,
+        "10 tasks queued",
+    )
     workers(config, concurrency=1)
     infos = [r.get(timeout=30) for r in results]
     order = [int(i["tag"]) for i in sorted(infos, key=lambda i: i["started"])]

@@ -55,16 +55,21 @@ def test_sigkill_mid_task_acks_late_redelivered_to_next_worker(
     )
     wait_for(lambda: started_markers(marker_dir, "crash"), 20, "task started on w1")
     w1.kill()
-    wait_for(lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 1, 15,
-             "the task requeued")
+    wait_for(
+        lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 1,
+        15,
+        "the task requeued",
+    )
 
     w2 = workers(config, concurrency=1)
     got = result.get(timeout=30)
     assert got["hostname"] == w2.name
     assert got["redelivered"] is True
     starts = [s.split(".") for s in started_markers(marker_dir, "crash")]
-    runs = [(hostname, redelivered) for _, hostname, redelivered, _, _ in
-            sorted(starts, key=lambda parts: int(parts[4]))]
+    runs = [
+        (hostname, redelivered)
+        for _, hostname, redelivered, _, _ in sorted(starts, key=lambda parts: int(parts[4]))
+    ]
     assert runs == [(w1.name, "0"), (w2.name, "1")]
 
 
@@ -80,11 +85,15 @@ def test_sigkill_with_prefetched_tasks_all_redelivered(
     running = info.delay(tag="run", sleep=60, marker_dir=str(marker_dir))
     wait_for(lambda: started_markers(marker_dir, "run"), 20, "task started")
     queued = [info.delay(tag=f"p{i}") for i in range(3)]
-    wait_for(lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 0, 10,
-             "all prefetched")
+    wait_for(
+        lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 0, 10, "all prefetched"
+    )
     w1.kill()
-    wait_for(lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 3, 15,
-             "prefetched tasks requeued")
+    wait_for(
+        lambda: queue_counts(broker.url, config["task_default_queue"])[0] == 3,
+        15,
+        "prefetched tasks requeued",
+    )
     w2 = workers(config, concurrency=1)
     assert [r.get(timeout=30)["hostname"] for r in queued] == [w2.name] * 3
     assert not running.ready()

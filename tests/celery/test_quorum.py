@@ -23,9 +23,7 @@ from .conftest import queue_counts
 pytestmark = pytest.mark.timeout(120)
 
 
-def test_quorum_queue_tasks_and_native_delayed_delivery(
-    broker, celery_config, make_app, workers
-):
+def test_quorum_queue_tasks_and_native_delayed_delivery(broker, celery_config, make_app, workers):
     config = celery_config(task_default_queue_type="quorum", task_default_exchange_type="topic")
     queue = config["task_default_queue"]
     app = make_app(config)

@@ -2,11 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-from collections.abc import Callable
-from typing import Any
-
 import asyncpg
 import pytest
 from alembic import command
@@ -17,19 +12,7 @@ from cavalcade.errors import SchemaNotReady
 from cavalcade.storage import schema
 from cavalcade.storage.dsn import make_engine, normalize_dsn
 from cavalcade.storage.models import Base
-
-
-def run_sync(factory: Callable[[], Any]) -> Any:
-    """Run ``factory()`` (awaiting it if it is a coroutine) in a thread of its own: alembic's
-    env.py calls ``asyncio.run``, which must not meet the test's event loop."""
-
-    def call() -> Any:
-        result = factory()
-        return asyncio.run(result) if asyncio.iscoroutine(result) else result
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(call).result()
-
+from tests.conftest import run_sync
 
 DEFAULT_EXCHANGES = {
     ("", "direct"),

@@ -1,0 +1,517 @@
+"""Two or more ``cavalcade serve`` nodes on one database behave as one broker.
+
+Everything a client can observe is cluster-wide: deliveries, topology, counts, exclusive
+owners, auto-delete, x-expires, single active consumer. A node that dies is noticed by
+the others within the death threshold; a node that is stopped says 320 and hands back
+what it held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import statistics
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pika
+import pika.exceptions
+import pytest
+
+from . import (
+    FAST_ENV,
+    FAST_HEARTBEAT,
+    FAST_THRESHOLD,
+    Nodes,
+    connect,
+    kill,
+    sql,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def nodes(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Nodes]:
+    started = Nodes(tmp_path)
+    yield started
+    started.stop_all(report=bool(getattr(request.node, "rep_call_failed", False)))
+
+
+def passive(url: str, queue: str) -> tuple[int, int]:
+    """(message_count, consumer_count) from a passive declare on a fresh connection."""
+    conn = connect(url)
+    try:
+        ok = conn.channel().queue_declare(queue, passive=True).method
+        return ok.message_count, ok.consumer_count
+    finally:
+        conn.close()
+
+
+def queue_state(url: str, queue: str) -> int:
+    """200 if the queue exists, else the reply code of the passive declare (404, 405)."""
+    conn = connect(url)
+    try:
+        conn.channel().queue_declare(queue, passive=True)
+        return 200
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        with contextlib.suppress(Exception):
+            conn.close()
+
+
+def drain(conn: pika.BlockingConnection, box: list, count: int, timeout: float) -> None:
+    """Process the connection's events until ``box`` holds ``count`` items."""
+    deadline = time.monotonic() + timeout
+    while len(box) < count and time.monotonic() < deadline:
+        conn.process_data_events(time_limit=0.02)
+    assert len(box) >= count, f"got {len(box)} of {count} deliveries in {timeout}s"
+
+
+def collector(box: list) -> callable:
+    def on_message(ch, method, properties, body) -> None:  # noqa: ANN001
+        box.append((time.monotonic(), method, properties, body))
+
+    return on_message
+
+
+# --------------------------------------------------------------------------- delivery
+
+
+def test_publish_on_a_is_delivered_to_consumer_on_b_within_milliseconds(start_broker, database_url):
+    """With a 30 s poll interval only LISTEN/NOTIFY can wake B's dispatcher in time."""
+    a = start_broker(database_url, poll_interval=30)
+    b = start_broker(database_url, poll_interval=30)
+    q = unique("xnode")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q, durable=True)
+        ch_a.confirm_delivery()
+        ch_b = conn_b.channel()
+        got: list = []
+        ch_b.basic_consume(q, collector(got), auto_ack=False)
+        conn_b.process_data_events(time_limit=0.2)  # consume-ok, dispatcher ready
+        latencies = []
+        for i in range(30):
+            sent = time.monotonic()
+            ch_a.basic_publish("", q, f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+            drain(conn_b, got, i + 1, timeout=5)
+            latencies.append(got[i][0] - sent)
+            ch_b.basic_ack(got[i][1].delivery_tag)
+        assert [g[3] for g in got] == [f"m{i}".encode() for i in range(30)]
+        assert not any(g[1].redelivered for g in got)
+        median = statistics.median(latencies)
+        print(
+            f"cross-node latency (publish+confirm on A -> deliver on B): "
+            f"median {median * 1000:.1f} ms, max {max(latencies) * 1000:.1f} ms"
+        )
+        assert median < 0.25
+        assert max(latencies) < 2.0
+        conn_b.process_data_events(time_limit=0.2)
+        assert passive(a.url, q) == (0, 1)
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_topology_declared_on_a_is_visible_on_b_at_once(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    ex, q = unique("ex"), unique("q")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_b = conn_b.channel()
+        ch_b.confirm_delivery()
+        ch_a.exchange_declare(ex, "direct", durable=True)
+        ch_a.queue_declare(q, durable=True)
+        # B has the exchange in its cache (with no bindings) before A binds.
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch_b.basic_publish(ex, "k0", b"warm", mandatory=True)
+        for i in range(10):
+            ch_a.queue_bind(q, ex, f"k{i}")
+            # published on B right after bind-ok on A: must route
+            ch_b.basic_publish(ex, f"k{i}", f"m{i}".encode(), mandatory=True)
+        assert passive(a.url, q)[0] == 10
+        # unbind on A: B stops routing at once
+        for i in range(10):
+            ch_a.queue_unbind(q, ex, f"k{i}")
+            with pytest.raises(pika.exceptions.UnroutableError):
+                ch_b.basic_publish(ex, f"k{i}", b"late", mandatory=True)
+        assert passive(b.url, q)[0] == 10
+        # a queue declared on A is a default-exchange destination on B at once
+        q2 = unique("q2")
+        ch_a.queue_declare(q2)
+        ch_b.basic_publish("", q2, b"direct", mandatory=True)
+        assert passive(a.url, q2)[0] == 1
+        # a queue deleted on A is no destination on B at once
+        ch_a.queue_delete(q2)
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch_b.basic_publish("", q2, b"gone", mandatory=True)
+        # an exchange deleted on A is a 404 on B
+        ch_a.exchange_delete(ex)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            ch_b.basic_publish(ex, "k1", b"x")
+            ch_b.basic_publish(ex, "k1", b"x")  # the close may come after the first
+        assert closed.value.reply_code == 404
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_counts_are_cluster_wide(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("counts")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.confirm_delivery()
+        ch_a.queue_declare(q, durable=True)
+        for i in range(5):
+            ch_a.basic_publish("", q, f"m{i}".encode())
+        assert passive(b.url, q) == (5, 0)
+        ch_b = conn_b.channel()
+        ch_b.basic_qos(prefetch_count=2)
+        got: list = []
+        ch_b.basic_consume(q, collector(got))
+        drain(conn_b, got, 2, timeout=5)
+        # two unacked on B: three ready, one consumer, seen from A and from B
+        assert passive(a.url, q) == (3, 1)
+        assert passive(b.url, q) == (3, 1)
+        ch_b2 = conn_b.channel()
+        ch_b2.basic_consume(q, collector([]), auto_ack=False)
+        conn_b.process_data_events(time_limit=0.1)
+        assert passive(a.url, q)[1] == 2
+        conn_b.close()
+        # B's consumer is gone: its two deliveries are ready again
+        assert wait_until(lambda: passive(a.url, q) == (5, 0), 5, "requeue on close")
+    finally:
+        conn_a.close()
+        if conn_b.is_open:
+            conn_b.close()
+
+
+# --------------------------------------------------------------------------- ownership
+
+
+def test_exclusive_queue_is_locked_from_the_other_node(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("excl")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        conn_a.channel().queue_declare(q, exclusive=True)
+        attempts = {
+            "declare": lambda ch: ch.queue_declare(q),
+            "declare exclusive": lambda ch: ch.queue_declare(q, exclusive=True),
+            "passive": lambda ch: ch.queue_declare(q, passive=True),
+            "consume": lambda ch: ch.basic_consume(q, lambda *a: None),
+            "get": lambda ch: ch.basic_get(q),
+            "purge": lambda ch: ch.queue_purge(q),
+            "delete": lambda ch: ch.queue_delete(q),
+            "bind": lambda ch: ch.queue_bind(q, "amq.direct", "k"),
+        }
+        for what, attempt in attempts.items():
+            with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+                attempt(conn_b.channel())
+            assert closed.value.reply_code == 405, what
+            assert "RESOURCE_LOCKED" in closed.value.reply_text, what
+        conn_a.close()
+        # the owner's connection closed on A: the queue is gone for B too
+        assert wait_until(lambda: queue_state(b.url, q) == 404, 5, "exclusive queue dropped")
+    finally:
+        if conn_a.is_open:
+            conn_a.close()
+        conn_b.close()
+
+
+def test_exclusive_consumer_refuses_consumers_on_the_other_node(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("exclc")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q)
+        ch_a.basic_consume(q, lambda *a: None, exclusive=True)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
+            conn_b.channel().basic_consume(q, lambda *a: None)
+        assert closed.value.reply_code == 403
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_auto_delete_counts_consumers_on_every_node(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("autodel")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q, auto_delete=True)
+        tag_a = ch_a.basic_consume(q, lambda *a: None)
+        ch_b = conn_b.channel()
+        tag_b = ch_b.basic_consume(q, lambda *a: None)
+        ch_a.basic_cancel(tag_a)
+        # the consumer on B keeps the queue
+        assert queue_state(a.url, q) == 200
+        ch_b.basic_cancel(tag_b)
+        assert wait_until(lambda: queue_state(a.url, q) == 404, 5, "auto-delete")
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_x_expires_sees_consumers_on_every_node(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("expires")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        conn_a.channel().queue_declare(q, arguments={"x-expires": 800})
+        ch_b = conn_b.channel()
+        tag = ch_b.basic_consume(q, lambda *a: None)
+        time.sleep(2.0)  # A's sweeper must not expire a queue with a consumer on B
+        assert queue_state(a.url, q) == 200
+        ch_b.basic_cancel(tag)
+        assert wait_until(lambda: queue_state(a.url, q) == 404, 5, "x-expires")
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_single_active_consumer_is_cluster_wide(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("sac")
+    conn_a, conn_b, conn_p = connect(a.url), connect(b.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q, durable=True, arguments={"x-single-active-consumer": True})
+        got_a: list = []
+        got_b: list = []
+        ch_a.basic_consume(q, collector(got_a), auto_ack=True)
+        conn_a.process_data_events(time_limit=0.1)
+        ch_b = conn_b.channel()
+        ch_b.basic_consume(q, collector(got_b), auto_ack=True)
+        conn_b.process_data_events(time_limit=0.1)
+        pub = conn_p.channel()
+        pub.confirm_delivery()
+        for i in range(5):
+            pub.basic_publish("", q, f"m{i}".encode())
+        drain(conn_a, got_a, 5, timeout=5)
+        conn_b.process_data_events(time_limit=0.5)
+        assert got_b == []
+        conn_a.close()
+        for i in range(5, 8):
+            pub.basic_publish("", q, f"m{i}".encode())
+        drain(conn_b, got_b, 3, timeout=5)
+        assert [g[3] for g in got_b] == [b"m5", b"m6", b"m7"]
+    finally:
+        for conn in (conn_a, conn_b, conn_p):
+            if conn.is_open:
+                conn.close()
+
+
+# --------------------------------------------------------------------------- node death
+
+
+def test_exclusive_queue_of_a_killed_node_is_dropped_after_the_death_threshold(nodes, database_url):
+    a = nodes.spawn(database_url, env=FAST_ENV)
+    b = nodes.spawn(database_url, env=FAST_ENV)
+    q = unique("excl-dead")
+    conn_a = connect(a.url)
+    conn_a.channel().queue_declare(q, exclusive=True)
+    assert queue_state(b.url, q) == 405
+    assert len(sql(database_url, "SELECT id FROM nodes")) == 2
+    kill(a)
+    killed = time.monotonic()
+    assert queue_state(b.url, q) == 405  # still owned until the node is declared dead
+    wait_until(lambda: queue_state(b.url, q) == 404, FAST_THRESHOLD + 10, "queue dropped")
+    detected = time.monotonic() - killed
+    print(
+        f"exclusive queue of the killed node dropped after {detected:.2f}s "
+        f"(threshold {FAST_THRESHOLD}s, heartbeat {FAST_HEARTBEAT}s)"
+    )
+    assert FAST_THRESHOLD - FAST_HEARTBEAT - 0.5 <= detected <= FAST_THRESHOLD + 3
+    assert len(sql(database_url, "SELECT id FROM nodes")) == 1
+    with contextlib.suppress(Exception):
+        conn_a.close()
+
+
+def test_unacked_deliveries_of_a_killed_node_are_redelivered_by_the_survivor(nodes, database_url):
+    a = nodes.spawn(database_url, env=FAST_ENV)
+    b = nodes.spawn(database_url, env=FAST_ENV)
+    q = unique("unacked-dead")
+    conn_b = connect(b.url)
+    ch_b = conn_b.channel()
+    ch_b.queue_declare(q, durable=True)
+    ch_b.confirm_delivery()
+    for i in range(10):
+        ch_b.basic_publish("", q, f"m{i}".encode(), pika.BasicProperties(delivery_mode=2))
+    conn_a = connect(a.url)
+    ch_a = conn_a.channel()
+    ch_a.basic_qos(prefetch_count=20)
+    held: list = []
+    ch_a.basic_consume(q, collector(held), auto_ack=False)
+    drain(conn_a, held, 10, timeout=5)
+    assert passive(b.url, q) == (0, 1)
+    got: list = []
+    ch_b.basic_consume(q, collector(got), auto_ack=False)
+    kill(a)
+    killed = time.monotonic()
+    drain(conn_b, got, 10, timeout=FAST_THRESHOLD + 10)
+    recovered = got[-1][0] - killed
+    print(f"unacked deliveries of the killed node redelivered after {recovered:.2f}s")
+    assert sorted(g[3] for g in got) == sorted(h[3] for h in held)
+    assert [g[3] for g in got] == [f"m{i}".encode() for i in range(10)]  # FIFO kept
+    assert all(g[1].redelivered for g in got)
+    assert recovered <= FAST_THRESHOLD + 3
+    for g in got:
+        ch_b.basic_ack(g[1].delivery_tag)
+    conn_b.process_data_events(time_limit=0.2)
+    # the dead node's consumer row went with it
+    assert passive(b.url, q) == (0, 1)
+    conn_b.close()
+    with contextlib.suppress(Exception):
+        conn_a.close()
+
+
+def test_restarted_node_on_the_same_port_is_a_new_node(nodes, database_url):
+    a = nodes.spawn(database_url, env=FAST_ENV)
+    b = nodes.spawn(database_url, env=FAST_ENV)
+    before = {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}
+    kill(a)
+    a2 = nodes.spawn(database_url, port=a.port, env=FAST_ENV)
+    rows = {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}
+    assert len(rows) == 3 and before < rows  # the dead one is not yet reaped
+    wait_until(
+        lambda: len(sql(database_url, "SELECT id FROM nodes")) == 2,
+        FAST_THRESHOLD + 5,
+        "dead node reaped",
+    )
+    q = unique("restart")
+    conn = connect(a2.url)
+    conn.channel().queue_declare(q)
+    conn.close()
+    assert queue_state(b.url, q) == 200
+
+
+# --------------------------------------------------------------------------- modes
+
+
+def test_notify_poll_node_pair(start_broker, database_url):
+    a = start_broker(database_url, notify="poll", poll_interval=0.2)
+    b = start_broker(database_url, notify="poll", poll_interval=0.2)
+    q, ex = unique("poll"), unique("pollex")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q, durable=True)
+        ch_a.exchange_declare(ex, "fanout")
+        ch_a.confirm_delivery()
+        ch_b = conn_b.channel()
+        ch_b.confirm_delivery()
+        got: list = []
+        ch_b.basic_consume(q, collector(got))
+        latencies = []
+        for i in range(10):
+            sent = time.monotonic()
+            ch_a.basic_publish("", q, f"m{i}".encode())
+            drain(conn_b, got, i + 1, timeout=5)
+            latencies.append(got[i][0] - sent)
+        print(f"poll mode cross-node latency: median {statistics.median(latencies) * 1000:.0f} ms")
+        assert max(latencies) < 2.0
+        # B knows the fanout exchange (with no bindings) before A binds the queue
+        with pytest.raises(pika.exceptions.UnroutableError):
+            ch_b.basic_publish(ex, "", b"warm", mandatory=True)
+        ch_a.queue_bind(q, ex)
+        bound = time.monotonic()
+
+        def routes() -> bool:
+            try:
+                ch_b.basic_publish(ex, "", b"via-b", mandatory=True)
+                return True
+            except pika.exceptions.UnroutableError:
+                return False
+
+        wait_until(routes, 10, "binding made on A seen by B in poll mode", interval=0.1)
+        print(f"poll mode: binding made on A routes on B after {time.monotonic() - bound:.2f}s")
+        drain(conn_b, got, 11, timeout=5)
+        assert got[-1][3] == b"via-b"
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
+def test_workers_2_serves_on_one_port(start_broker, database_url):
+    node = start_broker(database_url, workers=2)
+    wait_until(
+        lambda: len(sql(database_url, "SELECT id FROM nodes")) == 2, 30, "two nodes registered"
+    )
+    q = unique("workers")
+    conns = [connect(node.url) for _ in range(8)]
+    try:
+        conns[0].channel().queue_declare(q, durable=True)
+        boxes: list[list] = []
+        for conn in conns[1:]:
+            box: list = []
+            conn.channel().basic_consume(q, collector(box))
+            boxes.append(box)
+        # which node holds each consumer: the kernel spreads the accepts
+        holders = sql(database_url, "SELECT DISTINCT node_id FROM consumers")
+        print(f"--workers 2: 7 consumers on {len(holders)} node(s)")
+        pub = conns[0].channel()
+        pub.confirm_delivery()
+        for i in range(70):
+            pub.basic_publish("", q, f"m{i}".encode())
+        deadline = time.monotonic() + 10
+        while sum(len(b) for b in boxes) < 70 and time.monotonic() < deadline:
+            for conn in conns[1:]:
+                conn.process_data_events(time_limit=0.01)
+        assert sorted(g[3] for b in boxes for g in b) == sorted(f"m{i}".encode() for i in range(70))
+    finally:
+        for conn in conns:
+            conn.close()
+    assert node.stop(timeout=20) == 0
+    assert sql(database_url, "SELECT id FROM nodes") == []
+
+
+def test_sigterm_sends_320_requeues_and_exits(start_broker, database_url):
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("sigterm")
+    conn_a = connect(a.url)
+    ch_a = conn_a.channel()
+    ch_a.queue_declare(q, durable=True)
+    ch_a.confirm_delivery()
+    ch_a.basic_publish("", q, b"held", pika.BasicProperties(delivery_mode=2))
+    held: list = []
+    ch_a.basic_consume(q, collector(held))
+    drain(conn_a, held, 1, timeout=5)
+    a.process.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            conn_a.process_data_events(time_limit=0.1)
+    assert closed.value.reply_code == 320
+    assert "CONNECTION_FORCED" in closed.value.reply_text
+    code = a.process.wait(15)
+    took = time.monotonic() - sent
+    print(f"SIGTERM: exit {code} after {took:.2f}s")
+    assert code == 0
+    assert took < 10
+    # what A held is ready again, flagged, on B
+    conn_b = connect(b.url)
+    method, _props, body = conn_b.channel().basic_get(q, auto_ack=True)
+    assert body == b"held" and method.redelivered
+    conn_b.close()
+    assert len(sql(database_url, "SELECT id FROM nodes")) == 1
