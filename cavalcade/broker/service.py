@@ -46,6 +46,7 @@ from .topology import VhostTopology
 log = logging.getLogger(__name__)
 
 _LOOPBACK_ONLY_USERS = frozenset({"guest"})
+DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 @dataclass(slots=True)
@@ -335,12 +336,14 @@ class Broker:
         await self.batcher.flush()
         vhost = s.vhost.name
         if passive:
+            if name == DIRECT_REPLY_TO:
+                return DeclaredQueue(name, 0, 0)  # the pseudo-queue always "exists"
             existing = await self._queue(s, name)
             await self.repo.touch_queue(existing.id)
             msgs, consumers = await self.repo.queue_counts(existing.id)
             return DeclaredQueue(name, msgs, consumers)
-        generated = name == ""
-        if generated:
+        generated = name == "" or name.startswith(DIRECT_REPLY_TO + ".")
+        if name == "":
             name = server_generated_name("amq.gen-")
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
@@ -622,6 +625,13 @@ class Broker:
         self._permit(s, 1, "exchange", exchange)
 
     # -- consume -------------------------------------------------------------
+
+    async def reply_queue(self, s: Session) -> str:
+        """Direct reply-to: a private queue behind ``amq.rabbitmq.reply-to`` (exclusive to
+        the connection, gone with its consumer), so replies reach it from any node."""
+        name = server_generated_name(DIRECT_REPLY_TO + ".")
+        await self.declare_queue(s, name, False, False, True, True, {})
+        return name
 
     async def consume(self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool) -> int:
         """Register a consumer; returns the queue id."""

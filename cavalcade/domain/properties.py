@@ -33,6 +33,11 @@ _FIELDS = (
 )
 
 
+_READ_STRINGS = frozenset(
+    {"content_type", "correlation_id", "expiration", "message_id", "user_id", "reply_to"}
+)
+
+
 class MalformedProperties(ValueError):
     """The property bytes do not parse."""
 
@@ -49,6 +54,7 @@ class Properties:
     expiration: str | None = None
     message_id: str | None = None
     user_id: str | None = None
+    reply_to: str | None = None
     headers_raw: bytes | None = None
     _headers: dict[str, Any] | None = None
 
@@ -109,7 +115,7 @@ def parse_properties(raw: bytes) -> Properties:
     _, spans = _walk(raw)
     for _bit, name, kind, start, end in spans:
         if kind == "s":
-            if name in ("content_type", "correlation_id", "expiration", "message_id", "user_id"):
+            if name in _READ_STRINGS:
                 setattr(props, name, raw[start + 1 : end].decode("utf-8", errors="replace"))
         elif kind == "t":
             props.headers_raw = raw[start:end]
@@ -118,13 +124,21 @@ def parse_properties(raw: bytes) -> Properties:
     return props
 
 
-def rewrite_properties(raw: bytes, headers_table: bytes | None, drop_expiration: bool) -> bytes:
+def rewrite_properties(
+    raw: bytes,
+    headers_table: bytes | None,
+    drop_expiration: bool,
+    reply_to: str | None = None,
+) -> bytes:
     """The same properties, byte for byte, with a new headers table (``headers_table``
-    includes its length prefix) and, if asked, without ``expiration``."""
+    includes its length prefix), a new ``reply_to``, and, if asked, no ``expiration``."""
     flags, spans = _walk(raw)
     by_bit = {bit: raw[start:end] for bit, _name, _kind, start, end in spans}
     if headers_table is not None:
         by_bit[13] = headers_table
+    if reply_to is not None:
+        encoded = reply_to.encode()[:255]
+        by_bit[9] = bytes((len(encoded),)) + encoded
     if drop_expiration:
         by_bit.pop(8, None)
     new_flags = 0

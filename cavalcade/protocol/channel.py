@@ -12,8 +12,14 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from cavalcade.broker.dispatch import CLAIM_CAP
+from cavalcade.broker.service import DIRECT_REPLY_TO
 from cavalcade.domain.arguments import server_generated_name
-from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
+from cavalcade.domain.properties import (
+    MalformedProperties,
+    Properties,
+    parse_properties,
+    rewrite_properties,
+)
 from cavalcade.errors import (
     AMQPError,
     CommandInvalid,
@@ -123,6 +129,8 @@ class Channel:
         self._tx_acks: list[tuple[int, Unacked]] = []
         self._tx_rejects: list[tuple[int, Unacked, bool]] = []
         self.last_queue = ""
+        self.reply_to: str | None = None  # our direct reply-to queue, once consumed
+        self._reply_tag: str | None = None
         self._method: commands.Basic.Publish | None = None
         self._props = b""
         self._body_size = 0
@@ -457,6 +465,11 @@ class Channel:
         except MalformedProperties as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}", 60, 40) from exc
         session = self.conn.session
+        if props.reply_to == DIRECT_REPLY_TO:
+            if self.reply_to is None:
+                raise PreconditionFailed("fast reply consumer does not exist", 60, 40)
+            raw = rewrite_properties(raw, None, False, reply_to=self.reply_to)
+            props = parse_properties(raw)
         if props.user_id is not None and props.user_id != session.user:
             raise PreconditionFailed(
                 f"user_id property set to '{props.user_id}' but authenticated user was "
@@ -583,6 +596,13 @@ class Channel:
         if tag in self.consumers:
             raise NotAllowed(f"attempt to reuse consumer tag '{tag}'", 60, 20)
         queue = self._queue_name(m.queue)
+        if queue == DIRECT_REPLY_TO:
+            if not m.no_ack:
+                raise PreconditionFailed("reply consumer cannot acknowledge", 60, 20)
+            if self.reply_to is not None:
+                raise PreconditionFailed("reply consumer already set", 60, 20)
+            queue = self.reply_to = await self.broker.reply_queue(self.conn.session)
+            self._reply_tag = tag
         args = dict(m.arguments or {})
         priority = args.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
@@ -600,6 +620,8 @@ class Channel:
             self.conn.send_method(self.number, commands.Basic.ConsumeOk(consumer_tag=tag))
 
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
+        if m.consumer_tag == self._reply_tag:
+            self.reply_to = self._reply_tag = None
         c = self.consumers.pop(m.consumer_tag or "", None)
         if c is not None:
             if c.unacked and self.broker.is_single_active(self.conn.session, c.queue_id):

@@ -53,6 +53,7 @@ CAPABILITIES = {
     "authentication_failure_close": True,
     "per_consumer_qos": True,
     "consumer_priorities": True,
+    "direct_reply_to": True,
 }
 
 BLOCKED = -1  # pause_reading reason: the node's publish backlog is full
