@@ -78,19 +78,27 @@ def _args(value: Any) -> dict[str, Any]:
 class Repository:
     """All SQL of the broker. One instance per node, over one asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None) -> None:
         self.pool = pool
+        # Claims need no flush to disk before the delivery goes out: a claim lost in a
+        # database crash only makes the message ready again (at-least-once holds).
+        self.claim_pool = claim_pool or pool
 
     @classmethod
     async def connect(cls, dsn: str, size: int = 8) -> Repository:
         pool = await asyncpg.create_pool(
-            dsn, min_size=2, max_size=size, init=_init_connection, statement_cache_size=256
+            dsn, min_size=2, max_size=size, init=_durable, statement_cache_size=256
         )
-        assert pool is not None
-        return cls(pool)
+        claim_pool = await asyncpg.create_pool(
+            dsn, min_size=1, max_size=max(2, size // 2), init=_fast, statement_cache_size=256
+        )
+        assert pool is not None and claim_pool is not None
+        return cls(pool, claim_pool)
 
     async def close(self) -> None:
         await self.pool.close()
+        if self.claim_pool is not self.pool:
+            await self.claim_pool.close()
 
     # -- nodes -------------------------------------------------------------
 
@@ -515,7 +523,7 @@ class Repository:
         if no_ack:
             rows = await self.pool.fetch(_CLAIM_DELETE, queue_id, limit)
         else:
-            rows = await self.pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
+            rows = await self.claim_pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
         return _claimed(rows)
 
     async def ready_count(self, queue_id: int) -> int:
@@ -554,5 +562,10 @@ def _queue_row(r: asyncpg.Record) -> QueueRow:
     )
 
 
-async def _init_connection(conn: asyncpg.Connection) -> None:
+async def _durable(conn: asyncpg.Connection) -> None:
+    """Publishes are confirmed only once on disk."""
     await conn.execute("SET synchronous_commit = on")
+
+
+async def _fast(conn: asyncpg.Connection) -> None:
+    await conn.execute("SET synchronous_commit = off")
