@@ -17,6 +17,8 @@ from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repos
 
 log = logging.getLogger(__name__)
 
+SHUTDOWN_GRACE = 10.0  # seconds for each shutdown step that needs the database
+
 
 async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event) -> None:
     """Run a broker node on a bound socket until ``stop`` is set.
@@ -69,12 +71,17 @@ async def _run_incarnation(
         await server.stop()
         for t in loops:
             t.cancel()
-        await broker.stop()
+        # Bounded: with the database away, what is not committed is not confirmed either,
+        # and the node must still exit (its deliveries come back when it is reaped).
+        try:
+            await asyncio.wait_for(broker.stop(), SHUTDOWN_GRACE)
+            await asyncio.wait_for(repo.unregister_node(node_id), SHUTDOWN_GRACE)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("unclean shutdown of node %s: %s", node_id, exc)
         if listener is not None:
             await listener.close()
         with contextlib.suppress(Exception):
-            await repo.unregister_node(node_id)
-        await repo.close()
+            await asyncio.wait_for(repo.close(), SHUTDOWN_GRACE)
 
 
 class Listener:
@@ -102,7 +109,7 @@ class Listener:
     async def close(self) -> None:
         if self.conn is not None:
             with contextlib.suppress(Exception):
-                await self.conn.close()
+                await asyncio.wait_for(self.conn.close(), SHUTDOWN_GRACE)
 
     def _on_wake(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
         node, _, ids = str(payload).partition(":")
