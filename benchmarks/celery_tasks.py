@@ -100,6 +100,23 @@ def fresh_database(server_url: str) -> str:
     return f"{base}/{name}"
 
 
+def drop_database(server_url: str, db_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    name = db_url.rpartition("/")[2]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 def delete_queue(url: str, name: str) -> None:
     import kombu
 
@@ -196,6 +213,7 @@ def main() -> None:
     port = free_port()
     tmp = Path(tempfile.mkdtemp(prefix="cavalcade-celery-bench-"))
     cmd = cavalcade_cmd()
+    db = None
     if args.database_url:
         db = fresh_database(args.database_url)
         subprocess.run(
@@ -255,6 +273,9 @@ def main() -> None:
             node.wait(30)
         except subprocess.TimeoutExpired:
             node.kill()
+            node.wait()
+        if db is not None:
+            drop_database(args.database_url, db)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -89,6 +89,25 @@ def fresh_database(server_url: str) -> str:
     return with_database(dsn, name)
 
 
+def drop_database(server_url: str, database_url: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    from cavalcade.storage.dsn import normalize_dsn
+
+    name = database_url.split("?")[0].rsplit("/", 1)[-1]
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(normalize_dsn(server_url))
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
+
+
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
@@ -220,6 +239,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="cavalcade-bench-ha-"))
     tmp.chmod(0o755)  # as root, the embedded server's user must traverse it
     embedded = None
+    server = db = None
     nodes: list[subprocess.Popen] = []
     logs = []
     try:
@@ -275,6 +295,8 @@ def main() -> None:
                     node.kill()
         for log in logs:
             log.close()
+        if server and db and embedded is None:
+            drop_database(server, db)
         if embedded is not None:
             embedded.stop()
         shutil.rmtree(tmp, ignore_errors=True)

@@ -562,3 +562,33 @@ def test_sigterm_sends_320_requeues_and_exits(start_broker, database_url):
     assert body == b"held" and method.redelivered
     conn_b.close()
     assert len(sql(database_url, "SELECT id FROM nodes")) == 1
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG reported to the lead: pg_notify is called in every write batch, declare "
+    "and reap even with --notify poll, so a database without it (CockroachDB) gets 541 on "
+    "declare and publishes that are retried forever, never confirmed",
+)
+def test_notify_poll_needs_no_pg_notify(start_broker, database_url):
+    """A stand-in for a database without LISTEN/NOTIFY: pg_notify raises."""
+    name = database_url.split("?")[0].rsplit("/", 1)[-1]
+    sql(database_url, "CREATE SCHEMA shim")
+    sql(
+        database_url,
+        "CREATE FUNCTION shim.pg_notify(text, text) RETURNS void LANGUAGE plpgsql"
+        " AS $$ BEGIN RAISE EXCEPTION 'pg_notify is not supported'; END $$",
+    )
+    sql(database_url, f'ALTER DATABASE "{name}" SET search_path = public, shim, pg_catalog')
+    node = start_broker(database_url, notify="poll", poll_interval=0.2)
+    conn = connect(node.url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare("q", durable=True)
+        ch.confirm_delivery()
+        conn.call_later(5, conn.close)  # a publish that is never confirmed ends the test
+        ch.basic_publish("", "q", b"x")
+        assert ch.basic_get("q", auto_ack=True)[2] == b"x"
+    finally:
+        if conn.is_open:
+            conn.close()
