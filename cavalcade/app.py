@@ -140,7 +140,9 @@ async def _node_heartbeat(
     listener: Listener | None,
 ) -> None:
     """Keep this node's row alive and reap nodes that stopped heartbeating. In poll
-    mode (no LISTEN/NOTIFY), also re-read the topology other nodes may have changed."""
+    mode (no LISTEN/NOTIFY), also re-read the topology other nodes may have changed.
+    After the database was away, reconcile what this node owns."""
+    database_was_away = False
     while True:
         await asyncio.sleep(settings.node_heartbeat)
         try:
@@ -152,6 +154,10 @@ async def _node_heartbeat(
                 return
             if listener is None:
                 broker.topology_changed()
+            if database_was_away:
+                database_was_away = False
+                requeued = await broker.reconcile()
+                log.info("database back; %d orphaned deliveries requeued", requeued)
             dead = await repo.reap_dead_nodes(settings.node_death_threshold)
             if dead:
                 log.warning("requeued the deliveries of dead nodes %s", dead)
@@ -160,6 +166,7 @@ async def _node_heartbeat(
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+            database_was_away = True
             log.warning("node heartbeat failed: %s", exc)
 
 

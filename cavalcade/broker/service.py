@@ -8,7 +8,7 @@ import ipaddress
 import logging
 import re
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,8 @@ class Broker:
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
         self._closing: dict[int, asyncio.Event] = {}
+        # Message ids the protocol layer holds as unacked (set by the server).
+        self.held: Callable[[], set[int]] = set
         self._next_id = 0
 
     # -- lifecycle ---------------------------------------------------------
@@ -99,6 +101,17 @@ class Broker:
         await self.batcher.stop()
         for d in list(self._dispatchers.values()):
             await d.stop()
+
+    async def reconcile(self) -> int:
+        """After a database outage: rows this node owns that no channel holds (a claim or
+        an ack lost in a crash) go back to their queues. Returns how many."""
+        await self.batcher.flush()
+        held = self.held()
+        orphans = [m for m in await self.repo.owned_messages(self.node_id) if m not in held]
+        await self.repo.requeue(orphans, self.node_id)
+        if orphans:
+            self.wake_all()
+        return len(orphans)
 
     def next_id(self) -> int:
         """A node-local id for connections and channels."""
@@ -339,8 +352,7 @@ class Broker:
             if name == DIRECT_REPLY_TO:
                 return DeclaredQueue(name, 0, 0)  # the pseudo-queue always "exists"
             existing = await self._queue(s, name)
-            await self.repo.touch_queue(existing.id)
-            msgs, consumers = await self.repo.queue_counts(existing.id)
+            msgs, consumers = await self.repo.use_queue(existing.id)
             return DeclaredQueue(name, msgs, consumers)
         generated = name == "" or name.startswith(DIRECT_REPLY_TO + ".")
         if name == "":
@@ -371,8 +383,7 @@ class Broker:
         assert_flag("queue", name, vhost, "exclusive", exclusive, q.exclusive_node is not None)
         assert_flag("queue", name, vhost, "auto_delete", auto_delete, q.auto_delete)
         assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
-        await self.repo.touch_queue(q.id)
-        msgs, consumers = await self.repo.queue_counts(q.id)
+        msgs, consumers = await self.repo.use_queue(q.id)
         return DeclaredQueue(name, msgs, consumers)
 
     async def bind_queue(

@@ -302,6 +302,12 @@ class Channel:
                 log.exception("channel %s: %s failed", self.number, type(method).__name__)
                 self.conn.fail(exc, self)
 
+    def held_ids(self) -> list[int]:
+        """Ids of the messages this channel holds unacked (incl. uncommitted tx acks)."""
+        held = [m for (m, _q, _c) in self.unacked.values()]
+        held += [e[0] for _, e in self._tx_acks] + [e[0] for _, e, _ in self._tx_rejects]
+        return held
+
     def stop(self) -> None:
         """End the channel task (unless it is the caller: then it returns by itself)."""
         if self._task is not asyncio.current_task():

@@ -20,6 +20,16 @@ class AMQPServer:
         self.connections: set[AMQPConnection] = set()
         self._server: asyncio.base_events.Server | None = None
         broker.batcher.on_blocked = self._blocked
+        broker.held = self._held
+
+    def _held(self) -> set[int]:
+        """Every message id a channel of this node holds unacked."""
+        return {
+            message_id
+            for conn in self.connections
+            for ch in conn.channels.values()
+            for message_id in ch.held_ids()
+        }
 
     def _blocked(self, blocked: bool) -> None:
         for conn in list(self.connections):

@@ -164,6 +164,11 @@ async def write(
 ) -> BatchOutcome:
     """Apply one batch inside the caller's transaction."""
     out = BatchOutcome()
+    if not requeues and not rejects and not any(m.persistent for m in messages):
+        # Only transient publishes and acks: losing them in a database crash is what
+        # RabbitMQ does too (a lost ack only redelivers; the node reconciles what it
+        # owns when the database comes back), so do not wait for the disk.
+        await conn.execute("SET LOCAL synchronous_commit = off")
     dead: list[tuple[DeadRow, str]] = []
     capped = {m.queue_id for m in messages if m.queue_id in rules.limits}
     refusing = sorted(q for q in capped if rules.limits[q].overflow != "drop-head")

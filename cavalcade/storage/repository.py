@@ -142,6 +142,11 @@ class Repository:
                 await conn.execute("SELECT pg_notify($1, 'reaper')", TOPOLOGY_CHANNEL)
             return ids
 
+    async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
+        """Ids of the messages this node holds as unacked deliveries."""
+        rows = await self.pool.fetch("SELECT id FROM messages WHERE owner_node = $1", node_id)
+        return [r[0] for r in rows]
+
     async def unregister_node(self, node_id: uuid.UUID) -> None:
         async with self.pool.acquire() as conn, conn.transaction():
             await conn.execute(
@@ -312,7 +317,22 @@ class Repository:
         )
 
     async def touch_queue(self, queue_id: int) -> None:
-        await self.pool.execute("UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id)
+        """Mark a queue used (``x-expires``); no need to wait for the disk."""
+        await self.claim_pool.execute(
+            "UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id
+        )
+
+    async def use_queue(self, queue_id: int) -> tuple[int, int]:
+        """Mark a queue used and count it, in one round trip: (ready, consumers)."""
+        row = await self.claim_pool.fetchrow(
+            "UPDATE queues SET last_used_at = now() WHERE id = $1 RETURNING"
+            f" (SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}),"
+            " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
+            queue_id,
+        )
+        if row is None:
+            return 0, 0
+        return int(row[0]), int(row[1])
 
     async def queue_counts(self, queue_id: int) -> tuple[int, int]:
         """(ready messages, consumers) of a queue, cluster-wide."""

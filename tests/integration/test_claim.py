@@ -102,3 +102,22 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
         assert await repo.pool.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await repo.close()
+
+
+async def test_reconcile_requeues_what_no_channel_holds(database_url: str) -> None:
+    from cavalcade.broker.service import Broker
+
+    repo, qid = await _setup(database_url, 3)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    broker = Broker(repo, node)
+    broker.start()
+    try:
+        claimed = await repo.claim(qid, node, 1, 3, no_ack=False)
+        broker.held = lambda: {claimed[0].id}  # one is still held by a channel
+        assert await broker.reconcile() == 2
+        assert await repo.ready_count(qid) == 2
+        assert await repo.owned_messages(node) == [claimed[0].id]
+    finally:
+        await broker.stop()
+        await repo.close()
