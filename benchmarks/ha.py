@@ -223,9 +223,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=500, help="messages for the latency measure")
     ap.add_argument("--unacked", type=int, default=100)
     ap.add_argument("--heartbeat", type=float, default=2.0, help="CAVALCADE_NODE_HEARTBEAT")
-    ap.add_argument(
-        "--threshold", type=float, default=10.0, help="CAVALCADE_NODE_DEATH_THRESHOLD"
-    )
+    ap.add_argument("--threshold", type=float, default=10.0, help="CAVALCADE_NODE_DEATH_THRESHOLD")
     ap.add_argument("--notify", choices=["listen", "poll"], default="listen")
     ap.add_argument("--poll-interval", type=float, default=1.0)
     ap.add_argument(

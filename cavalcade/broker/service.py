@@ -346,7 +346,8 @@ class Broker:
         auto_delete: bool,
         arguments: dict[str, Any],
     ) -> DeclaredQueue:
-        await self.batcher.flush()
+        # No wait for this node's pending publishes: like RabbitMQ's, the count may trail
+        # publishes not yet confirmed (Celery declares before every send_task).
         vhost = s.vhost.name
         if passive:
             if name == DIRECT_REPLY_TO:
@@ -646,7 +647,6 @@ class Broker:
 
     async def consume(self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool) -> int:
         """Register a consumer; returns the queue id."""
-        await self.batcher.flush()
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
         refused = await self.repo.add_consumer(

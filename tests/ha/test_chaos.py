@@ -200,9 +200,7 @@ def test_sigkill_each_node_in_turn_mid_stream(nodes, database_url):
             killed = time.monotonic()
             kill(victim)
             time.sleep(0.5)
-            restarted = nodes.spawn(
-                database_url, port=victim.port, env=FAST_ENV, poll_interval=30
-            )
+            restarted = nodes.spawn(database_url, port=victim.port, env=FAST_ENV, poll_interval=30)
             if victim_index == 0:
                 a = restarted
             else:
@@ -333,7 +331,6 @@ def test_postgres_crash_and_restart_mid_stream(nodes, owned_postgres):
         conn.channel().queue_declare(q, passive=True)
         conn.close()
         assert "fenced" not in node.stderr()
-
 
 
 @pytest.mark.xfail(

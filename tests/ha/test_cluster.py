@@ -152,8 +152,10 @@ def test_topology_declared_on_a_is_visible_on_b(start_broker, database_url):
             ch_a.queue_unbind(q, ex, f"k{i}")
             wait_until(lambda i=i: not routes_on_b(f"k{i}", b"late"), 2, f"unbind k{i} on B")
         late = passive(b.url, q)[0] - 10  # publishes B routed before it saw an unbind
-        print(f"bind on A -> routes on B after at most {max(waits) * 1000:.1f} ms; "
-              f"{late} publish(es) on B routed right after an unbind-ok on A")
+        print(
+            f"bind on A -> routes on B after at most {max(waits) * 1000:.1f} ms; "
+            f"{late} publish(es) on B routed right after an unbind-ok on A"
+        )
         # a queue declared on A is a default-exchange destination on B at once (cache miss)
         q2 = unique("q2")
         ch_a.queue_declare(q2)
