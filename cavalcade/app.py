@@ -37,7 +37,9 @@ async def _run_incarnation(
     settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
 ) -> None:
     node_id = uuid.uuid4()
-    repo = await Repository.connect(dsn, size=settings.pool_size)
+    repo = await Repository.connect(
+        dsn, size=settings.pool_size, notify=settings.notify == "listen"
+    )
     await repo.register_node(node_id, settings.effective_node_name())
     broker = Broker(
         repo,
@@ -143,6 +145,8 @@ async def _node_heartbeat(
     mode (no LISTEN/NOTIFY), also re-read the topology other nodes may have changed.
     After the database was away, reconcile what this node owns."""
     database_was_away = False
+    loop = asyncio.get_running_loop()
+    reap_after = 0.0
     while True:
         await asyncio.sleep(settings.node_heartbeat)
         try:
@@ -156,8 +160,13 @@ async def _node_heartbeat(
                 broker.topology_changed()
             if database_was_away:
                 database_was_away = False
+                # The others were cut off too: give them a threshold to heartbeat again
+                # before anyone is declared dead.
+                reap_after = loop.time() + settings.node_death_threshold
                 requeued = await broker.reconcile()
                 log.info("database back; %d orphaned deliveries requeued", requeued)
+            if loop.time() < reap_after:
+                continue
             dead = await repo.reap_dead_nodes(settings.node_death_threshold)
             if dead:
                 log.warning("requeued the deliveries of dead nodes %s", dead)
@@ -172,11 +181,15 @@ async def _node_heartbeat(
 
 async def _sweeper(broker: Broker, settings: Settings) -> None:
     """Expire messages past their TTL and unused queues past their ``x-expires``."""
+    failing = False
     while True:
         await asyncio.sleep(settings.sweep_interval)
         try:
             await broker.sweep()
+            failing = False
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
-            log.warning("expiry sweep failed: %s", exc)
+            if not failing:  # once per outage, not four times a second
+                log.warning("expiry sweep failed: %s", exc)
+            failing = True

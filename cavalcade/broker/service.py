@@ -38,6 +38,7 @@ from cavalcade.errors import (
 from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
+from cavalcade.storage.sqlstate import is_unavailable
 
 from .batcher import WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
@@ -112,6 +113,11 @@ class Broker:
         if orphans:
             self.wake_all()
         return len(orphans)
+
+    @staticmethod
+    def database_unavailable(exc: BaseException) -> bool:
+        """Does this error mean "the database is away" (hold the client and retry)?"""
+        return is_unavailable(exc)
 
     def next_id(self) -> int:
         """A node-local id for connections and channels."""

@@ -44,6 +44,7 @@ from .framing import (
     parse_content_header,
     return_payload,
 )
+from .tasks import keep
 
 if TYPE_CHECKING:
     from .connection import AMQPConnection
@@ -289,7 +290,7 @@ class Channel:
                         f"unexpected method {type(method).__name__} on a channel",
                         *_ids(method),
                     )
-                await handler(method, content)
+                await self._handle(handler, method, content)
                 if self.state == "closed":
                     return
             except asyncio.CancelledError:
@@ -302,6 +303,27 @@ class Channel:
                 log.exception("channel %s: %s failed", self.number, type(method).__name__)
                 self.conn.fail(exc, self)
 
+    async def _handle(
+        self, handler: Callable[[Any, Any], Awaitable[None]], method: Frame, content: Any
+    ) -> None:
+        """Run a handler; while the database is away, hold this channel and retry (the
+        handlers are idempotent or reconciled), up to the database wait."""
+        delay, waited = 0.1, 0.0
+        while True:
+            try:
+                await handler(method, content)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self.broker.database_unavailable(exc) or waited >= self.conn.database_wait:
+                    raise
+                if waited == 0.0:
+                    log.warning("database unavailable (%s); holding channel %s", exc, self.number)
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 2.0)
+
     def held_ids(self) -> list[int]:
         """Ids of the messages this channel holds unacked (incl. uncommitted tx acks)."""
         held = [m for (m, _q, _c) in self.unacked.values()]
@@ -312,6 +334,7 @@ class Channel:
         """End the channel task (unless it is the caller: then it returns by itself)."""
         if self._task is not asyncio.current_task():
             self._task.cancel()
+            keep(self._task)
 
     # -- closing ----------------------------------------------------------------
 

@@ -41,6 +41,7 @@ from .framing import (
     method_ids,
 )
 from .sasl import MECHANISMS, parse_response
+from .tasks import keep, spawn
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class AMQPConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: str | None = None
         self.session: Session = None  # type: ignore[assignment]  # set by connection.open
+        self.database_wait = settings.database_wait
         self.frame_max = settings.frame_max
         self.channel_max = settings.channel_max
         self.heartbeat = 0
@@ -225,7 +227,7 @@ class AMQPConnection(asyncio.Protocol):
         while True:
             m = await self._conn_inbox.get()
             try:
-                await self._on_connection_method(m)
+                await self._with_database(m)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -233,6 +235,23 @@ class AMQPConnection(asyncio.Protocol):
                 if not isinstance(err, AMQPError) or not err.hard:
                     err = CommandInvalid(str(exc))
                 self.fail(err, None)
+
+    async def _with_database(self, m: Frame) -> None:
+        """Login and open need the database: while it is away, retry until shortly before
+        the handshake timeout, then close with 320 so the client reconnects later."""
+        deadline = time.monotonic() + max(self.settings.handshake_timeout - 1.0, 0.5)
+        delay = 0.1
+        while True:
+            try:
+                await self._on_connection_method(m)
+                return
+            except Exception as exc:
+                if not self.broker.database_unavailable(exc):
+                    raise
+                if time.monotonic() + delay > deadline:
+                    raise ConnectionForced("database unavailable, try again") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
 
     async def _on_connection_method(self, m: Frame) -> None:
         if isinstance(m, commands.Connection.StartOk) and self._state == "start":
@@ -399,14 +418,14 @@ class AMQPConnection(asyncio.Protocol):
                 return
             ch.state = "closing"
             self.send_method(ch.number, close_method(err))
-            asyncio.get_running_loop().create_task(self._teardown(ch))
+            spawn(self._teardown(ch))
             return
         if self._state == "closing":
             return
         self._state = "closing"
         self.send_method(0, close_method(err))
         loop = asyncio.get_running_loop()
-        loop.create_task(self._teardown_channels())
+        spawn(self._teardown_channels())
         self._close_timer = loop.call_later(1.0, self._abort)
 
     async def _teardown(self, ch: Channel) -> None:
@@ -453,7 +472,8 @@ class AMQPConnection(asyncio.Protocol):
             self._hb_task.cancel()
         if self._conn_task is not None and self._conn_task is not asyncio.current_task():
             self._conn_task.cancel()
-        self._cleanup_task = asyncio.get_running_loop().create_task(self._cleanup())
+            keep(self._conn_task)
+        self._cleanup_task = spawn(self._cleanup())
 
     async def _cleanup(self) -> None:
         try:

@@ -161,6 +161,7 @@ async def write(
     node_id: uuid.UUID | None,
     wake: set[int],
     rules: BatchRules,
+    notify: bool = True,
 ) -> BatchOutcome:
     """Apply one batch inside the caller's transaction."""
     out = BatchOutcome()
@@ -227,11 +228,14 @@ async def write(
                 copies += rules.dead_letter(group, reason)
         await insert(conn, copies)
         out.touched.update(m.queue_id for m in copies)
-    await notify(conn, node_id, out.touched | wake)
+    if notify:
+        await notify_queues(conn, node_id, out.touched | wake)
     return out
 
 
-async def expire(conn: asyncpg.Connection, limit: int, rules: BatchRules) -> set[int]:
+async def expire(
+    conn: asyncpg.Connection, limit: int, rules: BatchRules, notify: bool = True
+) -> set[int]:
     """Remove up to ``limit`` expired ready messages, dead-lettering those that ask for it."""
     rows = _dead(await conn.fetch(_EXPIRE, limit))
     if not rows or rules.dead_letter is None:
@@ -239,11 +243,14 @@ async def expire(conn: asyncpg.Connection, limit: int, rules: BatchRules) -> set
     copies = rules.dead_letter(rows, "expired")
     await insert(conn, copies)
     touched = {m.queue_id for m in copies}
-    await notify(conn, None, touched)
+    if notify:
+        await notify_queues(conn, None, touched)
     return touched
 
 
-async def notify(conn: asyncpg.Connection, node_id: uuid.UUID | None, queues: set[int]) -> None:
+async def notify_queues(
+    conn: asyncpg.Connection, node_id: uuid.UUID | None, queues: set[int]
+) -> None:
     """One NOTIFY naming every queue that gained ready messages (``*``: too many to list)."""
     if not queues:
         return

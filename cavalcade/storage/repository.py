@@ -78,14 +78,18 @@ def _args(value: Any) -> dict[str, Any]:
 class Repository:
     """All SQL of the broker. One instance per node, over one asyncpg pool."""
 
-    def __init__(self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None) -> None:
+    def __init__(
+        self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None, notify: bool = True
+    ) -> None:
         self.pool = pool
+        # False for databases without LISTEN/NOTIFY (--notify poll): never call pg_notify.
+        self.notify = notify
         # Claims need no flush to disk before the delivery goes out: a claim lost in a
         # database crash only makes the message ready again (at-least-once holds).
         self.claim_pool = claim_pool or pool
 
     @classmethod
-    async def connect(cls, dsn: str, size: int = 8) -> Repository:
+    async def connect(cls, dsn: str, size: int = 8, notify: bool = True) -> Repository:
         pool = await asyncpg.create_pool(
             dsn, min_size=2, max_size=size, init=_durable, statement_cache_size=256
         )
@@ -93,7 +97,7 @@ class Repository:
             dsn, min_size=1, max_size=max(2, size // 2), init=_fast, statement_cache_size=256
         )
         assert pool is not None and claim_pool is not None
-        return cls(pool, claim_pool)
+        return cls(pool, claim_pool, notify)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -138,8 +142,9 @@ class Repository:
                 )
                 await conn.execute("DELETE FROM nodes WHERE id = ANY($1::uuid[])", ids)
                 # Every node re-reads its topology and re-checks its queues.
-                await conn.execute("SELECT pg_notify($1, 'reaper:*')", NOTIFY_CHANNEL)
-                await conn.execute("SELECT pg_notify($1, 'reaper')", TOPOLOGY_CHANNEL)
+                if self.notify:
+                    await conn.execute("SELECT pg_notify($1, 'reaper:*')", NOTIFY_CHANNEL)
+                    await conn.execute("SELECT pg_notify($1, 'reaper')", TOPOLOGY_CHANNEL)
             return ids
 
     async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
@@ -417,10 +422,14 @@ class Repository:
 
     async def notify_wake(self, node_id: uuid.UUID, queue_id: int) -> None:
         """Tell other nodes a queue may have work for their consumers."""
-        await self.pool.execute("SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{node_id}:{queue_id}")
+        if self.notify:
+            await self.pool.execute(
+                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{node_id}:{queue_id}"
+            )
 
     async def notify_topology(self, payload: str) -> None:
-        await self.pool.execute("SELECT pg_notify($1, $2)", TOPOLOGY_CHANNEL, payload)
+        if self.notify:
+            await self.pool.execute("SELECT pg_notify($1, $2)", TOPOLOGY_CHANNEL, payload)
 
     # -- consumers ---------------------------------------------------------
 
@@ -502,12 +511,13 @@ class Repository:
                 node_id=node_id,
                 wake=wake or set(),
                 rules=rules or BatchRules(),
+                notify=self.notify,
             )
 
     async def expire_messages(self, limit: int, rules: BatchRules) -> set[int]:
         """Drop (or dead-letter) expired ready messages; returns the queues that gained some."""
         async with self.pool.acquire() as conn, conn.transaction():
-            return await batch.expire(conn, limit, rules)
+            return await batch.expire(conn, limit, rules, notify=self.notify)
 
     async def expire_queues(self) -> list[tuple[int, int]]:
         """Delete queues unused for longer than their ``x-expires``: (vhost id, queue id)."""

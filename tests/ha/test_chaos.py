@@ -333,12 +333,6 @@ def test_postgres_crash_and_restart_mid_stream(nodes, owned_postgres):
         assert "fenced" not in node.stderr()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG reported to the lead: a publish that needs a topology reload (e.g. the "
-    "first after a declare on the same node) while the database is down closes the "
-    "connection with 541 INTERNAL_ERROR instead of being held until the database returns",
-)
 def test_publish_after_a_declare_is_held_while_the_database_is_down(nodes, owned_postgres):
     embedded, url = owned_postgres
     node = nodes.spawn(url)

@@ -566,12 +566,6 @@ def test_sigterm_sends_320_requeues_and_exits(start_broker, database_url):
     assert len(sql(database_url, "SELECT id FROM nodes")) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG reported to the lead: pg_notify is called in every write batch, declare "
-    "and reap even with --notify poll, so a database without it (CockroachDB) gets 541 on "
-    "declare and publishes that are retried forever, never confirmed",
-)
 def test_notify_poll_needs_no_pg_notify(start_broker, database_url):
     """A stand-in for a database without LISTEN/NOTIFY: pg_notify raises."""
     name = database_url.split("?")[0].rsplit("/", 1)[-1]
