@@ -11,11 +11,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
 from uuid import UUID
 
 import asyncpg
 
+from cavalcade.domain.properties import Properties
 from cavalcade.storage.repository import BatchRules, NewMessage, Repository
+
+from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +35,28 @@ class PublishRefused(Exception):
 RulesFor = Callable[[Sequence[NewMessage], set[int]], BatchRules]
 
 
+@dataclass(slots=True)
+class PendingPublish:
+    """A publish accepted from a client, routed when its batch is written."""
+
+    vhost: VhostTopology
+    exchange: str
+    routing_key: str
+    props: Properties
+    body: bytes
+
+
+class Router(Protocol):
+    """Routing at write time (the broker): refresh stale topology, then route."""
+
+    async def prepare(self, pending: Sequence[PendingPublish]) -> None: ...
+
+    def route_pending(self, p: PendingPublish) -> list[NewMessage]: ...
+
+
+Work = Sequence[NewMessage] | PendingPublish
+
+
 class WriteBatcher:
     """Group commit for publishes, acks, requeues and dead-lettering rejects."""
 
@@ -40,12 +67,14 @@ class WriteBatcher:
         on_committed: Callable[[set[int]], None],
         backlog_limit: int = 64 * 1024 * 1024,
         rules_for: RulesFor | None = None,
+        router: Router | None = None,
     ) -> None:
         self._repo = repo
         self._node_id = node_id
         self._on_committed = on_committed
         self._rules_for: RulesFor = rules_for or (lambda _m, _q: BatchRules())
-        self._ops: list[tuple[Sequence[NewMessage], asyncio.Future[None], int]] = []
+        self._router = router
+        self._ops: list[tuple[Work, asyncio.Future[int], int]] = []
         self._acks: list[int] = []
         self._requeues: list[int] = []
         self._requeue_queues: set[int] = set()
@@ -78,12 +107,18 @@ class WriteBatcher:
         self._idle.clear()
         self._work.set()
 
-    def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[None]:
-        """Queue rows for the next commit; the future resolves once they are committed
-        (or fails with PublishRefused / a database error: the publisher gets a nack)."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        size = sum(len(m.body) + len(m.properties) for m in messages)
-        self._ops.append((messages, fut, size))
+    def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[int]:
+        """Queue rows for the next commit; the future resolves (to the number of rows)
+        once they are committed, or fails with PublishRefused / a database error."""
+        return self._submit(messages, sum(len(m.body) + len(m.properties) for m in messages))
+
+    def submit(self, pending: PendingPublish) -> asyncio.Future[int]:
+        """Queue a publish to be routed and written by the next commit."""
+        return self._submit(pending, len(pending.body) + len(pending.props.raw))
+
+    def _submit(self, work: Work, size: int) -> asyncio.Future[int]:
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._ops.append((work, fut, size))
         self.backlog_bytes += size
         if not self.blocked and self.backlog_bytes > self.backlog_limit:
             self.blocked = True
@@ -123,32 +158,48 @@ class WriteBatcher:
                 await self._write_one()
             self._idle.set()
 
-    def _take_ops(
-        self,
-    ) -> tuple[list[NewMessage], list[tuple[int, int, asyncio.Future[None]]], int]:
-        """The oldest publishes that fit in one transaction: rows, (start, end, future)."""
-        messages: list[NewMessage] = []
-        spans: list[tuple[int, int, asyncio.Future[None]]] = []
-        size = taken = 0
-        for rows, fut, op_size in self._ops:
-            if spans and (
-                len(messages) + len(rows) > MAX_BATCH_MESSAGES or size + op_size > MAX_BATCH_BYTES
-            ):
+    def _take_ops(self) -> tuple[list[tuple[Work, asyncio.Future[int], int]], int]:
+        """The oldest work that fits in one transaction."""
+        taken: list[tuple[Work, asyncio.Future[int], int]] = []
+        count = size = 0
+        for op in self._ops:
+            rows = 1 if isinstance(op[0], PendingPublish) else len(op[0])
+            if taken and (count + rows > MAX_BATCH_MESSAGES or size + op[2] > MAX_BATCH_BYTES):
                 break
+            taken.append(op)
+            count += rows
+            size += op[2]
+        del self._ops[: len(taken)]
+        return taken, size
+
+    async def _route(
+        self, ops: list[tuple[Work, asyncio.Future[int], int]]
+    ) -> tuple[list[NewMessage], list[tuple[int, int, asyncio.Future[int]]]]:
+        """Rows of the batch, and each op's slice of them."""
+        pending = [w for w, _, _ in ops if isinstance(w, PendingPublish)]
+        if pending:
+            assert self._router is not None
+            await self._router.prepare(pending)
+        messages: list[NewMessage] = []
+        spans: list[tuple[int, int, asyncio.Future[int]]] = []
+        for work, fut, _ in ops:
+            if isinstance(work, PendingPublish):
+                assert self._router is not None
+                rows = self._router.route_pending(work)
+            else:
+                rows = list(work)
             spans.append((len(messages), len(messages) + len(rows), fut))
             messages.extend(rows)
-            size += op_size
-            taken += 1
-        del self._ops[:taken]
-        return messages, spans, size
+        return messages, spans
 
     async def _write_one(self) -> None:
-        messages, spans, size = self._take_ops()
+        ops, size = self._take_ops()
         acks, self._acks = self._acks, []
         requeues, self._requeues = self._requeues, []
         wake, self._requeue_queues = self._requeue_queues, set()
         rejects, self._rejects = self._rejects, []
-        rules = self._rules_for(messages, wake)
+        messages: list[NewMessage] = []
+        spans: list[tuple[int, int, asyncio.Future[int]]] = []
         delay = 0.05
         failure: Exception | None = None
         refused: set[int] = set()
@@ -156,6 +207,8 @@ class WriteBatcher:
         attempts = 0
         while True:
             try:
+                messages, spans = await self._route(ops)
+                rules = self._rules_for(messages, wake)
                 outcome = await self._repo.write_batch(
                     messages,
                     acks,
@@ -192,7 +245,7 @@ class WriteBatcher:
             if error is None and any(i in refused for i in range(start, end)):
                 error = PublishRefused()
             if error is None:
-                fut.set_result(None)
+                fut.set_result(end - start)
             else:
                 fut.set_exception(error)
                 fut.exception()  # retrieved: publishers without confirms never look

@@ -40,7 +40,7 @@ from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
 from cavalcade.storage.sqlstate import is_unavailable
 
-from .batcher import WriteBatcher
+from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .topology import VhostTopology
 
@@ -83,7 +83,7 @@ class Broker:
         self.node_id = node_id
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
-            repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for
+            repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
         )
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
@@ -148,7 +148,10 @@ class Broker:
         self._cancel_local_consumers(queue_id)
 
     async def _changed(self, vh: VhostTopology, queue_deleted: int | None = None) -> None:
+        """A topology change is committed: bump the vhost's version (every node checks it
+        before routing a batch) and tell the others now (NOTIFY) for their consumers."""
         vh.stale = True
+        await self.repo.bump_topology(vh.id)
         payload = f"{self.node_id}:{vh.id}"
         if queue_deleted is not None:
             payload += f":{queue_deleted}"
@@ -469,39 +472,61 @@ class Broker:
 
     # -- publish ---------------------------------------------------------------
 
-    async def route(
-        self, s: Session, exchange: str, routing_key: str, props: Properties
-    ) -> list[int]:
-        """Queue ids a publish reaches; 404 for a missing exchange, 403 for an internal one."""
-        vh = s.vhost if not s.vhost.stale else await s.vhost.fresh(self.repo)
+    async def check_exchange(self, s: Session, exchange: str) -> None:
+        """Publishing needs the exchange (404) and it must not be internal (403)."""
         if exchange == "":
-            q = vh.queues.get(routing_key)
-            if q is None:
-                # A queue declared on another node may not be in our copy yet.
-                vh.stale = True
-                vh = await vh.fresh(self.repo)
-                q = vh.queues.get(routing_key)
-            return [] if q is None else [q.id]
-        ex = vh.exchanges_by_name.get(exchange)
-        if ex is None:
+            return
+        ex = s.vhost.exchanges_by_name.get(exchange)
+        if ex is None or s.vhost.stale:
             ex = await self._exchange(s, exchange)
         if ex.internal:
             raise AccessRefused(
-                f"cannot publish to internal exchange '{exchange}' in vhost '{vh.name}'"
+                f"cannot publish to internal exchange '{exchange}' in vhost '{s.vhost.name}'"
             )
-        return sorted(route(vh.exchanges, ex, routing_key, props.headers, vh.exchanges_by_name))
 
     def publish(
+        self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
+    ) -> asyncio.Future[int]:
+        """Hand a publish to the write batcher. It is routed there, against a topology at
+        least as new as any change committed before the batch (so a binding made on
+        another node applies at once); the future gives the number of queues reached,
+        once committed."""
+        return self.batcher.submit(PendingPublish(s.vhost, exchange, routing_key, props, body))
+
+    async def prepare(self, pending: Sequence[PendingPublish]) -> None:
+        """Before routing a batch: re-read every vhost whose topology moved."""
+        vhosts = {p.vhost.id: p.vhost for p in pending}
+        versions = await self.repo.topology_versions(list(vhosts))
+        for vid, vh in vhosts.items():
+            if vh.stale or versions.get(vid, vh.version) != vh.version:
+                vh.stale = True
+                await vh.fresh(self.repo)
+
+    def route_pending(self, p: PendingPublish) -> list[NewMessage]:
+        """The rows a publish becomes: one per queue reached."""
+        vh = p.vhost
+        if p.exchange == "":
+            q = vh.queues.get(p.routing_key)
+            queue_ids = [] if q is None else [q.id]
+        else:
+            ex = vh.exchanges_by_name.get(p.exchange)
+            if ex is None:
+                return []  # deleted since the publish was accepted: unroutable
+            queue_ids = sorted(
+                route(vh.exchanges, ex, p.routing_key, p.props.headers, vh.exchanges_by_name)
+            )
+        return self.rows_for(vh, queue_ids, p.exchange, p.routing_key, p.props, p.body)
+
+    def rows_for(
         self,
-        s: Session,
+        vh: VhostTopology,
         queue_ids: Sequence[int],
         exchange: str,
         routing_key: str,
         props: Properties,
         body: bytes,
-    ) -> asyncio.Future[None]:
-        """Hand routed rows to the write batcher; the future resolves after commit."""
-        vh = s.vhost
+    ) -> list[NewMessage]:
+        """Rows of one routed publish: priority clamped, TTL and delay per queue."""
         delay = None
         if exchange:
             ex = vh.exchanges_by_name.get(exchange)
@@ -532,7 +557,7 @@ class Broker:
                     delay_ms=delay,
                 )
             )
-        return self.batcher.publish(rows)
+        return rows
 
     # -- queue rules inside the write batch ---------------------------------------
 

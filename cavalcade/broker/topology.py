@@ -20,6 +20,7 @@ class VhostTopology:
     queues: dict[str, QueueRow] = field(default_factory=dict)
     queues_by_id: dict[int, QueueRow] = field(default_factory=dict)
     stale: bool = True
+    version: int = -1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def fresh(self, repo: Repository) -> VhostTopology:
@@ -29,10 +30,11 @@ class VhostTopology:
                 if self.stale:
                     self.stale = False
                     try:
-                        exchanges, queues = await repo.load_topology(self.id)
+                        version, exchanges, queues = await repo.load_topology(self.id)
                     except BaseException:
                         self.stale = True
                         raise
+                    self.version = version
                     self.exchanges = exchanges
                     self.exchanges_by_name = {e.name: e for e in exchanges.values()}
                     self.queues = queues

@@ -126,7 +126,7 @@ class Channel:
         self._confirm_sent = 0
         self._confirm_scheduled = False
         self.tx = False
-        self._tx_publishes: list[tuple[list[int], Any, Properties, bytes]] = []
+        self._tx_publishes: list[tuple[commands.Basic.Publish, Properties, bytes]] = []
         self._tx_acks: list[tuple[int, Unacked]] = []
         self._tx_rejects: list[tuple[int, Unacked, bool]] = []
         self.last_queue = ""
@@ -507,8 +507,32 @@ class Channel:
                 40,
             )
         self.broker.check_publish(session, m.exchange)
-        queue_ids = await self.broker.route(session, m.exchange, m.routing_key, props)
-        if not queue_ids and m.mandatory:
+        await self.broker.check_exchange(session, m.exchange)
+        if self.tx:
+            self._tx_publishes.append((m, props, body))
+            return
+        fut = self.broker.publish(session, m.exchange, m.routing_key, props, body)
+        seq = 0
+        if self.confirm:
+            self.publish_seq += 1
+            seq = self.publish_seq
+        if m.mandatory or seq:
+            fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
+
+    def _on_stored(
+        self,
+        m: commands.Basic.Publish,
+        raw: bytes,
+        body: bytes,
+        seq: int,
+        fut: asyncio.Future[int],
+    ) -> None:
+        """A publish was routed and committed: basic.return if it reached no queue and
+        was mandatory, then (in confirm mode) its basic.ack or basic.nack."""
+        if self.state != "open":
+            return
+        stored = not fut.cancelled() and fut.exception() is None
+        if stored and m.mandatory and fut.result() == 0:
             self.conn.write_frames(
                 content_frames(
                     self.number,
@@ -518,26 +542,11 @@ class Channel:
                     self.conn.frame_max,
                 )
             )
-        if self.tx:
-            self._tx_publishes.append((queue_ids, m, props, body))
-            return
-        if queue_ids:
-            fut = self.broker.publish(session, queue_ids, m.exchange, m.routing_key, props, body)
-        elif self.confirm and self._confirm_upto < self.publish_seq:
-            fut = self.broker.publish(session, (), m.exchange, m.routing_key, props, body)
-        else:
-            fut = None
-        if self.confirm:
-            self.publish_seq += 1
-            if fut is None:
-                self._on_committed(self.publish_seq, None)
-            else:
-                fut.add_done_callback(partial(self._on_committed, self.publish_seq))
+        if seq:
+            self._on_committed(seq, fut)
 
-    def _on_committed(self, seq: int, fut: asyncio.Future[None] | None) -> None:
-        if self.state != "open":
-            return
-        if fut is not None and (fut.cancelled() or fut.exception() is not None):
+    def _on_committed(self, seq: int, fut: asyncio.Future[int]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
             # Not stored: confirm what came before, then nack this one (in order).
             self._send_confirms()
             self._confirm_upto = self._confirm_sent = seq
@@ -776,11 +785,12 @@ class Channel:
         publishes, acks, rejects = self._tx_publishes, self._tx_acks, self._tx_rejects
         self._tx_publishes, self._tx_acks, self._tx_rejects = [], [], []
         session = self.conn.session
-        futures = [
-            self.broker.publish(session, qids, pm.exchange, pm.routing_key, props, body)
-            for qids, pm, props, body in publishes
-            if qids
-        ]
+        futures = []
+        for pm, props, body in publishes:
+            fut = self.broker.publish(session, pm.exchange, pm.routing_key, props, body)
+            if pm.mandatory:
+                fut.add_done_callback(partial(self._on_stored, pm, props.raw, body, 0))
+            futures.append(fut)
         # Everything is queued before the first await: it commits in one batch.
         self.broker.ack([e[0] for _, e in acks])
         self.broker.requeue([(e[1], e[0]) for _, e, r in rejects if r])

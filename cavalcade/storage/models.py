@@ -47,6 +47,9 @@ class Vhost(Base):
     id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
     name: Mapped[str] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Bumped by every change of exchanges, queues or bindings: a node whose cached copy
+    # is older re-reads it before routing its next batch of publishes.
+    topology_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
 
 
 class User(Base):

@@ -141,6 +141,7 @@ class Repository:
                     ids,
                 )
                 await conn.execute("DELETE FROM nodes WHERE id = ANY($1::uuid[])", ids)
+                await conn.execute("UPDATE vhosts SET topology_version = topology_version + 1")
                 # Every node re-reads its topology and re-checks its queues.
                 if self.notify:
                     await conn.execute("SELECT pg_notify($1, 'reaper:*')", NOTIFY_CHANNEL)
@@ -183,9 +184,13 @@ class Repository:
 
     async def load_topology(
         self, vhost_id: int
-    ) -> tuple[dict[int, ExchangeInfo], dict[str, QueueRow]]:
-        """Every exchange (with its bindings) and queue of a vhost."""
+    ) -> tuple[int, dict[int, ExchangeInfo], dict[str, QueueRow]]:
+        """The topology version, then every exchange (with its bindings) and queue of a
+        vhost. The version is read first: a change racing the load only causes a reload."""
         async with self.pool.acquire() as conn:
+            version = await conn.fetchval(
+                "SELECT topology_version FROM vhosts WHERE id = $1", vhost_id
+            )
             ex_rows = await conn.fetch(
                 "SELECT id, name, type, durable, auto_delete, internal, arguments"
                 " FROM exchanges WHERE vhost_id = $1",
@@ -226,7 +231,19 @@ class Repository:
                     )
                 )
         queues = {r["name"]: _queue_row(r) for r in q_rows}
-        return exchanges, queues
+        return int(version or 0), exchanges, queues
+
+    async def topology_versions(self, vhost_ids: list[int]) -> dict[int, int]:
+        rows = await self.claim_pool.fetch(
+            "SELECT id, topology_version FROM vhosts WHERE id = ANY($1::int[])", vhost_ids
+        )
+        return {r[0]: r[1] for r in rows}
+
+    async def bump_topology(self, vhost_id: int) -> None:
+        """Every node routes with this change from its next batch on."""
+        await self.pool.execute(
+            "UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1", vhost_id
+        )
 
     async def find_queue(self, vhost_id: int, name: str) -> QueueRow | None:
         r = await self.pool.fetchrow(

@@ -175,12 +175,6 @@ def test_topology_declared_on_a_is_visible_on_b(start_broker, database_url):
             conn_b.close()
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="BUG reported to the lead: B routes with its cached topology until A's NOTIFY "
-    "is processed, so a publish on B right after bind-ok/unbind-ok on A is routed by "
-    "the old bindings in about 3% of tries (RabbitMQ: never)",
-)
 def test_binding_change_on_a_applies_to_the_next_publish_on_b(start_broker, database_url):
     a = start_broker(database_url)
     b = start_broker(database_url)
