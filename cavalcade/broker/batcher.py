@@ -44,6 +44,8 @@ class PendingPublish:
     routing_key: str
     props: Properties
     body: bytes
+    rows: list[NewMessage] | None = None  # routed early, against ``version``
+    version: int = -1
 
 
 class Router(Protocol):

@@ -491,10 +491,14 @@ class Broker:
         least as new as any change committed before the batch (so a binding made on
         another node applies at once); the future gives the number of queues reached,
         once committed."""
-        return self.batcher.submit(PendingPublish(s.vhost, exchange, routing_key, props, body))
+        p = PendingPublish(s.vhost, exchange, routing_key, props, body)
+        if not s.vhost.stale:
+            # Route now, off the write path; the batch re-routes it if the version moved.
+            p.rows, p.version = self._route(p), s.vhost.version
+        return self.batcher.submit(p)
 
     async def prepare(self, pending: Sequence[PendingPublish]) -> None:
-        """Before routing a batch: re-read every vhost whose topology moved."""
+        """Before writing a batch: re-read every vhost whose topology moved since."""
         vhosts = {p.vhost.id: p.vhost for p in pending}
         versions = await self.repo.topology_versions(list(vhosts))
         for vid, vh in vhosts.items():
@@ -503,7 +507,12 @@ class Broker:
                 await vh.fresh(self.repo)
 
     def route_pending(self, p: PendingPublish) -> list[NewMessage]:
-        """The rows a publish becomes: one per queue reached."""
+        """The rows a publish becomes (one per queue reached), as of the fresh topology."""
+        if p.rows is not None and p.version == p.vhost.version and not p.vhost.stale:
+            return p.rows
+        return self._route(p)
+
+    def _route(self, p: PendingPublish) -> list[NewMessage]:
         vh = p.vhost
         if p.exchange == "":
             q = vh.queues.get(p.routing_key)
