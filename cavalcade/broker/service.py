@@ -686,7 +686,9 @@ class Broker:
         return name
 
     async def consume(self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool) -> int:
-        """Register a consumer; returns the queue id."""
+        """Register a consumer; returns the queue id. Pending requeues and publishes of
+        this node are committed first, so the consumer starts from the queue's true head."""
+        await self.batcher.flush()
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
         refused = await self.repo.add_consumer(
