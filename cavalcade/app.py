@@ -180,13 +180,25 @@ async def _node_heartbeat(
 
 
 async def _sweeper(broker: Broker, settings: Settings) -> None:
-    """Expire messages past their TTL and unused queues past their ``x-expires``."""
+    """Expire messages past their TTL and unused queues past their ``x-expires``; vacuum
+    the queue table now and then (a database without VACUUM just skips it)."""
     failing = False
+    loop = asyncio.get_running_loop()
+    next_vacuum = loop.time() + settings.vacuum_interval
     while True:
         await asyncio.sleep(settings.sweep_interval)
         try:
             await broker.sweep()
             failing = False
+            if settings.vacuum_interval > 0 and loop.time() >= next_vacuum:
+                next_vacuum = loop.time() + settings.vacuum_interval
+                try:
+                    await broker.repo.vacuum_messages()
+                except Exception as exc:  # noqa: BLE001
+                    if broker.database_unavailable(exc):
+                        raise
+                    log.info("VACUUM not available (%s); not trying again", exc)
+                    next_vacuum = float("inf")
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     notify: Literal["listen", "poll"] = "listen"
     poll_interval: float = 1.0
     sweep_interval: float = 0.25
+    vacuum_interval: float = 10.0
     database_wait: float = 60.0
 
     frame_max: int = 131072
