@@ -179,17 +179,22 @@ class Broker:
         perm = await self.repo.find_permission(user_id, vhost_id)
         if perm is None:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
-        vh = self._vhosts.get(vhost_name)
-        if vh is None or vh.id != vhost_id:
-            vh = VhostTopology(id=vhost_id, name=vhost_name)
-            self._vhosts[vhost_name] = vh
-            self._vhosts_by_id[vhost_id] = vh
+        vh = self._vhost(vhost_id, vhost_name)
         patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
         return Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
 
     def session_closing(self, session: Session) -> None:
         """The socket is gone; until close_session ends, its exclusive queues are in limbo."""
         self._closing.setdefault(session.id, asyncio.Event())
+
+    def _vhost(self, vhost_id: int, name: str) -> VhostTopology:
+        """This node's cached topology of a vhost (created empty and stale)."""
+        vh = self._vhosts.get(name)
+        if vh is None or vh.id != vhost_id:
+            vh = VhostTopology(id=vhost_id, name=name)
+            self._vhosts[name] = vh
+            self._vhosts_by_id[vhost_id] = vh
+        return vh
 
     async def close_session(self, session: Session) -> None:
         """The connection is gone: drop its exclusive queues."""
@@ -658,9 +663,11 @@ class Broker:
         return copies
 
     async def sweep(self, limit: int = 1000) -> None:
-        """Expire messages past their TTL and queues past their ``x-expires``."""
-        for vh in list(self._vhosts.values()):
-            await vh.fresh(self.repo)
+        """Expire messages past their TTL and queues past their ``x-expires``. Expired
+        messages of any vhost may be swept here, so every vhost's topology is loaded
+        (dead-lettering routes with it)."""
+        for vhost_id, name in await self.repo.vhosts():
+            await self._vhost(vhost_id, name).fresh(self.repo)
         rules = BatchRules(dead_letter=self.dead_letter)
         for _ in range(5):  # bounded: the next sweep goes on
             touched = await self.repo.expire_messages(limit, rules)

@@ -58,27 +58,31 @@ _REQUEUE_COUNTED = REQUEUE.strip() + " RETURNING id, queue_id, delivery_count"
 _TAKE = f"DELETE FROM messages WHERE id = ANY($1::bigint[]) RETURNING {_DEAD_COLUMNS}"
 
 _EXPIRE = f"""
+WITH c AS MATERIALIZED (
+  SELECT id FROM messages
+   WHERE expires_at <= now() AND owner_node IS NULL
+   ORDER BY id
+   LIMIT $1
+   FOR UPDATE SKIP LOCKED)
 DELETE FROM messages m
- USING (SELECT id FROM messages
-         WHERE expires_at <= now() AND owner_node IS NULL
-         ORDER BY id
-         LIMIT $1
-         FOR UPDATE SKIP LOCKED) c
+ USING c
  WHERE m.id = c.id
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """  # id order: dead-lettered in the order they were queued, as from a queue's head
 
 # Keep the newest messages (in delivery order, the last ones) within the limits.
 _DROP_HEAD = f"""
+WITH c AS MATERIALIZED (
+  SELECT id FROM (
+    SELECT id,
+           row_number() OVER w AS n,
+           sum(octet_length(body)) OVER w AS bytes
+      FROM messages
+     WHERE queue_id = $1 AND {READY}
+    WINDOW w AS (ORDER BY priority ASC, id DESC)) t
+   WHERE t.n > $2 OR t.bytes > $3)
 DELETE FROM messages m
- USING (SELECT id FROM (
-          SELECT id,
-                 row_number() OVER w AS n,
-                 sum(octet_length(body)) OVER w AS bytes
-            FROM messages
-           WHERE queue_id = $1 AND {READY}
-          WINDOW w AS (ORDER BY priority ASC, id DESC)) t
-         WHERE t.n > $2 OR t.bytes > $3) c
+ USING c
  WHERE m.id = c.id
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """

@@ -46,17 +46,22 @@ _CLAIMED_COLUMNS = (
     "m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body, m.priority"
 )
 
+# MATERIALIZED: evaluated once. As a plain subquery the planner may rescan it (the inner
+# side of a nested loop), and every rescan with SKIP LOCKED yields *other* rows: the
+# statement then claims (or deletes) more than LIMIT rows.
 _CLAIM = f"""
+WITH c AS MATERIALIZED ({_HEAD})
 UPDATE messages m
    SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
-  FROM ({_HEAD}) c
+  FROM c
  WHERE m.id = c.id
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
 """
 
 _CLAIM_DELETE = f"""
+WITH c AS MATERIALIZED ({_HEAD})
 DELETE FROM messages m
- USING ({_HEAD}) c
+ USING c
  WHERE m.id = c.id
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
 """
@@ -173,6 +178,10 @@ class Repository:
         return await self.pool.fetchrow(
             "SELECT id, name, password_hash, tags FROM users WHERE name = $1", name
         )
+
+    async def vhosts(self) -> list[tuple[int, str]]:
+        rows = await self.pool.fetch("SELECT id, name FROM vhosts")
+        return [(r[0], r[1]) for r in rows]
 
     async def find_vhost(self, name: str) -> int | None:
         row = await self.pool.fetchval("SELECT id FROM vhosts WHERE name = $1", name)
