@@ -172,7 +172,16 @@ class Broker:
             raise ConnectionAccessRefused("guest may only log in from loopback")
         return int(row["id"]), username
 
-    async def open_session(self, user_id: int, user: str, vhost_name: str) -> Session:
+    async def open_session(
+        self,
+        user_id: int,
+        user: str,
+        vhost_name: str,
+        peer: str | None = None,
+        client_properties: dict[str, Any] | None = None,
+    ) -> Session:
+        """Open a connection on a vhost (530 if unknown or not permitted); it is listed
+        in the ``connections`` table while open."""
         vhost_id = await self.repo.find_vhost(vhost_name)
         if vhost_id is None:
             raise NotAllowed(f"vhost {vhost_name} not found")
@@ -181,7 +190,11 @@ class Broker:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
         vh = self._vhost(vhost_id, vhost_name)
         patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
-        return Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
+        session = Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
+        await self.repo.add_connection(
+            self.node_id, session.id, peer, user, vhost_id, json_safe(client_properties or {})
+        )
+        return session
 
     def session_closing(self, session: Session) -> None:
         """The socket is gone; until close_session ends, its exclusive queues are in limbo."""
@@ -197,8 +210,9 @@ class Broker:
         return vh
 
     async def close_session(self, session: Session) -> None:
-        """The connection is gone: drop its exclusive queues."""
+        """The connection is gone: drop its exclusive queues and its listing."""
         try:
+            await self.repo.remove_connection(self.node_id, session.id)
             if session.exclusive_queues:
                 await self.batcher.flush()
                 dropped = await self.repo.delete_exclusive_queues(self.node_id, session.id)

@@ -87,6 +87,7 @@ class AMQPConnection(asyncio.Protocol):
         self._buf = b""
         self._state = "start"  # start -> tune -> open -> opened -> closing
         self._user: tuple[int, str] | None = None
+        self._client_properties: dict[str, Any] = {}
         self._paused_by: set[int] = set()
         self._last_recv = time.monotonic()
         self._last_sent = time.monotonic()
@@ -275,6 +276,7 @@ class AMQPConnection(asyncio.Protocol):
 
     async def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
         props = m.client_properties if isinstance(m.client_properties, dict) else {}
+        self._client_properties = props
         caps = props.get("capabilities")
         self.cancel_notify = isinstance(caps, dict) and bool(caps.get("consumer_cancel_notify"))
         self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
@@ -323,7 +325,11 @@ class AMQPConnection(asyncio.Protocol):
         assert self._user is not None
         try:
             self.session = await self.broker.open_session(
-                self._user[0], self._user[1], m.virtual_host or "/"
+                self._user[0],
+                self._user[1],
+                m.virtual_host or "/",
+                peer=self.peer,
+                client_properties=self._client_properties,
             )
         except AMQPError as exc:
             exc.class_id, exc.method_id = 10, 40

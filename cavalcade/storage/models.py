@@ -86,6 +86,24 @@ class Node(Base):
     )
 
 
+class Connection(Base):
+    """A client connection, while it is open (gone with its node)."""
+
+    __tablename__ = "connections"
+
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    peer: Mapped[str | None] = mapped_column(Text)
+    user_name: Mapped[str] = mapped_column(String(255))
+    vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
+    client_properties: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    connected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+
+
 class Exchange(Base):
     __tablename__ = "exchanges"
     __table_args__ = (UniqueConstraint("vhost_id", "name"),)

@@ -179,6 +179,31 @@ class Repository:
             "SELECT id, name, password_hash, tags FROM users WHERE name = $1", name
         )
 
+    async def add_connection(
+        self,
+        node_id: uuid.UUID,
+        connection_id: int,
+        peer: str | None,
+        user: str,
+        vhost_id: int,
+        client_properties: dict[str, Any],
+    ) -> None:
+        await self.claim_pool.execute(
+            "INSERT INTO connections (node_id, id, peer, user_name, vhost_id, client_properties)"
+            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+            node_id,
+            connection_id,
+            peer,
+            user,
+            vhost_id,
+            json.dumps(client_properties, default=str),
+        )
+
+    async def remove_connection(self, node_id: uuid.UUID, connection_id: int) -> None:
+        await self.claim_pool.execute(
+            "DELETE FROM connections WHERE node_id = $1 AND id = $2", node_id, connection_id
+        )
+
     async def vhosts(self) -> list[tuple[int, str]]:
         rows = await self.pool.fetch("SELECT id, name FROM vhosts")
         return [(r[0], r[1]) for r in rows]

@@ -584,3 +584,26 @@ def test_notify_poll_needs_no_pg_notify(start_broker, database_url):
     finally:
         if conn.is_open:
             conn.close()
+
+
+def test_connections_per_node_are_listed(start_broker, database_url):
+    """The management view of connections per node, in SQL: open ones only."""
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    conns = [connect(a.url), connect(a.url), connect(b.url)]
+    try:
+        rows = sql(
+            database_url,
+            "SELECT n.name, count(c.id) AS n FROM nodes n"
+            " LEFT JOIN connections c ON c.node_id = n.id GROUP BY n.name ORDER BY n DESC",
+        )
+        assert sorted(r["n"] for r in rows) == [1, 2]
+        listed = sql(database_url, "SELECT user_name, peer, client_properties FROM connections")
+        assert {r["user_name"] for r in listed} == {"guest"}
+        assert all(r["peer"] == "127.0.0.1" for r in listed)
+    finally:
+        for c in conns:
+            c.close()
+    wait_until(
+        lambda: not sql(database_url, "SELECT 1 FROM connections"), 5, "connections unlisted"
+    )
