@@ -256,13 +256,11 @@ class Broker:
         arguments: dict[str, Any],
     ) -> None:
         vhost = s.vhost.name
-        if passive:
-            if name == "":
-                return
-            await self._exchange(s, name)
-            return
         if name == "":
             raise AccessRefused("operation not permitted on the default exchange")
+        if passive:
+            await self._exchange(s, name)
+            return
         args = json_safe(arguments or {})
         check_exchange_type(type_, args)
         existing = await self.repo.find_exchange(s.vhost.id, name)
@@ -312,8 +310,16 @@ class Broker:
         for n in (destination, source):
             if n == "":
                 raise AccessRefused("operation not permitted on the default exchange")
-        dest = await self._exchange(s, destination)
-        src = await self._exchange(s, source)
+        if unbind:
+            # RabbitMQ: unbinding what does not exist (or no longer does) succeeds.
+            try:
+                dest = await self._exchange(s, destination)
+                src = await self._exchange(s, source)
+            except NotFound:
+                return
+        else:
+            dest = await self._exchange(s, destination)
+            src = await self._exchange(s, source)
         self._permit(s, 1, "exchange", destination)
         self._permit(s, 2, "exchange", source)
         args = json_safe(arguments or {})
@@ -337,11 +343,15 @@ class Broker:
         if q.exclusive_node is not None and (
             q.exclusive_node != self.node_id or q.exclusive_connection != s.id
         ):
-            raise ResourceLocked(
-                f"cannot obtain exclusive access to locked queue '{q.name}' in vhost "
-                f"'{s.vhost.name}'. It could be originally declared on another connection or "
-                "the exclusive property value does not match that of the original declaration."
-            )
+            self._locked(s, q)
+
+    @staticmethod
+    def _locked(s: Session, q: QueueRow) -> None:
+        raise ResourceLocked(
+            f"cannot obtain exclusive access to locked queue '{q.name}' in vhost "
+            f"'{s.vhost.name}'. It could be originally declared on another connection or "
+            "the exclusive property value does not match that of the original declaration."
+        )
 
     async def _find_queue(self, s: Session, name: str) -> QueueRow | None:
         """The queue, once any cleanup of its (closed) exclusive owner on this node is done."""
@@ -408,8 +418,10 @@ class Broker:
                 s.exclusive_queues.add(q.id)
             await self._changed(s.vhost)
         self._check_exclusive(s, q)
-        assert_flag("queue", name, vhost, "durable", durable, q.durable)
-        assert_flag("queue", name, vhost, "exclusive", exclusive, q.exclusive_node is not None)
+        if exclusive != (q.exclusive_node is not None):
+            self._locked(s, q)  # RabbitMQ answers 405 here, not "inequivalent arg"
+        if q.exclusive_node is None:  # an exclusive queue's durable flag is not compared
+            assert_flag("queue", name, vhost, "durable", durable, q.durable)
         assert_flag("queue", name, vhost, "auto_delete", auto_delete, q.auto_delete)
         assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
         msgs, consumers = await self.repo.use_queue(q.id)
@@ -426,8 +438,16 @@ class Broker:
     ) -> None:
         if exchange == "":
             raise AccessRefused("operation not permitted on the default exchange")
-        q = await self._queue(s, queue)
-        ex = await self._exchange(s, exchange)
+        if unbind:
+            # RabbitMQ: unbinding what does not exist (or no longer does) succeeds.
+            try:
+                q = await self._queue(s, queue)
+                ex = await self._exchange(s, exchange)
+            except NotFound:
+                return
+        else:
+            q = await self._queue(s, queue)
+            ex = await self._exchange(s, exchange)
         self._permit(s, 1, "queue", queue)
         self._permit(s, 2, "exchange", exchange)
         args = json_safe(arguments or {})

@@ -114,6 +114,8 @@ class Channel:
         self.state = "open"
         self.consumers: dict[str, Consumer] = {}
         self._lingering: list[Consumer] = []  # cancelled, still holding unacked messages
+        self._held_cancels: list[str] | None = None  # server cancels waiting for delete-ok
+        self._last_stored: asyncio.Future[int] | None = None  # last publish owing a reply
         self.unacked: dict[int, Unacked] = {}
         self.next_tag = 0
         self.consumer_prefetch = 0
@@ -290,6 +292,8 @@ class Channel:
                         f"unexpected method {type(method).__name__} on a channel",
                         *_ids(method),
                     )
+                if self._last_stored is not None and not isinstance(method, _ASYNC_METHODS):
+                    await self._settle_publishes()
                 await self._handle(handler, method, content)
                 if self.state == "closed":
                     return
@@ -475,11 +479,18 @@ class Channel:
             self.conn.send_method(self.number, commands.Queue.PurgeOk(message_count=count))
 
     async def on_queue_delete(self, m: commands.Queue.Delete, _: None) -> None:
-        count = await self.broker.delete_queue(
-            self.conn.session, self._queue_name(m.queue), m.if_unused, m.if_empty
-        )
-        if not m.nowait:
-            self.conn.send_method(self.number, commands.Queue.DeleteOk(message_count=count))
+        # As on RabbitMQ, delete-ok comes before the basic.cancel of our own consumers.
+        self._held_cancels = []
+        try:
+            count = await self.broker.delete_queue(
+                self.conn.session, self._queue_name(m.queue), m.if_unused, m.if_empty
+            )
+            if not m.nowait:
+                self.conn.send_method(self.number, commands.Queue.DeleteOk(message_count=count))
+        finally:
+            held, self._held_cancels = self._held_cancels, None
+            for tag in held:
+                self._send_cancel(tag)
 
     # -- publish ----------------------------------------------------------------
 
@@ -518,6 +529,15 @@ class Channel:
             seq = self.publish_seq
         if m.mandatory or seq:
             fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
+            self._last_stored = fut
+
+    async def _settle_publishes(self) -> None:
+        """Before answering a synchronous method, send the returns and confirms of every
+        earlier publish on this channel (RabbitMQ's order, which pika relies on)."""
+        fut, self._last_stored = self._last_stored, None
+        if fut is not None and not fut.done():
+            await asyncio.wait([fut])  # batches commit in order: all earlier ones are done
+        self._send_confirms()
 
     def _on_stored(
         self,
@@ -610,10 +630,14 @@ class Channel:
         """The queue went away: tell the client (if it understands basic.cancel)."""
         if self.consumers.get(c.tag) is c:
             del self.consumers[c.tag]
-            if self.state == "open" and self.conn.cancel_notify:
-                self.conn.send_method(
-                    self.number, commands.Basic.Cancel(consumer_tag=c.tag, nowait=True)
-                )
+            if self._held_cancels is not None:
+                self._held_cancels.append(c.tag)
+            else:
+                self._send_cancel(c.tag)
+
+    def _send_cancel(self, tag: str) -> None:
+        if self.state == "open" and self.conn.cancel_notify:
+            self.conn.send_method(self.number, commands.Basic.Cancel(consumer_tag=tag, nowait=True))
 
     async def on_basic_qos(self, m: commands.Basic.Qos, _: None) -> None:
         if m.prefetch_size:
@@ -814,6 +838,15 @@ class Channel:
         self._tx_acks.clear()
         self._tx_rejects.clear()
         self.conn.send_method(self.number, commands.Tx.RollbackOk())
+
+
+# Client methods that expect no reply: they need not wait for earlier publishes' replies.
+_ASYNC_METHODS = (
+    commands.Basic.Publish,
+    commands.Basic.Ack,
+    commands.Basic.Nack,
+    commands.Basic.Reject,
+)
 
 
 class _Fail:

@@ -189,9 +189,12 @@ class AMQPConnection(asyncio.Protocol):
             if not isinstance(m, commands.Channel.Open):
                 cls, meth = method_ids(f.payload)
                 raise ChannelErrorHard("expected 'channel.open'", cls, meth)
-            if f.channel > self.channel_max:
+            if len(self.channels) >= self.channel_max:  # a count, as on RabbitMQ
                 raise NotAllowed(
-                    f"channel number {f.channel} exceeds channel_max {self.channel_max}", 20, 10
+                    f"number of channels opened ({len(self.channels)}) has reached the "
+                    f"negotiated channel_max ({self.channel_max})",
+                    20,
+                    10,
                 )
             self.channels[f.channel] = Channel(self, f.channel)
             self.send_method(f.channel, commands.Channel.OpenOk())
@@ -225,7 +228,7 @@ class AMQPConnection(asyncio.Protocol):
         )
 
     async def _connection_methods(self) -> None:
-        while True:
+        while not self.closed:
             m = await self._conn_inbox.get()
             try:
                 await self._with_database(m)
@@ -270,6 +273,10 @@ class AMQPConnection(asyncio.Protocol):
             self._abort()
         elif isinstance(m, commands.Connection.Blocked | commands.Connection.Unblocked):
             return
+        elif isinstance(m, commands.Connection.UpdateSecret) and self._state == "opened":
+            # Credentials are checked at login; a refreshed secret (e.g. a new OAuth
+            # token) is accepted as RabbitMQ does for its PLAIN users.
+            self.send_method(0, commands.Connection.UpdateSecretOk())
         else:
             cls, meth = (m.index >> 16) & 0xFFFF, m.index & 0xFFFF
             raise CommandInvalid(f"unexpected method {m.name} on channel 0", cls, meth)
