@@ -192,9 +192,7 @@ class AMQPConnection(asyncio.Protocol):
             if len(self.channels) >= self.channel_max:  # a count, as on RabbitMQ
                 raise NotAllowed(
                     f"number of channels opened ({len(self.channels)}) has reached the "
-                    f"negotiated channel_max ({self.channel_max})",
-                    20,
-                    10,
+                    f"negotiated channel_max ({self.channel_max})"
                 )
             self.channels[f.channel] = Channel(self, f.channel)
             self.send_method(f.channel, commands.Channel.OpenOk())
