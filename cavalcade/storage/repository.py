@@ -154,9 +154,10 @@ class Repository:
             return ids
 
     async def vacuum_messages(self) -> None:
-        """VACUUM the queue table: its rows die as fast as they are born, and autovacuum
-        wakes at most once a minute. Dead index entries slow every claim until then."""
-        await self.pool.execute("VACUUM messages")
+        """VACUUM the churning tables: message rows die as fast as they are born, and each
+        declare or consume rewrites its queue's row; autovacuum wakes once a minute at best
+        and dead entries slow every claim and lookup until then."""
+        await self.pool.execute("VACUUM messages, queues, consumers, connections")
 
     async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
         """Ids of the messages this node holds as unacked deliveries."""
