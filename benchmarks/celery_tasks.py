@@ -21,18 +21,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
+import harness
 from celery import Celery
 
 HERE = Path(__file__).resolve().parent
@@ -54,67 +51,6 @@ app = make_app(json.loads(os.environ.get(CONFIG_ENV) or "{}"))
 
 
 # --------------------------------------------------------------------------- the run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.2)
-    raise SystemExit(f"cavalcade did not listen on {port}")
-
-
-def cavalcade_cmd() -> list[str]:
-    exe = shutil.which("cavalcade", path=str(Path(sys.executable).parent)) or shutil.which(
-        "cavalcade"
-    )
-    return [exe] if exe else [sys.executable, "-m", "cavalcade.cli"]
-
-
-def fresh_database(server_url: str) -> str:
-    """CREATE DATABASE on the given server; returns the new database's URL."""
-    import asyncio
-
-    import asyncpg
-
-    name = "cavalcade_bench_" + uuid.uuid4().hex[:8]
-
-    async def create() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    base, _, _ = server_url.rpartition("/")
-    return f"{base}/{name}"
-
-
-def drop_database(server_url: str, db_url: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    name = db_url.rpartition("/")[2]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def delete_queue(url: str, name: str) -> None:
@@ -202,54 +138,21 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=2000, help="timed tasks per round")
     ap.add_argument("--concurrency", type=int, default=2)
     ap.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672//")
-    ap.add_argument(
-        "--database-url",
-        default=os.environ.get("CAVALCADE_TEST_DATABASE_URL"),
-        help="a PostgreSQL server where a fresh database may be created "
-        "(default: the embedded PostgreSQL in a temporary data dir)",
-    )
+    harness.add_database_option(ap)
     args = ap.parse_args()
 
-    port = free_port()
-    tmp = Path(tempfile.mkdtemp(prefix="cavalcade-celery-bench-"))
-    cmd = cavalcade_cmd()
-    db = None
-    if args.database_url:
-        db = fresh_database(args.database_url)
-        subprocess.run(
-            [*cmd, "db", "upgrade", "--database-url", db], check=True, capture_output=True
+    with (
+        harness.work_dir("cavalcade-celery-bench-") as tmp,
+        harness.cavalcade_node(args.database_url, tmp, path="//") as cav_url,
+    ):
+        results = harness.alternate_rounds(
+            args.rounds,
+            lambda: one_round(cav_url, args.n, args.concurrency, tmp),
+            lambda: one_round(args.rabbitmq_url, args.n, args.concurrency, tmp),
+            "tasks/s",
         )
-        serve = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), "--database-url", db]
-        where = "external PostgreSQL"
-    else:
-        serve = [
-            *cmd,
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(tmp / "data"),
-        ]
-        where = "embedded PostgreSQL"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-    log = open(tmp / "serve.log", "w")  # noqa: SIM115
-    node = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env)
-    try:
-        wait_port(port)
-        cav_url = f"amqp://guest:guest@127.0.0.1:{port}//"
-        results: dict[str, list[dict[str, float]]] = {"cavalcade": [], "rabbitmq": []}
-        for r in range(args.rounds):
-            results["cavalcade"].append(one_round(cav_url, args.n, args.concurrency, tmp))
-            results["rabbitmq"].append(one_round(args.rabbitmq_url, args.n, args.concurrency, tmp))
-            print(
-                f"round {r + 1}: cavalcade {results['cavalcade'][-1]['rate']:.0f} tasks/s, "
-                f"rabbitmq {results['rabbitmq'][-1]['rate']:.0f} tasks/s",
-                flush=True,
-            )
-        med = {k: statistics.median(x["rate"] for x in v) for k, v in results.items()}
-        pub = {k: statistics.median(x["publish_rate"] for x in v) for k, v in results.items()}
+        med = harness.medians(results, "rate")
+        pub = harness.medians(results, "publish_rate")
         print(
             json.dumps(
                 {
@@ -257,7 +160,7 @@ def main() -> None:
                     "rounds": args.rounds,
                     "worker": f"prefork -c {args.concurrency}",
                     "results": "rpc://",
-                    "cavalcade_on": where,
+                    "cavalcade_on": harness.database_label(args.database_url),
                     "rabbitmq_queue": "classic",
                     "cavalcade_rate": round(med["cavalcade"]),
                     "rabbitmq_rate": round(med["rabbitmq"]),
@@ -267,16 +170,6 @@ def main() -> None:
                 }
             )
         )
-    finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(30)
-        except subprocess.TimeoutExpired:
-            node.kill()
-            node.wait()
-        if db is not None:
-            drop_database(args.database_url, db)
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

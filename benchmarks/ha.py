@@ -22,90 +22,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
-import socket
 import statistics
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
+from contextlib import ExitStack
 
+import harness
 import pika
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, node: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if node.poll() is not None:
-            raise SystemExit(f"cavalcade serve on {port} exited with {node.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"cavalcade did not listen on {port}")
-
-
-def cavalcade_cmd() -> list[str]:
-    exe = shutil.which("cavalcade", path=str(Path(sys.executable).parent)) or shutil.which(
-        "cavalcade"
-    )
-    return [exe] if exe else [sys.executable, "-m", "cavalcade.cli"]
-
-
-def fresh_database(server_url: str) -> str:
-    """CREATE DATABASE on the given server; returns the new database's URL."""
-    import asyncio
-
-    import asyncpg
-
-    from cavalcade.storage.dsn import normalize_dsn, with_database
-
-    name = "cavalcade_bench_" + uuid.uuid4().hex[:8]
-    dsn = normalize_dsn(server_url)
-
-    async def create() -> None:
-        conn = await asyncpg.connect(dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    asyncio.run(create())
-    return with_database(dsn, name)
-
-
-def drop_database(server_url: str, database_url: str) -> None:
-    import asyncio
-
-    import asyncpg
-
-    from cavalcade.storage.dsn import normalize_dsn
-
-    name = database_url.split("?")[0].rsplit("/", 1)[-1]
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(normalize_dsn(server_url))
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -226,54 +152,28 @@ def main() -> None:
     ap.add_argument("--threshold", type=float, default=10.0, help="CAVALCADE_NODE_DEATH_THRESHOLD")
     ap.add_argument("--notify", choices=["listen", "poll"], default="listen")
     ap.add_argument("--poll-interval", type=float, default=1.0)
-    ap.add_argument(
-        "--database-url",
-        default=os.environ.get("CAVALCADE_TEST_DATABASE_URL"),
-        help="a PostgreSQL server where a fresh database may be created "
-        "(default: an embedded PostgreSQL in a temporary folder)",
-    )
+    harness.add_database_option(ap, "an embedded PostgreSQL in a temporary folder")
     args = ap.parse_args()
 
-    tmp = Path(tempfile.mkdtemp(prefix="cavalcade-bench-ha-"))
-    tmp.chmod(0o755)  # as root, the embedded server's user must traverse it
-    embedded = None
-    server = db = None
-    nodes: list[subprocess.Popen] = []
-    logs = []
-    try:
-        if args.database_url:
-            server = args.database_url
-            where = "external PostgreSQL"
-        else:
-            from cavalcade.storage.embedded import EmbeddedPostgres
-
-            embedded = EmbeddedPostgres(tmp / "data")
-            server = embedded.start()
-            where = "embedded PostgreSQL"
-        db = fresh_database(server)
-        cmd = cavalcade_cmd()
-        subprocess.run(
-            [*cmd, "db", "upgrade", "--database-url", db], check=True, capture_output=True
-        )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-        env["CAVALCADE_NODE_HEARTBEAT"] = str(args.heartbeat)
-        env["CAVALCADE_NODE_DEATH_THRESHOLD"] = str(args.threshold)
-        ports = [free_port(), free_port()]
-        for port in ports:
-            log = open(tmp / f"node-{port}.log", "w")  # noqa: SIM115
-            logs.append(log)
-            serve = [
-                *cmd, "serve", "--host", "127.0.0.1", "--port", str(port),
-                "--database-url", db, "--notify", args.notify,
-                "--poll-interval", str(args.poll_interval),
-            ]  # fmt: skip
-            nodes.append(subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env))
-        for port, node in zip(ports, nodes, strict=True):
-            wait_port(port, node)
-        url_a, url_b = (f"amqp://guest:guest@127.0.0.1:{p}/" for p in ports)
+    with ExitStack() as stack:
+        tmp = stack.enter_context(harness.work_dir("cavalcade-bench-ha-"))
+        server = args.database_url or stack.enter_context(harness.embedded_server(tmp / "data"))
+        db = stack.enter_context(harness.temporary_database(server))
+        env = harness.node_env(node_heartbeat=args.heartbeat, node_death_threshold=args.threshold)
+        extra = ["--notify", args.notify, "--poll-interval", str(args.poll_interval)]
+        ports = [harness.free_port(), harness.free_port()]
+        nodes = [
+            stack.enter_context(
+                harness.running_node(
+                    port, tmp / f"node-{port}.log", ["--database-url", db], extra, env
+                )
+            )
+            for port in ports
+        ]
+        url_a, url_b = (harness.amqp_url(p) for p in ports)
         result: dict = {
             "nodes": 2,
-            "database": where,
+            "database": harness.database_label(args.database_url),
             "notify": args.notify,
             "messages": args.n,
         }
@@ -283,21 +183,6 @@ def main() -> None:
         )
         result.update(measure_death(nodes[0], url_a, url_b, args.unacked))
         print(json.dumps(result), flush=True)
-    finally:
-        for node in nodes:
-            if node.poll() is None:
-                node.send_signal(signal.SIGTERM)
-                try:
-                    node.wait(30)
-                except subprocess.TimeoutExpired:
-                    node.kill()
-        for log in logs:
-            log.close()
-        if server and db and embedded is None:
-            drop_database(server, db)
-        if embedded is not None:
-            embedded.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
