@@ -366,6 +366,19 @@ class Broker:
             q = await self.repo.find_queue(s.vhost.id, name)
         return q
 
+    async def _use_queue(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
+        """Like :meth:`_find_queue`, also marking the queue used and counting it."""
+        used = await self.repo.use_queue_named(s.vhost.id, name)
+        if (
+            used is not None
+            and used[0].exclusive_node == self.node_id
+            and used[0].exclusive_connection in self._closing
+        ):
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing[used[0].exclusive_connection].wait(), 5.0)
+            used = await self.repo.use_queue_named(s.vhost.id, name)
+        return used
+
     async def _queue(self, s: Session, name: str, exclusive_check: bool = True) -> QueueRow:
         q = await self._find_queue(s, name)
         if q is None:
@@ -390,15 +403,18 @@ class Broker:
         if passive:
             if name == DIRECT_REPLY_TO:
                 return DeclaredQueue(name, 0, 0)  # the pseudo-queue always "exists"
-            existing = await self._queue(s, name)
-            msgs, consumers = await self.repo.use_queue(existing.id)
-            return DeclaredQueue(name, msgs, consumers)
+            used = await self._use_queue(s, name)
+            if used is None:
+                raise NotFound(f"no queue '{name}' in vhost '{s.vhost.name}'")
+            self._check_exclusive(s, used[0])
+            return DeclaredQueue(name, used[1], used[2])
         generated = name == "" or name.startswith(DIRECT_REPLY_TO + ".")
         if name == "":
             name = server_generated_name("amq.gen-")
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
-        q = await self._find_queue(s, name)
+        used = await self._use_queue(s, name)
+        q = used[0] if used is not None else None
         if q is None:
             if not generated:
                 check_reserved("queue", name)
@@ -424,6 +440,8 @@ class Broker:
             assert_flag("queue", name, vhost, "durable", durable, q.durable)
         assert_flag("queue", name, vhost, "auto_delete", auto_delete, q.auto_delete)
         assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
+        if used is not None:
+            return DeclaredQueue(name, used[1], used[2])
         msgs, consumers = await self.repo.use_queue(q.id)
         return DeclaredQueue(name, msgs, consumers)
 

@@ -67,6 +67,20 @@ RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
 """
 
 
+_USE_QUEUE = f"""
+WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,
+                  arguments
+             FROM queues WHERE vhost_id = $1 AND name = $2),
+     used AS (UPDATE queues SET last_used_at = now()
+               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires') RETURNING id)
+SELECT q.*,
+       (SELECT count(*) FROM messages WHERE queue_id = q.id AND {READY}) AS ready,
+       (SELECT count(*) FROM consumers WHERE queue_id = q.id) AS consumers,
+       (SELECT count(*) FROM used) AS touched
+  FROM q
+"""
+
+
 def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
     out = [ClaimedMessage(*r) for r in rows]
     out.sort(key=lambda m: (-m.priority, m.id))  # the order the claim chose
@@ -95,11 +109,24 @@ class Repository:
 
     @classmethod
     async def connect(cls, dsn: str, size: int = 8, notify: bool = True) -> Repository:
+        # The commit mode is a startup setting (asyncpg's own reset would RESET ALL a SET),
+        # and connections go back to the pool as they are: nothing here leaves session
+        # state behind (transactions are closed; LISTEN has a connection of its own).
         pool = await asyncpg.create_pool(
-            dsn, min_size=2, max_size=size, init=_durable, statement_cache_size=256
+            dsn,
+            min_size=2,
+            max_size=size,
+            statement_cache_size=256,
+            server_settings={"synchronous_commit": "on"},
+            reset=_keep,
         )
         claim_pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=max(2, size // 2), init=_fast, statement_cache_size=256
+            dsn,
+            min_size=1,
+            max_size=max(2, size // 2),
+            statement_cache_size=256,
+            server_settings={"synchronous_commit": "off"},
+            reset=_keep,
         )
         assert pool is not None and claim_pool is not None
         return cls(pool, claim_pool, notify)
@@ -384,6 +411,14 @@ class Repository:
             "UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id
         )
 
+    async def use_queue_named(self, vhost_id: int, name: str) -> tuple[QueueRow, int, int] | None:
+        """Find a queue, mark it used (only if it has ``x-expires``: nothing else reads
+        the mark) and count it, in one round trip: (queue, ready, consumers)."""
+        r = await self.claim_pool.fetchrow(_USE_QUEUE, vhost_id, name)
+        if r is None:
+            return None
+        return _queue_row(r), int(r["ready"]), int(r["consumers"])
+
     async def use_queue(self, queue_id: int) -> tuple[int, int]:
         """Mark a queue used and count it, in one round trip: (ready, consumers)."""
         row = await self.claim_pool.fetchrow(
@@ -608,7 +643,7 @@ class Repository:
     ) -> list[ClaimedMessage]:
         """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them."""
         if no_ack:
-            rows = await self.pool.fetch(_CLAIM_DELETE, queue_id, limit)
+            rows = await self.claim_pool.fetch(_CLAIM_DELETE, queue_id, limit)
         else:
             rows = await self.claim_pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
         return _claimed(rows)
@@ -649,10 +684,5 @@ def _queue_row(r: asyncpg.Record) -> QueueRow:
     )
 
 
-async def _durable(conn: asyncpg.Connection) -> None:
-    """Publishes are confirmed only once on disk."""
-    await conn.execute("SET synchronous_commit = on")
-
-
-async def _fast(conn: asyncpg.Connection) -> None:
-    await conn.execute("SET synchronous_commit = off")
+async def _keep(conn: asyncpg.Connection) -> None:
+    """Pool release without asyncpg's reset query (one round trip saved per use)."""
