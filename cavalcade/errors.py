@@ -90,9 +90,5 @@ NotImplemented_ = _hard("NotImplemented_", ReplyCode.NOT_IMPLEMENTED)
 InternalError = _hard("InternalError", ReplyCode.INTERNAL_ERROR)
 
 
-class DatabaseUnavailable(Exception):
-    """The database cannot be reached right now (the caller may retry)."""
-
-
 class SchemaNotReady(Exception):
     """The database schema is missing, behind or ahead of the code's head revision."""

@@ -325,14 +325,13 @@ class Broker:
         args = json_safe(arguments or {})
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
-            await self._maybe_auto_delete_exchanges(s, [src])
+            await self._drop_unused_auto_delete([src])
         else:
             await self.repo.insert_binding(src.id, None, dest.id, routing_key, args)
         await self._changed(s.vhost)
 
-    async def _maybe_auto_delete_exchanges(
-        self, s: Session, exchanges: Iterable[ExchangeInfo]
-    ) -> None:
+    async def _drop_unused_auto_delete(self, exchanges: Iterable[ExchangeInfo]) -> None:
+        """An auto-delete exchange goes with its last binding (as a source)."""
         for ex in exchanges:
             if ex.auto_delete and not await self.repo.exchange_has_bindings(ex.id):
                 await self.repo.delete_exchange(ex.id, if_unused=True)
@@ -471,7 +470,7 @@ class Broker:
         args = json_safe(arguments or {})
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
-            await self._maybe_auto_delete_exchanges(s, [ex])
+            await self._drop_unused_auto_delete([ex])
         else:
             await self.repo.insert_binding(ex.id, q.id, None, routing_key, args)
         await self._changed(s.vhost)
@@ -504,17 +503,10 @@ class Broker:
             for e in (await vh.fresh(self.repo)).exchanges.values()
             if e.auto_delete and any(b.queue_id == q.id for b in e.bindings)
         ]
-        count = await self.repo.delete_queue(q.id)
-        del count
+        await self.repo.delete_queue(q.id)
         self._cancel_local_consumers(q.id)
+        await self._drop_unused_auto_delete(sources)
         await self._changed(vh, queue_deleted=q.id)
-        if sources:
-            await self._maybe_auto_delete_exchanges_vh(sources)
-
-    async def _maybe_auto_delete_exchanges_vh(self, exchanges: Iterable[ExchangeInfo]) -> None:
-        for ex in exchanges:
-            if not await self.repo.exchange_has_bindings(ex.id):
-                await self.repo.delete_exchange(ex.id, if_unused=True)
 
     def _cancel_local_consumers(self, queue_id: int) -> None:
         d = self._dispatchers.pop(queue_id, None)

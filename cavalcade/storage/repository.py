@@ -659,14 +659,6 @@ class Repository:
         if ids:
             await self.pool.execute(REQUEUE, list(ids), node_id)
 
-    async def requeue_channel(self, node_id: uuid.UUID, channel: int) -> None:
-        await self.pool.execute(
-            "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
-            " WHERE owner_node = $1 AND owner_channel = $2",
-            node_id,
-            channel,
-        )
-
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
             await self.pool.execute(ACK, list(ids), node_id)
