@@ -352,29 +352,30 @@ class Broker:
             "the exclusive property value does not match that of the original declaration."
         )
 
+    async def _owner_closed(self, q: QueueRow | None) -> bool:
+        """If ``q`` is exclusive to a connection of this node that is closing, wait for
+        that cleanup (which drops the queue) and say so: the caller looks again."""
+        if (
+            q is None
+            or q.exclusive_node != self.node_id
+            or q.exclusive_connection not in self._closing
+        ):
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing[q.exclusive_connection].wait(), 5.0)
+        return True
+
     async def _find_queue(self, s: Session, name: str) -> QueueRow | None:
         """The queue, once any cleanup of its (closed) exclusive owner on this node is done."""
         q = await self.repo.find_queue(s.vhost.id, name)
-        if (
-            q is not None
-            and q.exclusive_node == self.node_id
-            and q.exclusive_connection in self._closing
-        ):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing[q.exclusive_connection].wait(), 5.0)
+        if await self._owner_closed(q):
             q = await self.repo.find_queue(s.vhost.id, name)
         return q
 
     async def _use_queue(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
         """Like :meth:`_find_queue`, also marking the queue used and counting it."""
         used = await self.repo.use_queue_named(s.vhost.id, name)
-        if (
-            used is not None
-            and used[0].exclusive_node == self.node_id
-            and used[0].exclusive_connection in self._closing
-        ):
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing[used[0].exclusive_connection].wait(), 5.0)
+        if used is not None and await self._owner_closed(used[0]):
             used = await self.repo.use_queue_named(s.vhost.id, name)
         return used
 
@@ -595,8 +596,7 @@ class Broker:
         for qid in queue_ids:
             q = vh.queues_by_id.get(qid)
             args = q.arguments if q is not None else {}
-            cap = args.get("x-max-priority")
-            prio = min(props.priority or 0, cap) if isinstance(cap, int) and cap > 0 else 0
+            prio = _clamp_priority(args, props.priority)
             ttl = _min_ttl(args.get("x-message-ttl"), message_ttl)
             rows.append(
                 NewMessage(
@@ -685,13 +685,10 @@ class Broker:
                 if reason != "rejected" and qid == q.id:
                     continue  # a cycle that no client breaks: RabbitMQ drops it too
                 targs = tq.arguments if tq is not None else {}
-                cap = targs.get("x-max-priority")
                 copies.append(
                     NewMessage(
                         queue_id=qid,
-                        priority=min(props.priority or 0, cap)
-                        if isinstance(cap, int) and cap > 0
-                        else 0,
+                        priority=_clamp_priority(targs, props.priority),
                         persistent=row.persistent,
                         exchange=dlx,
                         routing_key=key,
@@ -836,6 +833,12 @@ class Broker:
             (dead if has_dlx else drop).append(mid)
         self.batcher.reject(dead)
         self.batcher.ack(drop)
+
+
+def _clamp_priority(queue_args: dict[str, Any], priority: int | None) -> int:
+    """A message's priority in a queue: 0 without ``x-max-priority``, else clamped to it."""
+    cap = queue_args.get("x-max-priority")
+    return min(priority or 0, cap) if isinstance(cap, int) and cap > 0 else 0
 
 
 def _is_quorum(q: QueueRow) -> bool:

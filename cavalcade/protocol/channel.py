@@ -328,11 +328,16 @@ class Channel:
                 waited += delay
                 delay = min(delay * 2, 2.0)
 
+    def _held(self) -> list[tuple[int, int]]:
+        """(queue id, message id) of what this channel holds unacked, incl. settlements
+        waiting for tx.commit."""
+        entries = list(self.unacked.values())
+        entries += [e for _, e in self._tx_acks] + [e for _, e, _ in self._tx_rejects]
+        return [(q, m) for (m, q, _c) in entries]
+
     def held_ids(self) -> list[int]:
         """Ids of the messages this channel holds unacked (incl. uncommitted tx acks)."""
-        held = [m for (m, _q, _c) in self.unacked.values()]
-        held += [e[0] for _, e in self._tx_acks] + [e[0] for _, e, _ in self._tx_rejects]
-        return held
+        return [m for _q, m in self._held()]
 
     def stop(self) -> None:
         """End the channel task (unless it is the caller: then it returns by itself)."""
@@ -349,9 +354,7 @@ class Channel:
         consumers = list(self.consumers.values()) + self._lingering
         self.consumers.clear()
         self._lingering.clear()
-        pending = [(q, m) for (m, q, _) in self.unacked.values()]
-        pending += [(e[1], e[0]) for _, e in self._tx_acks]
-        pending += [(e[1], e[0]) for _, e, _ in self._tx_rejects]
+        pending = self._held()
         self.unacked.clear()
         self._tx_acks.clear()
         self._tx_rejects.clear()
