@@ -11,9 +11,11 @@ import uuid
 
 import asyncpg
 
+from cavalcade.broker.liveness import Liveness
 from cavalcade.broker.service import Broker
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
+from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
 
 log = logging.getLogger(__name__)
@@ -46,12 +48,23 @@ async def _run_incarnation(
     repo = await Repository.connect(
         dsn, size=settings.pool_size, notify=settings.notify == "listen"
     )
+    lock = NodeLock(dsn, node_id) if settings.node_lock else None
+    if lock is not None:
+        await lock.ensure()  # held before the node exists for the others
     await repo.register_node(node_id, settings.effective_node_name())
     broker = Broker(
         repo,
         node_id,
         poll_interval=settings.poll_interval,
         backlog_limit=settings.publish_backlog_bytes,
+    )
+    liveness = broker.liveness = Liveness(
+        repo,
+        LivenessStore(repo.pool),
+        node_id,
+        settings.node_heartbeat,
+        settings.node_death_threshold,
+        broker.nodes_reaped,
     )
     broker.start()
     listener = Listener(dsn, broker, node_id) if settings.notify == "listen" else None
@@ -62,6 +75,7 @@ async def _run_incarnation(
     loops = [
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
+        asyncio.create_task(liveness.run(lock, settings.node_liveness_interval)),
     ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
@@ -88,6 +102,8 @@ async def _run_incarnation(
             log.warning("unclean shutdown of node %s: %s", node_id, exc)
         if listener is not None:
             await listener.close()
+        if lock is not None:
+            await lock.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(repo.close(), SHUTDOWN_GRACE)
 
@@ -173,11 +189,8 @@ async def _node_heartbeat(
                 log.info("database back; %d orphaned deliveries requeued", requeued)
             if loop.time() < reap_after:
                 continue
-            dead = await repo.reap_dead_nodes(settings.node_death_threshold)
-            if dead:
-                log.warning("requeued the deliveries of dead nodes %s", dead)
-                broker.topology_changed()
-                broker.wake_all()
+            assert broker.liveness is not None
+            await broker.liveness.reap_by_threshold()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
