@@ -90,6 +90,10 @@ async def _run_incarnation(
         for waiter in ended:
             waiter.cancel()
         log.info("shutting down node %s", node_id)
+        if stop.is_set():
+            # Refuse new connections at once (this process's copy of the listening socket):
+            # clients told 320 move on to the next node instead of waiting in the backlog.
+            sock.close()
         await server.stop()
         for t in loops:
             t.cancel()

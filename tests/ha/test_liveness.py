@@ -76,7 +76,8 @@ def test_sigkilled_node_is_reaped_by_a_survivor_well_before_the_threshold(nodes,
     kill(a)
     wait_until(lambda: node_ids(database_url) == {b_id}, SLOW_THRESHOLD / 2, "A reaped by B")
     reaped_after = time.monotonic() - killed
-    assert sql(database_url, "SELECT count(*) FROM messages WHERE owner_node IS NOT NULL")[0][0] == 0
+    owned = sql(database_url, "SELECT count(*) FROM messages WHERE owner_node IS NOT NULL")
+    assert owned[0][0] == 0
     got: list[bool] = []
     ch_b.basic_consume(q, lambda _c, m, _p, _b: got.append(m.redelivered), auto_ack=True)
     wait_until(lambda: conn_b.process_data_events(0.05) or len(got) == 20, 20, "20 redelivered")
@@ -106,7 +107,8 @@ def test_declare_meeting_a_dead_owners_exclusive_queue_waits_and_proceeds(nodes,
     kill(a)
     started = time.monotonic()
     ok = ch_b.queue_declare(excl, exclusive=True, auto_delete=True)
-    print(f"\ndeclare over a SIGKILLed owner's exclusive queue took {time.monotonic() - started:.2f} s")
+    took = time.monotonic() - started
+    print(f"\ndeclare over a SIGKILLed owner's exclusive queue took {took:.2f} s")
     assert ok.method.queue == excl
     conn_b.close()
 
