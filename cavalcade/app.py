@@ -12,6 +12,7 @@ import uuid
 import asyncpg
 
 from cavalcade.broker.liveness import Liveness
+from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
@@ -45,6 +46,7 @@ async def _run_incarnation(
     settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
 ) -> None:
     node_id = uuid.uuid4()
+    quiet_asyncpg_pool()
     repo = await Repository.connect(
         dsn, size=settings.pool_size, notify=settings.notify == "listen"
     )
@@ -184,13 +186,12 @@ async def _node_heartbeat(
                 return
             if listener is None:
                 broker.topology_changed()
-            if database_was_away:
+            if database_was_away or broker.outage.down:
                 database_was_away = False
                 # The others were cut off too: give them a threshold to heartbeat again
                 # before anyone is declared dead.
                 reap_after = loop.time() + settings.node_death_threshold
-                requeued = await broker.reconcile()
-                log.info("database back; %d orphaned deliveries requeued", requeued)
+                broker.outage.back(await broker.reconcile())
             if loop.time() < reap_after:
                 continue
             assert broker.liveness is not None
@@ -199,7 +200,8 @@ async def _node_heartbeat(
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
             database_was_away = True
-            log.warning("node heartbeat failed: %s", exc)
+            if not broker.outage.report(exc):
+                log.warning("node heartbeat failed: %s", exc)
 
 
 async def _sweeper(broker: Broker, settings: Settings) -> None:
@@ -225,6 +227,6 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
-            if not failing:  # once per outage, not four times a second
+            if not failing and not broker.outage.report(exc):  # once, not 4 times a second
                 log.warning("expiry sweep failed: %s", exc)
             failing = True

@@ -43,6 +43,7 @@ from cavalcade.storage.sqlstate import is_unavailable
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .liveness import Liveness
+from .outage import Outage
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,8 @@ class Broker:
         self.batcher = WriteBatcher(
             repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
         )
+        self.outage = Outage()
+        self.batcher.outage = self.outage
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
@@ -780,6 +783,7 @@ class Broker:
                 self.poll_interval,
                 single_active=bool(q.arguments.get("x-single-active-consumer")),
                 quorum=_is_quorum(q),
+                outage=self.outage,
             )
             self._dispatchers[q.id] = d
         d.add(target)

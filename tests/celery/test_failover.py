@@ -84,3 +84,8 @@ def test_database_crash_loses_no_task_and_no_worker(workdir):
     check(report)
     for text in logs:
         assert "fenced" not in text
+        # Quiet outage logs: one line when the database is lost, one when it is back.
+        assert text.count("lost the database") == 1, text[-3000:]
+        assert text.count("database back after") == 1, text[-3000:]
+        assert "Traceback" not in text, text[-3000:]
+        assert "failed" not in text, text[-3000:]
