@@ -185,7 +185,11 @@ class Fault:
 
 def node_fault(name: str, node: Node) -> Fault:
     sig = {"sigkill": signal.SIGKILL, "sigterm": signal.SIGTERM}[name]
-    return Fault(name, lambda: node.signal(sig), node.start)
+
+    def restart() -> None:
+        node.start()
+
+    return Fault(name, lambda: node.signal(sig), restart)
 
 
 def database_fault(embedded: Any) -> Fault:
@@ -281,24 +285,25 @@ class CeleryWorker:
 
 
 class Producer(threading.Thread):
-    """Sends ``total`` counting tasks evenly over ``duration`` seconds (catching up as
+    """Sends the counting tasks ``seqs`` evenly over ``duration`` seconds (catching up as
     fast as it can after a stall). A task is accepted once ``apply_async`` returned."""
 
-    def __init__(self, app: Any, prefix: str, total: int, duration: float) -> None:
+    def __init__(self, app: Any, prefix: str, seqs: range, duration: float) -> None:
         super().__init__(daemon=True)
         self.task = app.tasks["t.count"]
-        self.prefix, self.total, self.duration = prefix, total, duration
+        self.prefix, self.seqs, self.duration = prefix, seqs, duration
         self.accepted: list[int] = []
         self.refused: list[tuple[int, str]] = []
         self.longest_publish = 0.0
+        self.finished = 0.0
         self.halt = threading.Event()
 
     def run(self) -> None:
         t0 = time.monotonic()
-        for seq in range(self.total):
+        for i, seq in enumerate(self.seqs):
             if self.halt.is_set():
                 return
-            wait = t0 + seq * self.duration / self.total - time.monotonic()
+            wait = t0 + i * self.duration / len(self.seqs) - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
             started = time.monotonic()
@@ -309,6 +314,7 @@ class Producer(threading.Thread):
             else:
                 self.accepted.append(seq)
             self.longest_publish = max(self.longest_publish, time.monotonic() - started)
+        self.finished = time.time()
 
 
 @dataclass
@@ -323,6 +329,7 @@ class Report:
     longest_gap_s: float = 0.0
     gap_at_fault_s: float = 0.0
     longest_publish_s: float = 0.0
+    published_in_s: float = 0.0
     seconds: float = 0.0
     lost_sample: list[int] = field(default_factory=list)
     logs: dict[str, str] = field(default_factory=dict)
@@ -353,6 +360,7 @@ def run(
     fault_at: float,
     repair_after: float,
     drain_timeout: float = 120.0,
+    producers: int = 2,
     log: Callable[[str], None] = print,
 ) -> Report:
     """Run the scenario once (see the module docstring) and report."""
@@ -372,14 +380,17 @@ def run(
         for i in range(2)
     ]
     app = make_app(config)
-    producer = Producer(app, prefix, tasks, duration)
+    # Several publishing threads (each its own connection from the app's pool): one
+    # alone waits for every confirm in turn and cannot keep up with a large run.
+    group = [Producer(app, prefix, range(i, tasks, producers), duration) for i in range(producers)]
     try:
         for w in workers:
             w.start()
         for w in workers:
             w.wait_ready()
         began = time.time()
-        producer.start()
+        for p in group:
+            p.start()
         fault_time = None
         if fault is not None:
             time.sleep(max(0.0, began + fault_at - time.time()))
@@ -389,9 +400,10 @@ def run(
             time.sleep(repair_after)
             fault.repair()
             log(f"{fault.name}: repaired {time.time() - fault_time:.1f} s after")
-        producer.join(duration + drain_timeout)
-        producer.halt.set()
-        accepted = set(producer.accepted)
+        for p in group:
+            p.join(max(0.0, began + duration + drain_timeout - time.time()))
+            p.halt.set()
+        accepted = {seq for p in group for seq in p.accepted}
         deadline = time.time() + drain_timeout
         while time.time() < deadline:
             ran = {int(k) for k in r.hkeys(f"{prefix}:runs")}
@@ -403,13 +415,14 @@ def run(
         runs = {int(k): int(v) for k, v in r.hgetall(f"{prefix}:runs").items()}
         ended = sorted(float(t) for t in r.lrange(f"{prefix}:ended", 0, -1))
         report.accepted = len(accepted)
-        report.refused = len(producer.refused)
+        report.refused = sum(len(p.refused) for p in group)
         report.ran = len(accepted & set(runs))
         missing = sorted(accepted - set(runs))
         report.lost = len(missing)
         report.lost_sample = missing[:20]
         report.duplicates = sum(runs.values()) - len(runs)
-        report.longest_publish_s = round(producer.longest_publish, 3)
+        report.longest_publish_s = round(max(p.longest_publish for p in group), 3)
+        report.published_in_s = round(max(p.finished for p in group) - began, 1)
         report.seconds = round(time.time() - began, 1)
         gaps = [(b - a, a) for a, b in zip(ended, ended[1:], strict=False)]
         if gaps:
@@ -421,7 +434,8 @@ def run(
             w.alive()
         report.worker_exits = sum(1 for w in workers if w.exited_at is not None)
     finally:
-        producer.halt.set()
+        for p in group:
+            p.halt.set()
         for w in workers:
             w.stop()
             report.logs[w.name] = w.log()
