@@ -438,10 +438,15 @@ def test_restarted_node_on_the_same_port_is_a_new_node(nodes, database_url):
     before = {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}
     kill(a)
     a2 = nodes.spawn(database_url, port=a.port, env=FAST_ENV)
-    rows = {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}
-    # The restarted node registered under a new id (the dead one may already be reaped
-    # on a slow machine, so do not count on seeing three rows).
-    assert rows - before and len(rows) in (2, 3)
+    # The restarted node registers under a new id (a moment after it listens; the dead
+    # one may already be reaped, so do not count on seeing three rows).
+    rows = wait_until(
+        lambda: (ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) - before
+        and ids,
+        20,
+        "the restarted node's row",
+    )
+    assert len(rows) in (2, 3)
     wait_until(
         lambda: len(sql(database_url, "SELECT id FROM nodes")) == 2,
         FAST_THRESHOLD + 5,
