@@ -158,3 +158,15 @@ def test_a_survivor_whose_own_session_ends_never_reaps_itself(nodes, database_ur
     conn.channel().queue_declare(unique("still-serving"))
     conn.close()
     assert "fenced" not in b.stderr()
+
+
+def test_poll_mode_sees_a_killed_node_by_its_lock_too(nodes, database_url):
+    """No LISTEN/NOTIFY needed: the lock is read from pg_locks."""
+    a = nodes.spawn(database_url, env=LOCK_ENV, notify="poll")
+    before = node_ids(database_url, 1)
+    b = nodes.spawn(database_url, env=LOCK_ENV, notify="poll")
+    (b_id,) = node_ids(database_url, 2) - before
+    time.sleep(1.0)  # B sees A holding its lock
+    kill(a)
+    wait_until(lambda: node_ids(database_url) == {b_id}, SLOW_THRESHOLD / 2, "A reaped by B")
+    assert "is gone (its database session ended)" in b.stderr()

@@ -123,3 +123,50 @@ async def test_a_node_never_reaps_itself(database_url: str) -> None:
     finally:
         await lock.close()
         await repo.close()
+
+
+async def test_a_partitioned_node_holding_its_lock_is_left_to_the_threshold(
+    database_url: str,
+) -> None:
+    """Its old session lingers (lock held) but its heartbeat stopped: not reaped by the
+    lock, and an exclusive owner in doubt is settled once the threshold reaps it."""
+    me, cut_off = uuid.uuid4(), uuid.uuid4()
+    repo = await Repository.connect(database_url, size=4)
+    lock = NodeLock(database_url, cut_off)
+    reaped: list[uuid.UUID] = []
+    try:
+        await repo.register_node(me, "me")
+        await lock.ensure()
+        await repo.register_node(cut_off, "cut off")
+        live = _liveness(repo, me, reaped)
+        assert await live.check() == []
+        await repo.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = $1", cut_off
+        )
+        assert await live.check() == []  # the lock is held: not dead by the lock
+        assert await live.settle(cut_off) is True  # stale past the threshold: reaped
+        assert reaped == [cut_off]
+    finally:
+        await lock.close()
+        await repo.close()
+
+
+async def test_a_new_postmaster_forgets_who_held_locks(database_url: str) -> None:
+    """After a database restart every node takes its lock again: until a node is seen
+    holding it anew, a free lock reaps nobody."""
+    me, other = uuid.uuid4(), uuid.uuid4()
+    repo = await Repository.connect(database_url, size=4)
+    lock = NodeLock(database_url, other)
+    try:
+        await repo.register_node(me, "me")
+        await lock.ensure()
+        await repo.register_node(other, "other")
+        live = _liveness(repo, me, [])
+        assert await live.check() == []
+        live.server_started = "an older postmaster"  # as if the database had restarted
+        await lock.close()
+        assert await live.check() == []
+        assert await repo.heartbeat_node(other)
+    finally:
+        await lock.close()
+        await repo.close()
