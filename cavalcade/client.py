@@ -218,7 +218,7 @@ def _v2_message(
     expires = options.get("expires")
     if isinstance(expires, int | float):
         expires = now + timedelta(seconds=float(expires))
-    headers = {
+    headers: dict[str, Any] = {
         "lang": "py",
         "task": name,
         "id": task_id,
