@@ -147,7 +147,17 @@ _PROPERTY_NAMES = (
 
 
 def _functions(schema: str, notify: str) -> list[str]:
+    """Every function runs with the broker's schema on its path, whoever calls it."""
     path = f'SET search_path = "{schema}", pg_temp'
+    return [
+        s
+        if "SET search_path" in s or "CREATE FUNCTION" not in s
+        else s.replace(" AS $$", f" {path} AS $$", 1)
+        for s in _statements(path, notify)
+    ]
+
+
+def _statements(path: str, notify: str) -> list[str]:
     return [
         # -- decoding the stored content-header bytes (0-based offsets) -----------
         """
