@@ -10,23 +10,35 @@ keeps heartbeating, so it is not reaped, and ``revive`` brings it back.
 
 from __future__ import annotations
 
-from cavalcade.errors import NotFound
+from typing import Protocol
+
+import asyncpg
+
 from cavalcade.storage import maintenance
-from cavalcade.storage.repository import Repository
 
 
-async def drain(repo: Repository, node: str) -> list[tuple[str, str]]:
+class HasPool(Protocol):
+    """A node's Repository or ``ctl``'s AdminStore: anything holding an asyncpg pool."""
+
+    pool: asyncpg.Pool
+
+
+class NodeNotFound(LookupError):
+    """No registered node has that name or id (``ctl`` exits 65)."""
+
+
+async def drain(db: HasPool, node: str) -> list[tuple[str, str]]:
     """Put the node with this name or id into maintenance mode; (id, name) of each match."""
-    return await _set(repo, node, True)
+    return await _set(db, node, True)
 
 
-async def revive(repo: Repository, node: str) -> list[tuple[str, str]]:
+async def revive(db: HasPool, node: str) -> list[tuple[str, str]]:
     """Take the node with this name or id out of maintenance mode."""
-    return await _set(repo, node, False)
+    return await _set(db, node, False)
 
 
-async def _set(repo: Repository, node: str, draining: bool) -> list[tuple[str, str]]:
-    matched = await maintenance.set_draining(repo.pool, node, draining)
+async def _set(db: HasPool, node: str, draining: bool) -> list[tuple[str, str]]:
+    matched = await maintenance.set_draining(db.pool, node, draining)
     if not matched:
-        raise NotFound(f"no running node named '{node}'")
+        raise NodeNotFound(f"no running node named '{node}'")
     return matched

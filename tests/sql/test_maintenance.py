@@ -12,7 +12,7 @@ import pika.exceptions
 import pytest
 
 from cavalcade.broker import maintenance
-from cavalcade.errors import NotFound
+from cavalcade.broker.maintenance import NodeNotFound
 from cavalcade.storage.repository import Repository
 
 from .conftest import Node, name, wait_messages
@@ -46,7 +46,7 @@ async def test_drain_and_revive(
         conn.process_data_events(time_limit=0.1)
     repo = await Repository.connect(node.dsn, size=2)
     try:
-        with pytest.raises(NotFound):
+        with pytest.raises(NodeNotFound):
             await maintenance.drain(repo, "no-such-node")
         [(node_id, node_label)] = await maintenance.drain(repo, label)
         assert node_label == label
