@@ -12,10 +12,13 @@ from collections.abc import Callable
 
 import asyncpg
 
+from cavalcade.broker.liveness import Liveness
+from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.node_services import NodeServices
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
+from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
 
 log = logging.getLogger(__name__)
@@ -45,15 +48,27 @@ async def _run_incarnation(
     settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
 ) -> None:
     node_id = uuid.uuid4()
+    quiet_asyncpg_pool()
     repo = await Repository.connect(
         dsn, size=settings.pool_size, notify=settings.notify == "listen"
     )
+    lock = NodeLock(dsn, node_id) if settings.node_lock else None
+    if lock is not None:
+        await lock.ensure()  # held before the node exists for the others
     await repo.register_node(node_id, settings.effective_node_name())
     broker = Broker(
         repo,
         node_id,
         poll_interval=settings.poll_interval,
         backlog_limit=settings.publish_backlog_bytes,
+    )
+    liveness = broker.liveness = Liveness(
+        repo,
+        LivenessStore(repo.pool),
+        node_id,
+        settings.node_heartbeat,
+        settings.node_death_threshold,
+        broker.nodes_reaped,
     )
     broker.start()
     server = AMQPServer(broker, settings)
@@ -66,6 +81,7 @@ async def _run_incarnation(
     loops = [
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
+        asyncio.create_task(liveness.run(lock, settings.node_liveness_interval)),
         *services.start(),
     ]
     log.info(
@@ -81,6 +97,10 @@ async def _run_incarnation(
         for waiter in ended:
             waiter.cancel()
         log.info("shutting down node %s", node_id)
+        if stop.is_set():
+            # Refuse new connections at once (this process's copy of the listening socket):
+            # clients told 320 move on to the next node instead of waiting in the backlog.
+            sock.close()
         await server.stop()
         for t in loops:
             t.cancel()
@@ -93,6 +113,8 @@ async def _run_incarnation(
             log.warning("unclean shutdown of node %s: %s", node_id, exc)
         if listener is not None:
             await listener.close()
+        if lock is not None:
+            await lock.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(repo.close(), SHUTDOWN_GRACE)
 
@@ -179,25 +201,22 @@ async def _node_heartbeat(
                 return
             if listener is None:
                 broker.topology_changed()
-            if database_was_away:
+            if database_was_away or broker.outage.down:
                 database_was_away = False
                 # The others were cut off too: give them a threshold to heartbeat again
                 # before anyone is declared dead.
                 reap_after = loop.time() + settings.node_death_threshold
-                requeued = await broker.reconcile()
-                log.info("database back; %d orphaned deliveries requeued", requeued)
+                broker.outage.back(await broker.reconcile())
             if loop.time() < reap_after:
                 continue
-            dead = await repo.reap_dead_nodes(settings.node_death_threshold)
-            if dead:
-                log.warning("requeued the deliveries of dead nodes %s", dead)
-                broker.topology_changed()
-                broker.wake_all()
+            assert broker.liveness is not None
+            await broker.liveness.reap_by_threshold()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
             database_was_away = True
-            log.warning("node heartbeat failed: %s", exc)
+            if not broker.outage.report(exc):
+                log.warning("node heartbeat failed: %s", exc)
 
 
 async def _sweeper(broker: Broker, settings: Settings) -> None:
@@ -223,6 +242,6 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
-            if not failing:  # once per outage, not four times a second
+            if not failing and not broker.outage.report(exc):  # once, not 4 times a second
                 log.warning("expiry sweep failed: %s", exc)
             failing = True

@@ -33,6 +33,10 @@ class Settings(BaseSettings):
     publish_backlog_bytes: int = 64 * 1024 * 1024
     node_heartbeat: float = 2.0
     node_death_threshold: float = 10.0
+    # Advisory-lock liveness: hold a lock for the node's life, look at the others' locks
+    # this often (a killed node is reaped within about this long).
+    node_lock: bool = True
+    node_liveness_interval: float = 0.5
     pool_size: int = 8
     log_level: str = "INFO"
 

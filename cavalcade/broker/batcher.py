@@ -20,6 +20,7 @@ import asyncpg
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.repository import BatchRules, NewMessage, Repository
 
+from .outage import Outage
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,7 @@ class WriteBatcher:
         self.backlog_limit = backlog_limit
         self.blocked = False
         self.on_blocked: Callable[[bool], None] = lambda _blocked: None
+        self.outage: Outage | None = None  # database outages are logged there, once
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -233,7 +235,8 @@ class WriteBatcher:
                     failure = exc
                     break
             except Exception as exc:  # noqa: BLE001 - the database may come back
-                log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
+                if self.outage is None or not self.outage.report(exc):
+                    log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.backlog_bytes -= size

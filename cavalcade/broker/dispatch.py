@@ -16,6 +16,8 @@ from uuid import UUID
 from cavalcade.domain.deadletter import with_delivery_count
 from cavalcade.storage.repository import ClaimedMessage, Repository
 
+from .outage import Outage
+
 log = logging.getLogger(__name__)
 
 CLAIM_CAP = 256
@@ -57,6 +59,7 @@ class QueueDispatcher:
         poll_interval: float,
         single_active: bool = False,
         quorum: bool = False,
+        outage: Outage | None = None,
     ) -> None:
         self.queue_id = queue_id
         self.single_active = single_active
@@ -68,6 +71,7 @@ class QueueDispatcher:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._next = 0
+        self._outage = outage
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -109,7 +113,8 @@ class QueueDispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away; poll retries
-                log.warning("dispatch for queue %s failed: %s", self.queue_id, exc)
+                if self._outage is None or not self._outage.report(exc):
+                    log.warning("dispatch for queue %s failed: %s", self.queue_id, exc)
                 await asyncio.sleep(0.5)
 
     def _eligible(self) -> list[DeliveryTarget]:

@@ -42,6 +42,8 @@ from cavalcade.storage.sqlstate import is_unavailable
 
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
+from .liveness import Liveness
+from .outage import Outage
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,8 @@ class Broker:
         self.batcher = WriteBatcher(
             repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
         )
+        self.outage = Outage()
+        self.batcher.outage = self.outage
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
@@ -92,6 +96,8 @@ class Broker:
         # Message ids the protocol layer holds as unacked (set by the server).
         self.held: Callable[[], set[int]] = set
         self._next_id = 0
+        # Settles exclusive owners on other nodes (set by the app; None: never in doubt).
+        self.liveness: Liveness | None = None
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -142,6 +148,11 @@ class Broker:
         for vh in targets:
             if vh is not None:
                 vh.stale = True
+
+    def nodes_reaped(self, _nodes: list[uuid.UUID]) -> None:
+        """Other nodes were reaped: their deliveries are ready again, queues may be gone."""
+        self.topology_changed()
+        self.wake_all()
 
     def queue_deleted_elsewhere(self, queue_id: int) -> None:
         """Another node deleted a queue: cancel our consumers on it."""
@@ -358,12 +369,14 @@ class Broker:
 
     async def _owner_closed(self, q: QueueRow | None) -> bool:
         """If ``q`` is exclusive to a connection of this node that is closing, wait for
-        that cleanup (which drops the queue) and say so: the caller looks again."""
-        if (
-            q is None
-            or q.exclusive_node != self.node_id
-            or q.exclusive_connection not in self._closing
-        ):
+        that cleanup (which drops the queue) and say so: the caller looks again. If its
+        owner is another node whose liveness is in doubt, settle that first (a dead owner
+        is reaped, and its exclusive queues with it)."""
+        if q is None or q.exclusive_node is None:
+            return False
+        if q.exclusive_node != self.node_id:
+            return self.liveness is not None and await self.liveness.settle(q.exclusive_node)
+        if q.exclusive_connection not in self._closing:
             return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._closing[q.exclusive_connection].wait(), 5.0)
@@ -741,19 +754,30 @@ class Broker:
         """Register a consumer; returns the queue id. Pending requeues and publishes of
         this node are committed first, so the consumer starts from the queue's true head."""
         await self.batcher.flush()
-        q = await self._queue(s, queue)
-        self._permit(s, 2, "queue", queue)
-        refused = await self.repo.add_consumer(
-            q.id,
-            self.node_id,
-            target.channel_key,
-            target.tag,
-            exclusive,
-            target.no_ack,
-            target.priority,
-        )
-        if refused:
-            raise AccessRefused(f"queue '{queue}' in vhost '{s.vhost.name}' in exclusive use")
+        for attempt in range(2):
+            q = await self._queue(s, queue)
+            self._permit(s, 2, "queue", queue)
+            refused = await self.repo.add_consumer(
+                q.id,
+                self.node_id,
+                target.channel_key,
+                target.tag,
+                exclusive,
+                target.no_ack,
+                target.priority,
+            )
+            if not refused:
+                break
+            # An exclusive consumer (or, for an exclusive one, any consumer) in the way:
+            # if it is on a node that turns out to be dead, look again once it is reaped.
+            if (
+                attempt
+                or self.liveness is None
+                or not await self.liveness.settle_any(
+                    await self.liveness.store.consumer_nodes(q.id)
+                )
+            ):
+                raise AccessRefused(f"queue '{queue}' in vhost '{s.vhost.name}' in exclusive use")
         d = self._dispatchers.get(q.id)
         if d is None:
             d = QueueDispatcher(
@@ -763,6 +787,7 @@ class Broker:
                 self.poll_interval,
                 single_active=bool(q.arguments.get("x-single-active-consumer")),
                 quorum=_is_quorum(q),
+                outage=self.outage,
             )
             self._dispatchers[q.id] = d
         d.add(target)

@@ -322,8 +322,7 @@ class Channel:
             except Exception as exc:
                 if not self.broker.database_unavailable(exc) or waited >= self.conn.database_wait:
                     raise
-                if waited == 0.0:
-                    log.warning("database unavailable (%s); holding channel %s", exc, self.number)
+                self.broker.outage.report(exc)  # logged once per outage, not per channel
                 await asyncio.sleep(delay)
                 waited += delay
                 delay = min(delay * 2, 2.0)

@@ -442,8 +442,9 @@ class AMQPConnection(asyncio.Protocol):
     async def _teardown(self, ch: Channel) -> None:
         try:
             await ch.teardown()
-        except Exception:  # noqa: BLE001
-            log.exception("channel teardown failed")
+        except Exception as exc:  # noqa: BLE001
+            if not self.broker.outage.report(exc):
+                log.exception("channel teardown failed")
 
     async def _teardown_channels(self) -> None:
         for ch in list(self.channels.values()):
@@ -495,7 +496,8 @@ class AMQPConnection(asyncio.Protocol):
             self.channels.clear()
             if self.session is not None:
                 await self.broker.close_session(self.session)
-        except Exception:  # noqa: BLE001
-            log.exception("connection cleanup failed")
+        except Exception as exc:  # noqa: BLE001
+            if not self.broker.outage.report(exc):
+                log.exception("connection cleanup failed")
         finally:
             self.registry.discard(self)

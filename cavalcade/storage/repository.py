@@ -148,14 +148,29 @@ class Repository:
         )
         return bool(status != "UPDATE 0")
 
-    async def reap_dead_nodes(self, threshold_s: float) -> list[uuid.UUID]:
-        """Requeue what dead nodes held and delete them (their exclusive queues cascade)."""
+    async def reap_dead_nodes(self, threshold_s: float, me: uuid.UUID) -> list[uuid.UUID]:
+        """Reap the nodes (never ``me``) whose heartbeat is older than the threshold."""
+        return await self._reap(
+            "SELECT id FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1)"
+            " AND id <> $2 FOR UPDATE SKIP LOCKED",
+            threshold_s,
+            me,
+        )
+
+    async def reap_nodes(self, ids: Sequence[uuid.UUID], me: uuid.UUID) -> list[uuid.UUID]:
+        """Reap these nodes (known dead: their advisory lock is free), never ``me``."""
+        return await self._reap(
+            "SELECT id FROM nodes WHERE id = ANY($1::uuid[]) AND id <> $2 FOR UPDATE SKIP LOCKED",
+            list(ids),
+            me,
+        )
+
+    async def _reap(self, select: str, *args: Any) -> list[uuid.UUID]:
+        """Requeue what the selected nodes held (flagged redelivered) and delete them: their
+        consumers, connections and exclusive queues cascade; auto-delete queues left
+        without consumers go too. Another reaper's nodes are skipped (SKIP LOCKED)."""
         async with self.pool.acquire() as conn, conn.transaction():
-            dead = await conn.fetch(
-                "SELECT id FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1)"
-                " FOR UPDATE SKIP LOCKED",
-                threshold_s,
-            )
+            dead = await conn.fetch(select, *args)
             ids = [r["id"] for r in dead]
             if ids:
                 await conn.execute(

@@ -59,6 +59,21 @@ def _describe(request: Any, tag: str | None, started: float) -> dict[str, Any]:
     }
 
 
+_redis_clients: dict[str, Any] = {}
+
+
+def _count(redis_url: str, prefix: str, seq: int) -> None:
+    import redis
+
+    client = _redis_clients.get(redis_url)
+    if client is None:
+        client = _redis_clients[redis_url] = redis.Redis.from_url(redis_url)
+    pipe = client.pipeline(transaction=False)
+    pipe.hincrby(f"{prefix}:runs", str(seq), 1)
+    pipe.rpush(f"{prefix}:ended", f"{time.time():.6f}")
+    pipe.execute()
+
+
 def make_app(config: dict[str, Any]) -> Celery:
     config = dict(config)
     qos_global = config.pop("test_qos_global", None)
@@ -100,6 +115,11 @@ def make_app(config: dict[str, Any]) -> Celery:
     @app.task(name="t.info_late", shared=False, bind=True, acks_late=True)
     def info_late(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
         return _info(self, *args, **kwargs)
+
+    @app.task(name="t.count", shared=False)
+    def count(redis_url: str, prefix: str, seq: int) -> None:
+        """Count this run in Redis: runs per task number, and when each run ended."""
+        _count(redis_url, prefix, seq)
 
     @app.task(name="t.flaky", shared=False, bind=True, max_retries=5)
     def flaky(self: Any, fail_times: int, countdown: float = 1) -> dict[str, Any]:

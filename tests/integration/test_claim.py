@@ -72,7 +72,8 @@ async def test_dead_node_deliveries_return_to_the_queue(database_url: str) -> No
         await repo.pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", dead
         )
-        assert await repo.reap_dead_nodes(10.0) == [dead]
+        me = uuid.uuid4()
+        assert await repo.reap_dead_nodes(10.0, me) == [dead]
         assert await repo.ready_count(qid) == 3
         assert not await repo.heartbeat_node(dead)  # fenced: its row is gone
     finally:
@@ -89,7 +90,7 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
         await repo.pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", old
         )
-        await repo.reap_dead_nodes(10.0)
+        await repo.reap_dead_nodes(10.0, new)
         again = await repo.claim(qid, new, 1, 2, no_ack=False)
         assert [m.id for m in again] == [m.id for m in first]
         # The dead node's late ack and requeue touch nothing; the new owner's ack works.

@@ -1,0 +1,125 @@
+"""Advisory-lock liveness on a real PostgreSQL: a node whose session ends is reaped at
+once by the others, never by itself, and never for a lock it was not seen holding."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from cavalcade.broker.liveness import Liveness
+from cavalcade.storage.liveness import LivenessStore, NodeLock, lock_key
+from cavalcade.storage.repository import NewMessage, Repository
+
+
+async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    await repo.insert_queue(vhost, "liveness", True, False, None, None, {})
+    q = await repo.find_queue(vhost, "liveness")
+    assert q is not None
+    rows = [
+        NewMessage(q.id, 0, True, "", "liveness", b"\x00\x00", None, None, None, None, b"x")
+        for _ in range(n)
+    ]
+    await repo.write_batch(rows)
+    assert len(await repo.claim(q.id, owner, 1, n, no_ack=False)) == n
+    return q.id
+
+
+def _liveness(repo: Repository, me: uuid.UUID, reaped: list[uuid.UUID]) -> Liveness:
+    return Liveness(repo, LivenessStore(repo.pool), me, 0.5, 30.0, reaped.extend)
+
+
+async def test_lock_key_matches_what_pg_locks_shows(database_url: str) -> None:
+    node = uuid.uuid4()
+    lock = NodeLock(database_url, node)
+    repo = await Repository.connect(database_url, size=2)
+    try:
+        assert await lock.ensure() is True
+        assert await lock.ensure() is False  # already held: nothing to do
+        await repo.register_node(node, "n")
+        obs = await LivenessStore(repo.pool).observe(uuid.uuid4())
+        assert obs.peers[node].locked is True
+        held = await repo.pool.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+            " AND ((classid::int8 << 32) | objid::int8) = $1::int8",
+            lock_key(node),
+        )
+        assert held == 1
+    finally:
+        await lock.close()
+        await repo.close()
+
+
+async def test_a_node_whose_session_ends_is_reaped_at_once(database_url: str) -> None:
+    me, other = uuid.uuid4(), uuid.uuid4()
+    repo = await Repository.connect(database_url, size=4)
+    lock = NodeLock(database_url, other)
+    reaped: list[uuid.UUID] = []
+    try:
+        await repo.register_node(me, "me")
+        await lock.ensure()
+        await repo.register_node(other, "other")
+        qid = await _queue_with_claims(repo, other, 3)
+        live = _liveness(repo, me, reaped)
+        assert await live.check() == []  # seen holding its lock: alive
+        assert other in live.seen_locked
+        # The process dies: PostgreSQL ends its session and drops the lock at once.
+        assert lock.conn is not None
+        lock.conn.terminate()
+        assert await live.check() == [other]
+        assert reaped == [other]
+        assert await repo.ready_count(qid) == 3
+        assert not await repo.heartbeat_node(other)  # gone: it would be fenced
+        assert await repo.heartbeat_node(me)
+    finally:
+        await lock.close()
+        await repo.close()
+
+
+async def test_a_node_never_seen_holding_a_lock_is_left_to_the_heartbeat(
+    database_url: str,
+) -> None:
+    """An older node (or one on a database without advisory locks) holds no lock."""
+    me, old = uuid.uuid4(), uuid.uuid4()
+    repo = await Repository.connect(database_url, size=4)
+    try:
+        await repo.register_node(me, "me")
+        await repo.register_node(old, "old")
+        live = _liveness(repo, me, [])
+        assert await live.check() == []
+        assert await live.check() == []
+        assert await repo.heartbeat_node(old)
+        # ... and settled as alive once its heartbeat moves.
+        await repo.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '0.3 s' WHERE id = $1", old
+        )
+        task = asyncio.ensure_future(live.settle(old))
+        await asyncio.sleep(0.3)
+        await repo.heartbeat_node(old)
+        assert await task is False
+    finally:
+        await repo.close()
+
+
+async def test_a_node_never_reaps_itself(database_url: str) -> None:
+    me = uuid.uuid4()
+    repo = await Repository.connect(database_url, size=4)
+    lock = NodeLock(database_url, me)
+    try:
+        await lock.ensure()
+        await repo.register_node(me, "me")
+        await repo.pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = $1", me
+        )
+        live = _liveness(repo, me, [])
+        assert await live.reap_by_threshold() == []
+        assert await repo.reap_nodes([me], me) == []
+        assert lock.conn is not None
+        lock.conn.terminate()  # our own session ends: we are not in our own view
+        assert await live.check() == []
+        assert await live.settle(me) is False
+        assert await repo.heartbeat_node(me)
+    finally:
+        await lock.close()
+        await repo.close()
