@@ -8,12 +8,14 @@ import gc
 import logging
 import socket
 import uuid
+from collections.abc import Callable
 
 import asyncpg
 
 from cavalcade.broker.liveness import Liveness
 from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
+from cavalcade.node_services import NodeServices
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
 from cavalcade.storage.liveness import LivenessStore, NodeLock
@@ -69,15 +71,18 @@ async def _run_incarnation(
         broker.nodes_reaped,
     )
     broker.start()
-    listener = Listener(dsn, broker, node_id) if settings.notify == "listen" else None
-    if listener is not None:
-        await listener.ensure()
     server = AMQPServer(broker, settings)
+    services = NodeServices(settings, broker, server, node_id)
+    listener = None
+    if settings.notify == "listen":
+        listener = Listener(dsn, broker, node_id, services.channels())
+        await listener.ensure()
     await server.start(sock.dup())  # closing the server must not close the shared socket
     loops = [
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
         asyncio.create_task(liveness.run(lock, settings.node_liveness_interval)),
+        *services.start(),
     ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
@@ -120,11 +125,18 @@ class Listener:
     If the database goes away, ``ensure`` reconnects it; meanwhile the dispatchers'
     poll timer keeps deliveries going."""
 
-    def __init__(self, dsn: str, broker: Broker, node_id: uuid.UUID) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        broker: Broker,
+        node_id: uuid.UUID,
+        extra: dict[str, Callable[..., None]] | None = None,
+    ) -> None:
         self.dsn = dsn
         self.broker = broker
         self.me = str(node_id)
         self.conn: asyncpg.Connection | None = None
+        self.extra = extra or {}
 
     async def ensure(self) -> None:
         if self.conn is not None and not self.conn.is_closed():
@@ -132,6 +144,9 @@ class Listener:
         self.conn = await asyncpg.connect(self.dsn)
         await self.conn.add_listener(NOTIFY_CHANNEL, self._on_wake)
         await self.conn.add_listener(TOPOLOGY_CHANNEL, self._on_topology)
+        for channel, callback in self.extra.items():
+            await self.conn.add_listener(channel, callback)
+            callback()  # whatever was notified while we were not listening
         # Anything may have changed while we were not listening.
         self.broker.topology_changed()
         self.broker.wake_all()

@@ -444,7 +444,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 display = redact(settings.database_url)
                 asyncio.run(wait_for_database(dsn, settings.database_wait, display))
                 try:
-                    asyncio.run(schema.check_schema(dsn))
+                    note = asyncio.run(schema.check_schema(dsn))
+                    if note:
+                        log.warning("%s", note)
                 except SchemaNotReady as exc:
                     raise CommandError(str(exc)) from exc
             else:

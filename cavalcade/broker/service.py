@@ -211,6 +211,10 @@ class Broker:
         """The socket is gone; until close_session ends, its exclusive queues are in limbo."""
         self._closing.setdefault(session.id, asyncio.Event())
 
+    def vhost_topology(self, vhost_id: int, name: str) -> VhostTopology:
+        """This node's cached topology of a vhost (for publishes that come from SQL)."""
+        return self._vhost(vhost_id, name)
+
     def _vhost(self, vhost_id: int, name: str) -> VhostTopology:
         """This node's cached topology of a vhost (created empty and stale)."""
         vh = self._vhosts.get(name)

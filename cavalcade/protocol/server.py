@@ -19,6 +19,7 @@ class AMQPServer:
         self.settings = settings
         self.connections: set[AMQPConnection] = set()
         self._server: asyncio.base_events.Server | None = None
+        self.draining = False  # maintenance mode: new sockets are closed at once
         broker.batcher.on_blocked = self._blocked
         broker.held = self._held
 
@@ -38,17 +39,42 @@ class AMQPServer:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AMQPConnection(self.broker, self.settings, self.connections),
+            lambda: (
+                _Refused()
+                if self.draining
+                else AMQPConnection(self.broker, self.settings, self.connections)
+            ),
             sock=sock,
             backlog=1024,
         )
 
-    async def stop(self, grace: float = 5.0) -> None:
+    async def stop(self, grace: float = 5.0, reason: str = "broker shutdown") -> None:
         """Stop accepting, send 320 CONNECTION_FORCED to everyone, wait for their cleanup."""
         if self._server is not None:
             self._server.close()
+        await self.close_all(grace, reason)
+
+    async def drain(self, grace: float = 5.0) -> None:
+        """Maintenance mode: refuse new clients, close the open ones with 320 (they
+        reconnect to another node) and wait for their cleanup (their deliveries requeued)."""
+        self.draining = True
+        await self.close_all(grace, "node is in maintenance mode")
+
+    def revive(self) -> None:
+        """Leave maintenance mode: accept clients again."""
+        self.draining = False
+
+    async def close_all(self, grace: float, reason: str) -> None:
         for conn in list(self.connections):
-            conn.close_forced("broker shutdown")
+            conn.close_forced(reason)
         deadline = asyncio.get_running_loop().time() + grace
         while self.connections and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
+
+
+class _Refused(asyncio.Protocol):
+    """A socket accepted while the node is drained: closed before the handshake, so the
+    client's connect fails fast and it tries another node."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.close()

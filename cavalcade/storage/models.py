@@ -90,6 +90,8 @@ class Node(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
+    # Maintenance mode (0007): the node accepts no clients and holds nothing.
+    draining: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class Connection(Base):
@@ -276,3 +278,52 @@ class Message(Base):
     correlation_id: Mapped[str | None] = mapped_column(String(255))
     expiration: Mapped[str | None] = mapped_column(String(255))
     body: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Outbox(Base):
+    """Publishes made by ``cavalcade_publish()`` in committed transactions, not yet routed."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
+    exchange: Mapped[str] = mapped_column(String(255))
+    routing_key: Mapped[str] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class OutboxDead(Base):
+    """Outbox rows a node could not turn into a message (bad properties), with the reason."""
+
+    __tablename__ = "outbox_dead"
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    vhost_id: Mapped[int | None] = mapped_column(Integer)
+    exchange: Mapped[str] = mapped_column(String(255))
+    routing_key: Mapped[str] = mapped_column(String(255))
+    properties: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    failed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    error: Mapped[str] = mapped_column(Text)
+
+
+class OutboxDrain(Base):
+    """One row; the node that holds its row lock drains the outbox (keeps the order)."""
+
+    __tablename__ = "outbox_drain"
+
+    id: Mapped[int] = mapped_column(SmallInteger, primary_key=True, autoincrement=False)
+
+
+class SchemaCompat(Base):
+    """Per revision (0007 on): the oldest code revision that can run on it (rolling upgrades)."""
+
+    __tablename__ = "schema_compat"
+
+    revision: Mapped[str] = mapped_column(String(32), primary_key=True)
+    down_revision: Mapped[str | None] = mapped_column(String(32))
+    oldest_node: Mapped[str] = mapped_column(String(32))
+    phase: Mapped[str] = mapped_column(String(16))

@@ -17,6 +17,7 @@ from alembic.config import Config
 from alembic.script import ScriptDirectory
 
 from cavalcade.errors import SchemaNotReady
+from cavalcade.storage import window
 from cavalcade.storage.dsn import normalize_dsn
 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
@@ -76,6 +77,11 @@ def check(dsn: str) -> None:
 
 async def database_revisions(dsn: str) -> tuple[str, ...] | None:
     """The revisions recorded in the database, or None if it has no ``alembic_version``."""
+    revisions, _ = await _database_state(dsn)
+    return revisions
+
+
+async def _database_state(dsn: str) -> tuple[tuple[str, ...] | None, dict[str, window.Step]]:
     connection = await asyncpg.connect(normalize_dsn(dsn))
     try:
         exists = await connection.fetchval(
@@ -83,38 +89,50 @@ async def database_revisions(dsn: str) -> tuple[str, ...] | None:
             "WHERE table_name = 'alembic_version' AND table_schema = current_schema()"
         )
         if not exists:
-            return None
+            return None, {}
         rows = await connection.fetch("SELECT version_num FROM alembic_version")
-        return tuple(row["version_num"] for row in rows)
+        return tuple(row["version_num"] for row in rows), await window.database_steps(connection)
     finally:
         await connection.close()
 
 
-async def check_schema(dsn: str) -> None:
-    """Raise :class:`SchemaNotReady` unless the database is exactly at this code's head.
+async def check_schema(dsn: str) -> str | None:
+    """Raise :class:`SchemaNotReady` unless this code may run on the database's schema.
 
-    An empty database, one behind head, and one at a revision this code does not know
-    (written by a newer Cavalcade) are all refused; every message names
-    ``cavalcade db upgrade``.
+    Accepted: this code's head, or a newer revision whose migrations all declare that
+    nodes at this head can keep running on it (the rolling-upgrade window, see
+    :mod:`cavalcade.storage.window`); then a note saying so is returned. Refused: an
+    empty database, one behind head, and a newer or unknown revision outside the
+    window; every message names ``cavalcade db upgrade``.
     """
-    revisions = await database_revisions(dsn)
+    revisions, recorded = await _database_state(dsn)
     expected = set(heads())
     if not revisions:
         raise SchemaNotReady(
             "the database has no Cavalcade schema: run `cavalcade db upgrade` "
             "(with the same --database-url) first"
         )
+    if set(revisions) == expected:
+        return None
     script = ScriptDirectory.from_config(alembic_config())
-    known = {rev.revision for rev in script.walk_revisions()}
-    unknown = [rev for rev in revisions if rev not in known]
+    steps = window.known_steps(script)
+    if len(expected) == 1 and len(revisions) == 1:
+        (head,) = expected
+        ours = window.lineage(steps, head)
+        if window.accepts(head, revisions[0], {**recorded, **steps}, ours):
+            return (
+                f"the database schema is at {revisions[0]}, newer than this node's {head}, "
+                "and declares nodes at this revision compatible (rolling upgrade)"
+            )
+    unknown = [rev for rev in revisions if rev not in steps]
     if unknown:
         raise SchemaNotReady(
             f"the database is at revision {', '.join(unknown)}, which this version of "
-            "Cavalcade does not know (a newer version migrated it): run the newer version, "
-            "or its `cavalcade db upgrade`/`downgrade`, not this one"
+            "Cavalcade does not know and which does not declare it compatible (a newer "
+            "version migrated it): run the newer version, or its `cavalcade db upgrade`/"
+            "`downgrade`, not this one"
         )
-    if set(revisions) != expected:
-        raise SchemaNotReady(
-            f"the database schema is at revision {', '.join(revisions)} but this node needs "
-            f"{', '.join(sorted(expected))}: run `cavalcade db upgrade` first"
-        )
+    raise SchemaNotReady(
+        f"the database schema is at revision {', '.join(revisions)} but this node needs "
+        f"{', '.join(sorted(expected))}: run `cavalcade db upgrade` first"
+    )
