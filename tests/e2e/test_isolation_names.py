@@ -133,9 +133,11 @@ def test_long_binding_arguments_bind_and_unbind(raw):
     )  # the same binding again: still one
     assert reply(c)[0] == "ok"
     c.send_raw(publish(1, "amq.direct", "k", b"once"))
-    c.send_raw(method(1, commands.Queue.Declare, queue=q, passive=True))
-    kind, ok = reply(c)
-    assert kind == "ok" and ok.message_count == 1
+    c.send_raw(method(1, commands.Basic.Get, queue=q, no_ack=True))
+    assert isinstance(reply(c)[1], commands.Basic.GetOk)
+    c.recv_content()
+    c.send_raw(method(1, commands.Basic.Get, queue=q, no_ack=True))
+    assert isinstance(reply(c)[1], commands.Basic.GetEmpty)
     c.send_raw(
         method(
             1,
