@@ -38,6 +38,7 @@ from cavalcade.errors import (
 from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
+from cavalcade.storage import sqlstate
 from cavalcade.storage.sqlstate import is_unavailable
 
 from .batcher import PendingPublish, WriteBatcher
@@ -119,6 +120,12 @@ class Broker:
         if orphans:
             self.wake_all()
         return len(orphans)
+
+    @staticmethod
+    def amqp_error(exc: BaseException) -> BaseException:
+        """A database error as the AMQP error RabbitMQ gives in that situation (the
+        database's own text goes to the log only); anything else unchanged."""
+        return sqlstate.to_amqp(exc) if sqlstate.is_database_error(exc) else exc
 
     @staticmethod
     def database_unavailable(exc: BaseException) -> bool:

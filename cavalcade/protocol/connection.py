@@ -233,9 +233,11 @@ class AMQPConnection(asyncio.Protocol):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                err = as_amqp_error(exc)
+                if not isinstance(exc, AMQPError):
+                    log.warning("%s: %s failed: %r", self.peer, type(m).__name__, exc)
+                err = as_amqp_error(self.broker.amqp_error(exc))
                 if not isinstance(err, AMQPError) or not err.hard:
-                    err = CommandInvalid(str(exc))
+                    err = CommandInvalid(err.text)
                 self.fail(err, None)
 
     async def _with_database(self, m: Frame) -> None:
@@ -421,7 +423,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def fail(self, exc: BaseException, ch: Channel | None) -> None:
         """Close the channel (soft error) or the whole connection (hard error)."""
-        err = as_amqp_error(exc)
+        err = as_amqp_error(self.broker.amqp_error(exc))
         if self.closed:
             return
         if not err.hard and ch is not None:
