@@ -51,6 +51,13 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         "embedded PostgreSQL runs in --data-dir",
     )
     parser.add_argument(
+        "--database-url-file",
+        metavar="FILE",
+        type=Path,
+        help="read the database URL from FILE (so it never shows in ps)"
+        " [CAVALCADE_DATABASE_URL_FILE]",
+    )
+    parser.add_argument(
         "--data-dir",
         metavar="DIR",
         type=Path,
@@ -150,6 +157,19 @@ def build_settings(args: argparse.Namespace) -> Settings:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise CommandError(f"invalid settings: {problems}") from exc
+    url_file = getattr(args, "database_url_file", None) or os.environ.get(
+        "CAVALCADE_DATABASE_URL_FILE"
+    )
+    if url_file:
+        if getattr(args, "database_url", None):
+            raise CommandError("give --database-url or --database-url-file, not both")
+        try:
+            url = Path(url_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read --database-url-file {url_file}: {exc}") from exc
+        if not url:
+            raise CommandError(f"--database-url-file {url_file} is empty")
+        settings.database_url = url
     if settings.workers < 1:
         raise CommandError("--workers must be at least 1")
     if not 0 <= settings.port <= 65535:
