@@ -107,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to retry an unreachable database at start [CAVALCADE_DATABASE_WAIT, 60]",
     )
+    serve.add_argument(
+        "--memory-high-watermark",
+        type=float,
+        metavar="LIMIT",
+        help="block publishers while the node's resident memory is above LIMIT: a fraction"
+        " of RAM (<= 1) or bytes; 0 is off [CAVALCADE_MEMORY_HIGH_WATERMARK, 0.4]",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="manage the database schema (Alembic)")
@@ -139,6 +146,7 @@ _SETTING_FLAGS = (
     "notify",
     "poll_interval",
     "database_wait",
+    "memory_high_watermark",
     "log_level",
 )
 

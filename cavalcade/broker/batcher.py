@@ -21,6 +21,7 @@ from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 
 from .alarms import ResourceAlarm
 from .isolation import isolate
+from .memory import MemoryWatermark, publish_cost
 from .outage import Outage
 from .topology import VhostTopology
 
@@ -73,6 +74,7 @@ class WriteBatcher:
         backlog_limit: int = 64 * 1024 * 1024,
         rules_for: RulesFor | None = None,
         router: Router | None = None,
+        memory_limit: int = 0,
     ) -> None:
         self._repo = repo
         self._node_id = node_id
@@ -94,11 +96,14 @@ class WriteBatcher:
         self.on_blocked: Callable[[bool], None] = lambda _blocked: None
         self.outage: Outage | None = None  # database outages are logged there, once
         self.alarm = ResourceAlarm(self._update_blocked)
+        self.memory = MemoryWatermark(memory_limit, self._update_blocked)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
+        self.memory.start()
 
     async def stop(self) -> None:
+        self.memory.stop()
         await self.flush()
         if self._task is not None:
             self._task.cancel()
@@ -117,11 +122,14 @@ class WriteBatcher:
     def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[int]:
         """Queue rows for the next commit; the future resolves (to the number of rows)
         once they are committed, or fails with PublishRefused / a database error."""
-        return self._submit(messages, sum(len(m.body) + len(m.properties) for m in messages))
+        return self._submit(
+            messages,
+            sum(publish_cost(len(m.body), len(m.properties)) for m in messages),
+        )
 
     def submit(self, pending: PendingPublish) -> asyncio.Future[int]:
         """Queue a publish to be routed and written by the next commit."""
-        return self._submit(pending, len(pending.body) + len(pending.props.raw))
+        return self._submit(pending, publish_cost(len(pending.body), len(pending.props.raw)))
 
     def _submit(self, work: Work, size: int) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
@@ -132,14 +140,17 @@ class WriteBatcher:
         self._kick()
         return fut
 
+    def _alarmed(self) -> bool:
+        return self.alarm.active or self.memory.active
+
     def _update_blocked(self) -> None:
         """Block publishers while the backlog is over its limit (unblock at half of it)
         or while the database is out of a resource."""
         if self.blocked:
-            if self.backlog_bytes <= self.backlog_limit // 2 and not self.alarm.active:
+            if self.backlog_bytes <= self.backlog_limit // 2 and not self._alarmed():
                 self.blocked = False
                 self.on_blocked(False)
-        elif self.backlog_bytes > self.backlog_limit or self.alarm.active:
+        elif self.backlog_bytes > self.backlog_limit or self._alarmed():
             self.blocked = True
             self.on_blocked(True)
 

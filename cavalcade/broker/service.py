@@ -84,12 +84,19 @@ class Broker:
         node_id: uuid.UUID,
         poll_interval: float = 1.0,
         backlog_limit: int = 64 * 1024 * 1024,
+        memory_limit: int = 0,
     ) -> None:
         self.repo = repo
         self.node_id = node_id
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
-            repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
+            repo,
+            node_id,
+            self.wake_queues,
+            backlog_limit,
+            rules_for=self.rules_for,
+            router=self,
+            memory_limit=memory_limit,
         )
         self.outage = Outage()
         self.batcher.outage = self.outage
