@@ -13,6 +13,7 @@ from collections.abc import Callable
 import asyncpg
 
 from cavalcade.broker.liveness import Liveness
+from cavalcade.broker.memory import watermark_bytes
 from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.node_services import NodeServices
@@ -61,6 +62,7 @@ async def _run_incarnation(
         node_id,
         poll_interval=settings.poll_interval,
         backlog_limit=settings.publish_backlog_bytes,
+        memory_limit=watermark_bytes(settings.memory_high_watermark),
     )
     liveness = broker.liveness = Liveness(
         repo,

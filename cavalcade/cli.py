@@ -51,6 +51,13 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
         "embedded PostgreSQL runs in --data-dir",
     )
     parser.add_argument(
+        "--database-url-file",
+        metavar="FILE",
+        type=Path,
+        help="read the database URL from FILE (so it never shows in ps)"
+        " [CAVALCADE_DATABASE_URL_FILE]",
+    )
+    parser.add_argument(
         "--data-dir",
         metavar="DIR",
         type=Path,
@@ -100,6 +107,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="how long to retry an unreachable database at start [CAVALCADE_DATABASE_WAIT, 60]",
     )
+    serve.add_argument(
+        "--memory-high-watermark",
+        type=float,
+        metavar="LIMIT",
+        help="block publishers while the node's resident memory is above LIMIT: a fraction"
+        " of RAM (<= 1) or bytes; 0 is off [CAVALCADE_MEMORY_HIGH_WATERMARK, 0.4]",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="manage the database schema (Alembic)")
@@ -132,6 +146,7 @@ _SETTING_FLAGS = (
     "notify",
     "poll_interval",
     "database_wait",
+    "memory_high_watermark",
     "log_level",
 )
 
@@ -150,6 +165,19 @@ def build_settings(args: argparse.Namespace) -> Settings:
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise CommandError(f"invalid settings: {problems}") from exc
+    url_file = getattr(args, "database_url_file", None) or os.environ.get(
+        "CAVALCADE_DATABASE_URL_FILE"
+    )
+    if url_file:
+        if getattr(args, "database_url", None):
+            raise CommandError("give --database-url or --database-url-file, not both")
+        try:
+            url = Path(url_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise CommandError(f"cannot read --database-url-file {url_file}: {exc}") from exc
+        if not url:
+            raise CommandError(f"--database-url-file {url_file} is empty")
+        settings.database_url = url
     if settings.workers < 1:
         raise CommandError("--workers must be at least 1")
     if not 0 <= settings.port <= 65535:

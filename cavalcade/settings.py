@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     handshake_timeout: float = 10.0
     max_message_size: int = 128 * 1024 * 1024
     publish_backlog_bytes: int = 64 * 1024 * 1024
+    # RabbitMQ's vm_memory_high_watermark: a fraction of RAM (<= 1) or bytes (> 1); 0 is
+    # off. Above it, publishers are blocked until the node's resident memory falls again.
+    memory_high_watermark: float = 0.4
     node_heartbeat: float = 2.0
     node_death_threshold: float = 10.0
     # Advisory-lock liveness: hold a lock for the node's life, look at the others' locks

@@ -15,11 +15,13 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
-import asyncpg
-
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.repository import BatchRules, NewMessage, Repository
+from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 
+from .alarms import ResourceAlarm
+from .isolation import isolate
+from .memory import MemoryWatermark, publish_cost
 from .outage import Outage
 from .topology import VhostTopology
 
@@ -30,7 +32,8 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 
 
 class PublishRefused(Exception):
-    """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it."""
+    """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it, or
+    the database refused its rows."""
 
 
 RulesFor = Callable[[Sequence[NewMessage], set[int]], BatchRules]
@@ -71,6 +74,7 @@ class WriteBatcher:
         backlog_limit: int = 64 * 1024 * 1024,
         rules_for: RulesFor | None = None,
         router: Router | None = None,
+        memory_limit: int = 0,
     ) -> None:
         self._repo = repo
         self._node_id = node_id
@@ -91,11 +95,15 @@ class WriteBatcher:
         self.blocked = False
         self.on_blocked: Callable[[bool], None] = lambda _blocked: None
         self.outage: Outage | None = None  # database outages are logged there, once
+        self.alarm = ResourceAlarm(self._update_blocked)
+        self.memory = MemoryWatermark(memory_limit, self._update_blocked)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
+        self.memory.start()
 
     async def stop(self) -> None:
+        self.memory.stop()
         await self.flush()
         if self._task is not None:
             self._task.cancel()
@@ -114,21 +122,37 @@ class WriteBatcher:
     def publish(self, messages: Sequence[NewMessage]) -> asyncio.Future[int]:
         """Queue rows for the next commit; the future resolves (to the number of rows)
         once they are committed, or fails with PublishRefused / a database error."""
-        return self._submit(messages, sum(len(m.body) + len(m.properties) for m in messages))
+        return self._submit(
+            messages,
+            sum(publish_cost(len(m.body), len(m.properties)) for m in messages),
+        )
 
     def submit(self, pending: PendingPublish) -> asyncio.Future[int]:
         """Queue a publish to be routed and written by the next commit."""
-        return self._submit(pending, len(pending.body) + len(pending.props.raw))
+        return self._submit(pending, publish_cost(len(pending.body), len(pending.props.raw)))
 
     def _submit(self, work: Work, size: int) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._ops.append((work, fut, size))
         self.backlog_bytes += size
         if not self.blocked and self.backlog_bytes > self.backlog_limit:
-            self.blocked = True
-            self.on_blocked(True)
+            self._update_blocked()
         self._kick()
         return fut
+
+    def _alarmed(self) -> bool:
+        return self.alarm.active or self.memory.active
+
+    def _update_blocked(self) -> None:
+        """Block publishers while the backlog is over its limit (unblock at half of it)
+        or while the database is out of a resource."""
+        if self.blocked:
+            if self.backlog_bytes <= self.backlog_limit // 2 and not self._alarmed():
+                self.blocked = False
+                self.on_blocked(False)
+        elif self.backlog_bytes > self.backlog_limit or self._alarmed():
+            self.blocked = True
+            self.on_blocked(True)
 
     def ack(self, ids: Sequence[int]) -> None:
         """Queue deletions of acked rows for the next commit."""
@@ -196,63 +220,71 @@ class WriteBatcher:
             messages.extend(rows)
         return messages, spans
 
+    async def _commit(
+        self,
+        ops: list[tuple[Work, asyncio.Future[int], int]],
+        acks: list[int],
+        requeues: list[int],
+        rejects: list[int],
+        wake: set[int],
+    ) -> tuple[list[tuple[int, int, asyncio.Future[int]]], set[int], set[int]]:
+        """Route and write one transaction: (each op's span of rows, refused, touched)."""
+        messages, spans = await self._route(ops)
+        rules = self._rules_for(messages, wake)
+        outcome = await self._repo.write_batch(
+            messages, acks, requeues, rejects, node_id=self._node_id, wake=wake, rules=rules
+        )
+        return spans, outcome.refused, outcome.touched | wake
+
     async def _write_one(self) -> None:
         ops, size = self._take_ops()
         acks, self._acks = self._acks, []
         requeues, self._requeues = self._requeues, []
         wake, self._requeue_queues = self._requeue_queues, set()
         rejects, self._rejects = self._rejects, []
-        messages: list[NewMessage] = []
-        spans: list[tuple[int, int, asyncio.Future[int]]] = []
-        delay = 0.05
-        failure: Exception | None = None
-        refused: set[int] = set()
+        results: list[tuple[list[tuple[int, int, asyncio.Future[int]]], set[int]]] = []
         touched: set[int] = set()
-        attempts = 0
+        delay = 0.05
         while True:
             try:
-                messages, spans = await self._route(ops)
-                rules = self._rules_for(messages, wake)
-                outcome = await self._repo.write_batch(
-                    messages,
-                    acks,
-                    requeues,
-                    rejects,
-                    node_id=self._node_id,
-                    wake=wake,
-                    rules=rules,
-                )
-                refused, touched = outcome.refused, outcome.touched | wake
+                spans, refused, touched = await self._commit(ops, acks, requeues, rejects, wake)
+                results.append((spans, refused))
+                self.alarm.clear()
                 break
             except asyncio.CancelledError:
                 raise
-            except (asyncpg.IntegrityConstraintViolationError, asyncpg.DataError) as exc:
-                # A queue deleted under us is skipped on retry; anything else is a bad
-                # batch: it is refused (nacked), never retried forever.
-                attempts += 1
-                if attempts > 2:
-                    log.error("write batch refused by the database: %s", exc)
-                    failure = exc
-                    break
             except Exception as exc:  # noqa: BLE001 - the database may come back
-                if self.outage is None or not self.outage.report(exc):
+                if is_data_error(exc):
+                    # Refused rows: never retry them, and never fail anyone else's work.
+                    touched = await isolate(
+                        self._commit,
+                        exc,
+                        ops,
+                        (acks, requeues, rejects, wake),
+                        results,
+                        self.alarm,
+                    )
+                    break
+                if is_resource_alarm(exc):
+                    self.alarm.raised(exc)
+                elif self.outage is None or not self.outage.report(exc):
                     log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
         self.backlog_bytes -= size
-        if self.blocked and self.backlog_bytes <= self.backlog_limit // 2:
-            self.blocked = False
-            self.on_blocked(False)
-        for start, end, fut in spans:
-            if fut.done():
-                continue
-            error = failure
-            if error is None and any(i in refused for i in range(start, end)):
-                error = PublishRefused()
-            if error is None:
-                fut.set_result(end - start)
-            else:
-                fut.set_exception(error)
-                fut.exception()  # retrieved: publishers without confirms never look
+        self._update_blocked()
+        for spans, refused in results:
+            for start, end, fut in spans:
+                if fut.done():
+                    continue
+                if any(i in refused for i in range(start, end)):
+                    fut.set_exception(PublishRefused())
+                    fut.exception()  # retrieved: publishers without confirms never look
+                else:
+                    fut.set_result(end - start)
+        for _work, fut, _ in ops:
+            if not fut.done():
+                fut.set_exception(PublishRefused())  # the database refused its rows
+                fut.exception()
         if touched:
             self._on_committed(touched)

@@ -7,6 +7,7 @@ import contextlib
 import ipaddress
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -35,11 +36,13 @@ from cavalcade.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
+from cavalcade.storage import sqlstate
 from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
 from cavalcade.storage.sqlstate import is_unavailable
 
+from . import permissions
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .liveness import Liveness
@@ -62,6 +65,7 @@ class Session:
     vhost: VhostTopology
     permissions: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
     exclusive_queues: set[int] = field(default_factory=set)
+    grants_at: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -80,12 +84,19 @@ class Broker:
         node_id: uuid.UUID,
         poll_interval: float = 1.0,
         backlog_limit: int = 64 * 1024 * 1024,
+        memory_limit: int = 0,
     ) -> None:
         self.repo = repo
         self.node_id = node_id
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
-            repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
+            repo,
+            node_id,
+            self.wake_queues,
+            backlog_limit,
+            rules_for=self.rules_for,
+            router=self,
+            memory_limit=memory_limit,
         )
         self.outage = Outage()
         self.batcher.outage = self.outage
@@ -119,6 +130,12 @@ class Broker:
         if orphans:
             self.wake_all()
         return len(orphans)
+
+    @staticmethod
+    def amqp_error(exc: BaseException) -> BaseException:
+        """A database error as the AMQP error RabbitMQ gives in that situation (the
+        database's own text goes to the log only); anything else unchanged."""
+        return sqlstate.to_amqp(exc) if sqlstate.is_database_error(exc) else exc
 
     @staticmethod
     def database_unavailable(exc: BaseException) -> bool:
@@ -200,8 +217,7 @@ class Broker:
         if perm is None:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
         vh = self._vhost(vhost_id, vhost_name)
-        patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
-        session = Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
+        session = Session(self.next_id(), user, user_id, vh, permissions.compile_grants(perm))
         await self.repo.add_connection(
             self.node_id, session.id, peer, user, vhost_id, json_safe(client_properties or {})
         )
@@ -241,10 +257,13 @@ class Broker:
                 done.set()
 
     def _permit(self, s: Session, which: int, kind: str, name: str) -> None:
-        if not s.permissions[which].fullmatch(name) and not s.permissions[which].match(name):
-            raise AccessRefused(
-                f"access to {kind} '{name}' in vhost '{s.vhost.name}' refused for user '{s.user}'"
-            )
+        permissions.check(s.permissions, which, kind, name, s.vhost.name, s.user)
+
+    async def _grants(self, s: Session) -> None:
+        """Re-read the session's permissions when they are older than a second."""
+        if permissions.stale(s.grants_at):
+            row = await self.repo.find_permission(s.user_id, s.vhost.id)
+            s.permissions, s.grants_at = permissions.compile_grants(row), time.monotonic()
 
     # -- exchanges -----------------------------------------------------------
 
@@ -276,12 +295,17 @@ class Broker:
         if passive:
             await self._exchange(s, name)
             return
+        await self._grants(s)
+        self._permit(s, 0, "exchange", name)  # RabbitMQ: configure, even on a redeclare
         args = json_safe(arguments or {})
         check_exchange_type(type_, args)
         existing = await self.repo.find_exchange(s.vhost.id, name)
         if existing is None:
             check_reserved("exchange", name)
-            self._permit(s, 0, "exchange", name)
+            ae = args.get("alternate-exchange")
+            if isinstance(ae, str):  # routing there needs read here and write there
+                self._permit(s, 2, "exchange", name)
+                self._permit(s, 1, "exchange", ae)
             await self.repo.insert_exchange(
                 s.vhost.id, name, type_, durable, auto_delete, internal, args
             )
@@ -305,10 +329,11 @@ class Broker:
             raise AccessRefused(
                 f"deletion of system exchange '{name}' in vhost '{s.vhost.name}' not allowed"
             )
+        await self._grants(s)
+        self._permit(s, 0, "exchange", name)  # access before existence, as RabbitMQ
         ex = await self.repo.find_exchange(s.vhost.id, name)
         if ex is None:
             return  # RabbitMQ: deleting a missing exchange succeeds
-        self._permit(s, 0, "exchange", name)
         if not await self.repo.delete_exchange(ex.id, if_unused):
             raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
         await self._changed(s.vhost)
@@ -322,9 +347,12 @@ class Broker:
         arguments: dict[str, Any],
         unbind: bool = False,
     ) -> None:
+        await self._grants(s)
+        self._permit(s, 1, "exchange", destination)  # access first, as RabbitMQ
         for n in (destination, source):
             if n == "":
                 raise AccessRefused("operation not permitted on the default exchange")
+        self._permit(s, 2, "exchange", source)
         if unbind:
             # RabbitMQ: unbinding what does not exist (or no longer does) succeeds.
             try:
@@ -335,8 +363,6 @@ class Broker:
         else:
             dest = await self._exchange(s, destination)
             src = await self._exchange(s, source)
-        self._permit(s, 1, "exchange", destination)
-        self._permit(s, 2, "exchange", source)
         args = json_safe(arguments or {})
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
@@ -428,6 +454,9 @@ class Broker:
         generated = name == "" or name.startswith(DIRECT_REPLY_TO + ".")
         if name == "":
             name = server_generated_name("amq.gen-")
+        if not name.startswith(DIRECT_REPLY_TO + "."):  # the broker's own reply queues
+            await self._grants(s)
+            self._permit(s, 0, "queue", name)  # RabbitMQ: configure, even on a redeclare
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
         used = await self._use_queue(s, name)
@@ -435,7 +464,10 @@ class Broker:
         if q is None:
             if not generated:
                 check_reserved("queue", name)
-            self._permit(s, 0, "queue", name)
+            dlx = args.get("x-dead-letter-exchange")
+            if isinstance(dlx, str):  # dead-lettering needs read here and write there
+                self._permit(s, 2, "queue", name)
+                self._permit(s, 1, "exchange", dlx)
             await self.repo.insert_queue(
                 s.vhost.id,
                 name,
@@ -471,8 +503,11 @@ class Broker:
         arguments: dict[str, Any],
         unbind: bool = False,
     ) -> None:
+        await self._grants(s)
+        self._permit(s, 1, "queue", queue)  # access before existence, as RabbitMQ
         if exchange == "":
             raise AccessRefused("operation not permitted on the default exchange")
+        self._permit(s, 2, "exchange", exchange)
         if unbind:
             # RabbitMQ: unbinding what does not exist (or no longer does) succeeds.
             try:
@@ -483,8 +518,6 @@ class Broker:
         else:
             q = await self._queue(s, queue)
             ex = await self._exchange(s, exchange)
-        self._permit(s, 1, "queue", queue)
-        self._permit(s, 2, "exchange", exchange)
         args = json_safe(arguments or {})
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
@@ -494,18 +527,20 @@ class Broker:
         await self._changed(s.vhost)
 
     async def purge_queue(self, s: Session, name: str) -> int:
+        await self._grants(s)
+        self._permit(s, 2, "queue", name)
         await self.batcher.flush()
         q = await self._queue(s, name)
-        self._permit(s, 2, "queue", name)
         return await self.repo.purge_queue(q.id)
 
     async def delete_queue(self, s: Session, name: str, if_unused: bool, if_empty: bool) -> int:
+        await self._grants(s)
+        self._permit(s, 0, "queue", name)  # access before existence, as RabbitMQ
         await self.batcher.flush()
         q = await self._find_queue(s, name)
         if q is None:
             return 0  # RabbitMQ: deleting a missing queue succeeds
         self._check_exclusive(s, q)
-        self._permit(s, 0, "queue", name)
         msgs, consumers = await self.repo.queue_counts(q.id)
         if if_unused and consumers:
             raise PreconditionFailed(f"queue '{name}' in vhost '{s.vhost.name}' in use")
@@ -540,7 +575,11 @@ class Broker:
     # -- publish ---------------------------------------------------------------
 
     async def check_exchange(self, s: Session, exchange: str) -> None:
-        """Publishing needs the exchange (404) and it must not be internal (403)."""
+        """Publishing needs write on it (403; ``amq.default`` for ``""``), the exchange
+        (404), and it must not be internal (403)."""
+        if permissions.stale(s.grants_at):
+            await self._grants(s)
+            self._permit(s, 1, "exchange", exchange)
         if exchange == "":
             return
         ex = s.vhost.exchanges_by_name.get(exchange)
@@ -753,10 +792,11 @@ class Broker:
     async def consume(self, s: Session, queue: str, target: DeliveryTarget, exclusive: bool) -> int:
         """Register a consumer; returns the queue id. Pending requeues and publishes of
         this node are committed first, so the consumer starts from the queue's true head."""
+        await self._grants(s)
+        self._permit(s, 2, "queue", queue)
         await self.batcher.flush()
         for attempt in range(2):
             q = await self._queue(s, queue)
-            self._permit(s, 2, "queue", queue)
             refused = await self.repo.add_consumer(
                 q.id,
                 self.node_id,
@@ -833,9 +873,10 @@ class Broker:
     async def get(
         self, s: Session, queue: str, no_ack: bool, channel_key: int
     ) -> tuple[ClaimedMessage, int] | None:
+        await self._grants(s)
+        self._permit(s, 2, "queue", queue)
         await self.batcher.flush()
         q = await self._queue(s, queue)
-        self._permit(s, 2, "queue", queue)
         await self.repo.touch_queue(q.id)
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
         if not rows:

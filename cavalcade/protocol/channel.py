@@ -43,6 +43,7 @@ from .framing import (
     get_ok_payload,
     parse_content_header,
     return_payload,
+    unchecked,
 )
 from .tasks import keep
 
@@ -446,7 +447,8 @@ class Channel:
         if not m.nowait:
             self.conn.send_method(
                 self.number,
-                commands.Queue.DeclareOk(
+                unchecked(
+                    commands.Queue.DeclareOk,
                     queue=result.name,
                     message_count=result.message_count,
                     consumer_count=result.consumer_count,

@@ -25,7 +25,8 @@ def close_method(exc: AMQPError) -> commands.Channel.Close | commands.Connection
 
 
 def as_amqp_error(exc: BaseException) -> AMQPError:
-    """Any unexpected exception is an INTERNAL_ERROR that closes the connection."""
+    """Any unexpected exception is an INTERNAL_ERROR that closes the connection. Its text
+    stays in the node's log (the caller logs it): it may carry database or file details."""
     if isinstance(exc, AMQPError):
         return exc
-    return InternalError(f"{type(exc).__name__}: {exc}")
+    return InternalError("internal error")

@@ -233,9 +233,11 @@ class AMQPConnection(asyncio.Protocol):
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001
-                err = as_amqp_error(exc)
+                if not isinstance(exc, AMQPError):
+                    log.warning("%s: %s failed: %r", self.peer, type(m).__name__, exc)
+                err = as_amqp_error(self.broker.amqp_error(exc))
                 if not isinstance(err, AMQPError) or not err.hard:
-                    err = CommandInvalid(str(exc))
+                    err = CommandInvalid(err.text)
                 self.fail(err, None)
 
     async def _with_database(self, m: Frame) -> None:
@@ -314,15 +316,19 @@ class AMQPConnection(asyncio.Protocol):
         )
 
     def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
-        if m.frame_max and m.frame_max < 4096:
-            raise NotAllowed(f"frame_max={m.frame_max} < 4096 min size", 10, 31)
-        if m.frame_max > self.settings.frame_max:
-            raise NotAllowed(
-                f"frame_max={m.frame_max} > {self.settings.frame_max} max size", 10, 31
-            )
-        self.frame_max = m.frame_max or self.settings.frame_max
+        """The server's proposal is a ceiling, as on RabbitMQ: a tune-ok above it (0 means
+        "no limit", also above it) or a frame_max below 4096 fails the negotiation. RabbitMQ
+        logs it and closes the socket without a close method; so do we. The client's
+        heartbeat wins whatever it is (RabbitMQ accepts a higher one too)."""
+        refusal = _tune_refusal("channel_max", m.channel_max, self.settings.channel_max)
+        refusal = refusal or _tune_refusal("frame_max", m.frame_max, self.settings.frame_max)
+        if refusal:
+            log.error("%s: failed to negotiate connection parameters: %s", self.peer, refusal)
+            self._abort()
+            return
+        self.frame_max = m.frame_max
         self._reader.frame_max = self.frame_max
-        self.channel_max = m.channel_max or self.settings.channel_max
+        self.channel_max = m.channel_max
         self.heartbeat = m.heartbeat
         self._state = "open"
 
@@ -421,7 +427,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def fail(self, exc: BaseException, ch: Channel | None) -> None:
         """Close the channel (soft error) or the whole connection (hard error)."""
-        err = as_amqp_error(exc)
+        err = as_amqp_error(self.broker.amqp_error(exc))
         if self.closed:
             return
         if not err.hard and ch is not None:
@@ -501,3 +507,13 @@ class AMQPConnection(asyncio.Protocol):
                 log.exception("connection cleanup failed")
         finally:
             self.registry.discard(self)
+
+
+def _tune_refusal(name: str, value: int, ceiling: int) -> str | None:
+    """RabbitMQ's words for a tune-ok value it refuses, or None."""
+    if value == 0 or value > ceiling:
+        shown = f"{value} (no limit)" if value == 0 and name == "channel_max" else str(value)
+        return f"negotiated {name} = {shown} is higher than the maximum allowed value ({ceiling})"
+    if name == "frame_max" and value < 4096:
+        return f"negotiated {name} = {value} is lower than the minimum allowed value (4096)"
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from pamqp import commands, encode
 from pamqp.base import Frame
@@ -77,7 +78,36 @@ def decode_method(payload: bytes) -> Frame:
         method = commands.INDEX_MAPPING[(cls << 16) | meth]()
         method.unmarshal(payload[4:])
     except Exception as exc:  # noqa: BLE001 - pamqp raises many kinds on bad input
+        if isinstance(exc, UnicodeDecodeError):
+            raise FrameError("Malformed UTF-8 in shortstr") from exc  # RabbitMQ's words
         raise FrameError(f"cannot decode method {cls}/{meth}: {exc}", cls, meth) from exc
+    for field in _STRIP_CR_LF.get(type(method), ()):
+        value = getattr(method, field)
+        if "\r" in value or "\n" in value:
+            setattr(method, field, value.replace("\r", "").replace("\n", ""))
+    return method
+
+
+# RabbitMQ strips CR and LF from the names these methods carry (not from consume, get or
+# purge, which then look for the name as sent).
+_STRIP_CR_LF: dict[type, tuple[str, ...]] = {
+    commands.Exchange.Declare: ("exchange",),
+    commands.Exchange.Delete: ("exchange",),
+    commands.Exchange.Bind: ("destination", "source"),
+    commands.Exchange.Unbind: ("destination", "source"),
+    commands.Queue.Declare: ("queue",),
+    commands.Queue.Delete: ("queue",),
+    commands.Queue.Bind: ("queue", "exchange"),
+    commands.Queue.Unbind: ("queue", "exchange"),
+}
+
+
+def unchecked(cls: type[Frame], **fields: Any) -> Frame:
+    """A method to send with fields pamqp's constructor would refuse (its name patterns
+    are narrower than what RabbitMQ accepts: spaces, non-ASCII, NUL)."""
+    method = cls()
+    for name, value in fields.items():
+        setattr(method, name, value)
     return method
 
 

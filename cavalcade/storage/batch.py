@@ -14,6 +14,7 @@ from typing import Any
 
 import asyncpg
 
+from . import textsafe
 from .records import DeadRow, NewMessage
 
 NOTIFY_CHANNEL = "cavalcade_wake"
@@ -132,12 +133,13 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
     if not messages:
         return
     cols: list[list[Any]] = [[] for _ in range(13)]
+    esc, copy = textsafe.escape, textsafe.escape_or_none  # arrays skip the text codec
     for m in messages:
         for i, v in enumerate(
             (
-                m.queue_id, m.priority, m.persistent, m.exchange, m.routing_key, m.properties,
-                m.content_type, m.message_id, m.correlation_id, m.expiration, m.body,
-                m.ttl_ms, m.delay_ms,
+                m.queue_id, m.priority, m.persistent, esc(m.exchange), esc(m.routing_key),
+                m.properties, copy(m.content_type), copy(m.message_id),
+                copy(m.correlation_id), copy(m.expiration), m.body, m.ttl_ms, m.delay_ms,
             )
         ):  # fmt: skip
             cols[i].append(v)

@@ -10,7 +10,7 @@ normalised DSN straight to :func:`asyncpg.connect`, which understands all of tha
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import parse_qsl, quote, urlencode
+from urllib.parse import parse_qsl, quote, unquote, urlencode
 
 import asyncpg
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -30,8 +30,6 @@ _CLIENT_ONLY = frozenset(
         "gssencmode",
         "gssdelegation",
         "channel_binding",
-        "requirepeer",
-        "require_auth",
         "sslcompression",
         "sslsni",
         "sslcertmode",
@@ -46,8 +44,35 @@ _CLIENT_ONLY = frozenset(
 )
 
 
+# libpq security requirements the asyncpg driver cannot meet: refused loudly rather than
+# dropped (a silently dropped requirement would connect with less security than asked).
+# Values not listed for a name (e.g. channel_binding=prefer) ask for nothing the driver
+# lacks and are dropped.
+_UNSUPPORTED_SECURITY: dict[str, frozenset[str] | None] = {
+    "channel_binding": frozenset({"require"}),
+    "require_auth": None,  # any value
+    "requirepeer": None,
+    "gssencmode": frozenset({"require"}),
+    "sslcertmode": frozenset({"require"}),
+}
+
+_SECRET_PARAMS = frozenset({"password", "sslpassword"})
+
+
 class InvalidDatabaseURL(ValueError):
     """The database URL is not a PostgreSQL URL this broker can use."""
+
+
+def _refuse_unsupported(params: list[tuple[str, str]]) -> None:
+    for name, value in params:
+        if name not in _UNSUPPORTED_SECURITY:
+            continue
+        values = _UNSUPPORTED_SECURITY[name]
+        if values is None or value.lower() in values:
+            raise InvalidDatabaseURL(
+                f"database URL parameter {name}={value} cannot be honoured (the asyncpg"
+                " driver does not support it); remove it or use a weaker setting knowingly"
+            )
 
 
 def normalize_dsn(url: str) -> str:
@@ -60,7 +85,7 @@ def normalize_dsn(url: str) -> str:
     url = url.strip()
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise InvalidDatabaseURL(f"not a database URL (expected postgresql://...): {url!r}")
+        raise InvalidDatabaseURL("not a database URL (expected postgresql://...)")
     base_scheme = scheme.lower().split("+", 1)[0]
     if base_scheme not in _SCHEMES:
         raise InvalidDatabaseURL(
@@ -70,6 +95,7 @@ def normalize_dsn(url: str) -> str:
     if not qsep:
         return f"postgresql://{location}"
     params = parse_qsl(query, keep_blank_values=True)
+    _refuse_unsupported(params)
     names = {name for name, _ in params}
     kept: list[tuple[str, str]] = []
     for name, value in params:
@@ -99,15 +125,23 @@ def connect_timeout(url: str) -> float | None:
 
 
 def redact(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (for logs and error lines)."""
-    scheme, sep, rest = url.partition("://")
+    """``url`` with every secret replaced by ``***`` (for logs and error lines): the
+    password in the user info and ``password``/``sslpassword`` query parameters. Something
+    that is not a URL is never shown."""
+    scheme, sep, rest = url.strip().partition("://")
     if not sep:
-        return url
+        return "<not a URL>"
     location, qsep, query = rest.partition("?")
     userinfo, at, hosts = location.rpartition("@")
     if at and ":" in userinfo:
         user = userinfo.split(":", 1)[0]
         location = f"{user}:***@{hosts}"
+    if qsep:
+        parts = []
+        for item in query.split("&"):
+            name = item.split("=", 1)[0]
+            parts.append(f"{name}=***" if unquote(name) in _SECRET_PARAMS else item)
+        query = "&".join(parts)
     return f"{scheme}://{location}{qsep}{query}"
 
 

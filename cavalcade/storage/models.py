@@ -162,7 +162,7 @@ class Exchange(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(Text)  # 0008: escaped NULs may pass 255 characters
     type: Mapped[str] = mapped_column(String(255))
     durable: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     auto_delete: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
@@ -176,7 +176,7 @@ class Queue(Base):
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
     vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
-    name: Mapped[str] = mapped_column(String(255))
+    name: Mapped[str] = mapped_column(Text)
     durable: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     auto_delete: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     exclusive_node: Mapped[uuid.UUID | None] = mapped_column(
@@ -199,7 +199,7 @@ class Binding(Base):
             text("coalesce(queue_id, 0)"),
             text("coalesce(exchange_id, 0)"),
             "routing_key",
-            "arguments",
+            text("md5(arguments::text)"),  # a hash: argument tables may be long
             unique=True,
         ),
     )
@@ -212,7 +212,7 @@ class Binding(Base):
     exchange_id: Mapped[int | None] = mapped_column(
         ForeignKey("exchanges.id", ondelete="CASCADE"), index=True
     )
-    routing_key: Mapped[str] = mapped_column(String(255), server_default="")
+    routing_key: Mapped[str] = mapped_column(Text, server_default="")
     arguments: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'"))
 
 
@@ -225,7 +225,7 @@ class Consumer(Base):
         UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), index=True
     )
     channel: Mapped[int] = mapped_column(BigInteger)
-    tag: Mapped[str] = mapped_column(String(255))
+    tag: Mapped[str] = mapped_column(Text)
     exclusive: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     no_ack: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     priority: Mapped[int] = mapped_column(Integer, server_default="0")
@@ -270,8 +270,8 @@ class Message(Base):
     available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     persistent: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
-    exchange: Mapped[str] = mapped_column(String(255), server_default="")
-    routing_key: Mapped[str] = mapped_column(String(255), server_default="")
+    exchange: Mapped[str] = mapped_column(Text, server_default="")
+    routing_key: Mapped[str] = mapped_column(Text, server_default="")
     properties: Mapped[bytes] = mapped_column(LargeBinary)
     content_type: Mapped[str | None] = mapped_column(String(255))
     message_id: Mapped[str | None] = mapped_column(String(255))

@@ -7,7 +7,6 @@ arrays, so one round trip serves many messages.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -16,7 +15,7 @@ import asyncpg
 
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
-from . import batch
+from . import batch, textsafe
 from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
 from .records import ClaimedMessage, NewMessage, QueueRow
 
@@ -88,10 +87,7 @@ def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
 
 
 def _args(value: Any) -> dict[str, Any]:
-    if isinstance(value, str):
-        loaded: dict[str, Any] = json.loads(value)
-        return loaded
-    return dict(value or {})
+    return dict(textsafe.load_json(value) or {})
 
 
 class Repository:
@@ -119,6 +115,7 @@ class Repository:
             statement_cache_size=256,
             server_settings={"synchronous_commit": "on"},
             reset=_keep,
+            init=textsafe.install,
         )
         claim_pool = await asyncpg.create_pool(
             dsn,
@@ -127,6 +124,7 @@ class Repository:
             statement_cache_size=256,
             server_settings={"synchronous_commit": "off"},
             reset=_keep,
+            init=textsafe.install,
         )
         assert pool is not None and claim_pool is not None
         return cls(pool, claim_pool, notify)
@@ -239,7 +237,7 @@ class Repository:
             peer,
             user,
             vhost_id,
-            json.dumps(client_properties, default=str),
+            textsafe.dump_json(client_properties),
         )
 
     async def remove_connection(self, node_id: uuid.UUID, connection_id: int) -> None:
@@ -375,7 +373,7 @@ class Repository:
             durable,
             auto_delete,
             internal,
-            json.dumps(arguments),
+            textsafe.dump_json(arguments),
         )
 
     async def delete_exchange(self, exchange_id: int, if_unused: bool) -> bool:
@@ -417,7 +415,7 @@ class Repository:
             auto_delete,
             exclusive_node,
             exclusive_connection,
-            json.dumps(arguments),
+            textsafe.dump_json(arguments),
         )
 
     async def touch_queue(self, queue_id: int) -> None:
@@ -505,7 +503,7 @@ class Repository:
             queue_id,
             exchange_id,
             routing_key,
-            json.dumps(arguments),
+            textsafe.dump_json(arguments),
         )
 
     async def delete_binding(
@@ -524,7 +522,7 @@ class Repository:
             queue_id,
             exchange_id,
             routing_key,
-            json.dumps(arguments),
+            textsafe.dump_json(arguments),
         )
 
     async def notify_wake(self, node_id: uuid.UUID, queue_id: int) -> None:

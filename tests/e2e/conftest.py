@@ -497,6 +497,23 @@ def raw(address: BrokerAddress) -> Iterator[Callable[..., RawClient]]:
             c.close()
 
 
+def run_sync_sql(dsn: str, statement: str, *args: Any) -> None:
+    """One SQL statement on ``dsn``, from synchronous test code."""
+    import asyncpg
+
+    async def run() -> None:
+        conn = await asyncpg.connect(dsn)
+        try:
+            await conn.execute(statement, *args)
+        finally:
+            await conn.close()
+
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: asyncio.run(run())).result()
+
+
 __all__ = [
     "OP_TIMEOUT",
     "PROTOCOL_HEADER",
@@ -513,6 +530,7 @@ __all__ = [
     "get_all",
     "parse_url",
     "pika_params",
+    "run_sync_sql",
     "safe_close",
     "settle",
     "unique",
