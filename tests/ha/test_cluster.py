@@ -435,7 +435,12 @@ def test_unacked_deliveries_of_a_killed_node_are_redelivered_by_the_survivor(nod
 def test_restarted_node_on_the_same_port_is_a_new_node(nodes, database_url):
     a = nodes.spawn(database_url, env=FAST_ENV)
     b = nodes.spawn(database_url, env=FAST_ENV)
-    before = {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}
+    before = wait_until(
+        lambda: len(ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) == 2
+        and ids,
+        20,
+        "both nodes' rows",
+    )
     kill(a)
     a2 = nodes.spawn(database_url, port=a.port, env=FAST_ENV)
     # The restarted node registers under a new id (a moment after it listens; the dead
