@@ -151,6 +151,7 @@ class Repository:
     async def reap_dead_nodes(self, threshold_s: float, me: uuid.UUID) -> list[uuid.UUID]:
         """Reap the nodes (never ``me``) whose heartbeat is older than the threshold."""
         return await self._reap(
+            me,
             "SELECT id FROM nodes WHERE heartbeat_at < now() - make_interval(secs => $1)"
             " AND id <> $2 FOR UPDATE SKIP LOCKED",
             threshold_s,
@@ -160,16 +161,20 @@ class Repository:
     async def reap_nodes(self, ids: Sequence[uuid.UUID], me: uuid.UUID) -> list[uuid.UUID]:
         """Reap these nodes (known dead: their advisory lock is free), never ``me``."""
         return await self._reap(
+            me,
             "SELECT id FROM nodes WHERE id = ANY($1::uuid[]) AND id <> $2 FOR UPDATE SKIP LOCKED",
             list(ids),
             me,
         )
 
-    async def _reap(self, select: str, *args: Any) -> list[uuid.UUID]:
+    async def _reap(self, me: uuid.UUID, select: str, *args: Any) -> list[uuid.UUID]:
         """Requeue what the selected nodes held (flagged redelivered) and delete them: their
         consumers, connections and exclusive queues cascade; auto-delete queues left
-        without consumers go too. Another reaper's nodes are skipped (SKIP LOCKED)."""
+        without consumers go too. Another reaper's nodes are skipped (SKIP LOCKED).
+        ``me`` (never selected) refreshes its own heartbeat first, in the same
+        transaction: however long the caller stalled, it cannot be found dead here."""
         async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("UPDATE nodes SET heartbeat_at = now() WHERE id = $1", me)
             dead = await conn.fetch(select, *args)
             ids = [r["id"] for r in dead]
             if ids:
