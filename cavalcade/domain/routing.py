@@ -132,8 +132,11 @@ class ExchangeInfo:
     _index: TopicTrie | dict[str, list[BindingInfo]] | None = field(
         default=None, repr=False, compare=False
     )
+    _pos: dict[int, int] | None = field(default=None, repr=False, compare=False)
 
     def add_binding(self, b: BindingInfo) -> None:
+        pos = self._positions()
+        pos[id(b)] = len(self.bindings)
         self.bindings.append(b)
         index = self._index
         if isinstance(index, TopicTrie):
@@ -142,10 +145,21 @@ class ExchangeInfo:
             index.setdefault(b.routing_key, []).append(b)
 
     def remove_binding(self, b: BindingInfo) -> bool:
-        try:
-            self.bindings.remove(b)
-        except ValueError:
-            return False
+        """Remove ``b`` (found by identity in O(1), else by equality); False if absent.
+        The last binding takes its place: routing does not depend on the order."""
+        pos = self._positions()
+        i = pos.pop(id(b), None)
+        if i is None:
+            try:
+                i = self.bindings.index(b)
+            except ValueError:
+                return False
+            pos.pop(id(self.bindings[i]), None)
+        b = self.bindings[i]
+        last = self.bindings.pop()
+        if i < len(self.bindings):
+            self.bindings[i] = last
+            pos[id(last)] = i
         index = self._index
         if isinstance(index, TopicTrie):
             index.remove(b.routing_key, b)
@@ -156,6 +170,13 @@ class ExchangeInfo:
                 if not same_key:
                     del index[b.routing_key]
         return True
+
+    def _positions(self) -> dict[int, int]:
+        """Where each binding object sits in ``bindings`` (rebuilt if appended to directly)."""
+        pos = self._pos
+        if pos is None or len(pos) != len(self.bindings):
+            pos = self._pos = {id(x): i for i, x in enumerate(self.bindings)}
+        return pos
 
     def matching(self, ex_type: str, routing_key: str, headers: Headers) -> list[BindingInfo]:
         """The bindings a message matches, looked up in an index for direct and topic

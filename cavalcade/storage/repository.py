@@ -19,6 +19,7 @@ from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 from . import batch
 from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
 from .records import ClaimedMessage, NewMessage, QueueRow
+from .topology_log import TOPOLOGY_CHANNEL, TopologyLog
 
 __all__ = [
     "NOTIFY_CHANNEL",
@@ -29,8 +30,6 @@ __all__ = [
     "Repository",
 ]
 
-
-TOPOLOGY_CHANNEL = "cavalcade_topology"
 
 # The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
 # lets every node and dispatcher claim at once without ever sharing a row.
@@ -106,6 +105,7 @@ class Repository:
         # Claims need no flush to disk before the delivery goes out: a claim lost in a
         # database crash only makes the message ready again (at-least-once holds).
         self.claim_pool = claim_pool or pool
+        self.topology = TopologyLog(pool, notify)
 
     @classmethod
     async def connect(cls, dsn: str, size: int = 8, notify: bool = True) -> Repository:
