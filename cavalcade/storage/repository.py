@@ -18,6 +18,7 @@ from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
 from . import batch
 from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
+from .counting import ready_estimate
 from .records import ClaimedMessage, NewMessage, QueueRow
 from .topology_log import TOPOLOGY_CHANNEL, TopologyLog
 
@@ -73,7 +74,7 @@ WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_conn
      used AS (UPDATE queues SET last_used_at = now()
                WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires') RETURNING id)
 SELECT q.*,
-       (SELECT count(*) FROM messages WHERE queue_id = q.id AND {READY}) AS ready,
+       {ready_estimate("q.id")} AS ready,
        (SELECT count(*) FROM consumers WHERE queue_id = q.id) AS consumers,
        (SELECT count(*) FROM used) AS touched
   FROM q
@@ -443,7 +444,7 @@ class Repository:
         """Mark a queue used and count it, in one round trip: (ready, consumers)."""
         row = await self.claim_pool.fetchrow(
             "UPDATE queues SET last_used_at = now() WHERE id = $1 RETURNING"
-            f" (SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}),"
+            f" {ready_estimate('$1')},"
             " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
             queue_id,
         )
@@ -669,9 +670,8 @@ class Repository:
         return _claimed(rows)
 
     async def ready_count(self, queue_id: int) -> int:
-        value = await self.pool.fetchval(
-            f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}", queue_id
-        )
+        """Ready messages: exact below 2,000, estimated above (see ``counting``)."""
+        value = await self.pool.fetchval(f"SELECT {ready_estimate('$1')}", queue_id)
         return int(value or 0)
 
     async def requeue(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
