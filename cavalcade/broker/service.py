@@ -45,6 +45,7 @@ from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .liveness import Liveness
 from .outage import Outage
+from .poller import ReadyPoller
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Broker:
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
+        self.poller = ReadyPoller(repo, self._dispatchers, poll_interval)
         self._closing: dict[int, asyncio.Event] = {}
         # Message ids the protocol layer holds as unacked (set by the server).
         self.held: Callable[[], set[int]] = set
@@ -104,8 +106,10 @@ class Broker:
 
     def start(self) -> None:
         self.batcher.start()
+        self.poller.start()
 
     async def stop(self) -> None:
+        await self.poller.stop()
         await self.batcher.stop()
         for d in list(self._dispatchers.values()):
             await d.stop()
@@ -623,6 +627,10 @@ class Broker:
             ex = vh.exchanges_by_name.get(exchange)
             if ex is not None and ex.type == DELAYED_TYPE:
                 delay = _int_header(props.headers().get("x-delay"))
+                for qid in queue_ids:  # its dispatcher must look for due times
+                    d = self._dispatchers.get(qid)
+                    if d is not None:
+                        d.delayed = True
         message_ttl = _expiration_ms(props.expiration)
         rows = []
         for qid in queue_ids:

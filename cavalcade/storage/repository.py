@@ -659,6 +659,19 @@ class Repository:
         )
         return None if value is None else max(float(value), 0.0)
 
+    async def ready_queues(self, queue_ids: Sequence[int]) -> list[tuple[int, bool, float | None]]:
+        """For many queues in one statement: (queue, has a ready message, seconds until
+        its next delayed message is due or None). One index probe per queue."""
+        rows = await self.claim_pool.fetch(
+            "SELECT q,"
+            f" EXISTS (SELECT 1 FROM messages WHERE queue_id = q AND {READY}),"
+            " (SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
+            "   WHERE queue_id = q AND owner_node IS NULL AND available_at > now())"
+            " FROM unnest($1::bigint[]) AS u(q)",
+            list(queue_ids),
+        )
+        return [(r[0], r[1], None if r[2] is None else max(float(r[2]), 0.0)) for r in rows]
+
     async def claim(
         self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
     ) -> list[ClaimedMessage]:
