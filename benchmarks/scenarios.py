@@ -143,7 +143,14 @@ def cavalcade_target(args: argparse.Namespace, tmp: Path) -> Iterator[Target]:
         cmd = [sys.executable, "-m", "cavalcade.cli"]
     with ExitStack() as stack:
         db = None
-        if args.database_url:
+        if args.database_url and cmd is not None:
+            # The other checkout migrates its own database (its head may be older).
+            db = harness.fresh_database(args.database_url)
+            stack.callback(harness.drop_database, args.database_url, db)
+            upgrade = [*cmd, "db", "upgrade", "--database-url", db]
+            subprocess.run(upgrade, check=True, capture_output=True, env=env)
+            storage = ["--database-url", db]
+        elif args.database_url:
             db = stack.enter_context(harness.temporary_database(args.database_url))
             storage = ["--database-url", db]
         else:
