@@ -61,14 +61,15 @@ _EXPIRE = f"""
 WITH c AS MATERIALIZED (
   SELECT id FROM messages
    WHERE expires_at <= now() AND owner_node IS NULL
-   ORDER BY id
+   ORDER BY expires_at
    LIMIT $1
    FOR UPDATE SKIP LOCKED)
 DELETE FROM messages m
  USING c
  WHERE m.id = c.id
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
-"""  # id order: dead-lettered in the order they were queued, as from a queue's head
+"""  # ix_messages_expires order (an ORDER BY id walked the whole table when few have a
+# TTL); each batch is dead-lettered in id order, the order they were queued
 
 # Keep the newest messages (in delivery order, the last ones) within the limits.
 _DROP_HEAD = f"""
