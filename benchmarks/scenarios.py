@@ -10,8 +10,9 @@ matters), and one table with both figures and their ratio is printed at the end.
     python benchmarks/scenarios.py --only many_queues --queues 10000
     python benchmarks/scenarios.py --cavalcade-src /path/to/other/checkout   # before/after
 
-Scenarios: ``backlog`` (publish a backlog with confirms, passive declare, node memory,
-drain with prefetch 1000), ``many_queues`` (declare + bind N queues to a topic
+Scenarios: ``rawbench`` (8 back-to-back runs of ../shared/bench/rawbench.py),
+``backlog`` (publish a backlog with confirms, passive declare, node memory, drain with
+prefetch 1000), ``many_queues`` (declare + bind N queues to a topic
 exchange, publish through it), ``idle`` (CPU of idle consumers and idle connections,
 broker and its PostgreSQL backends together), ``fanout`` (one exchange, 100 queues),
 ``large`` (1/16/100 MB round trips), ``latency`` (1 msg / 10 ms), ``competing`` (20
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import struct
@@ -138,8 +140,11 @@ def cavalcade_target(args: argparse.Namespace, tmp: Path) -> Iterator[Target]:
     port = harness.free_port()
     env = harness.node_env()
     cmd = None
+    src = None
     if args.cavalcade_src:
-        env["PYTHONPATH"] = str(Path(args.cavalcade_src).resolve())
+        # Run from that folder: ``python -m`` puts the working folder first on sys.path.
+        src = str(Path(args.cavalcade_src).resolve())
+        env["PYTHONPATH"] = src
         cmd = [sys.executable, "-m", "cavalcade.cli"]
     with ExitStack() as stack:
         db = None
@@ -148,7 +153,7 @@ def cavalcade_target(args: argparse.Namespace, tmp: Path) -> Iterator[Target]:
             db = harness.fresh_database(args.database_url)
             stack.callback(harness.drop_database, args.database_url, db)
             upgrade = [*cmd, "db", "upgrade", "--database-url", db]
-            subprocess.run(upgrade, check=True, capture_output=True, env=env)
+            subprocess.run(upgrade, check=True, capture_output=True, env=env, cwd=src)
             storage = ["--database-url", db]
         elif args.database_url:
             db = stack.enter_context(harness.temporary_database(args.database_url))
@@ -158,7 +163,7 @@ def cavalcade_target(args: argparse.Namespace, tmp: Path) -> Iterator[Target]:
         if cmd is not None:
             serve = [*cmd, "serve", "--host", "127.0.0.1", "--port", str(port), *storage]
             log = (tmp / "serve.log").open("wb")
-            proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env)
+            proc = subprocess.Popen(serve, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=src)
             stack.callback(harness.stop_node, proc)
             harness.wait_port(port, proc)
         else:
@@ -540,7 +545,28 @@ async def scenario_competing(t: Target, a: argparse.Namespace) -> Result:
     return {"20 consumers prefetch 10 msg/s": rate, "20 consumers p50 ms": pct(lat, 0.5) * 1000}
 
 
+async def scenario_rawbench(t: Target, a: argparse.Namespace) -> Result:
+    """Back-to-back runs of ../shared/bench/rawbench.py (confirms + acks, 256 B)."""
+    runs = []
+    for _ in range(a.rawbench_runs):
+        cmd = [sys.executable, str(RAWBENCH_DIR / "rawbench.py"), "--url", t.url]
+        cmd += ["-n", str(a.rawbench_messages), *(["--quorum"] if t.quorum else [])]
+        out = await asyncio.to_thread(
+            subprocess.run, cmd, capture_output=True, text=True, timeout=900
+        )
+        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+    rates = [r["rate"] for r in runs]
+    return {
+        "rawbench msg/s (median)": statistics.median(rates),
+        "rawbench slowest / median": min(rates) / statistics.median(rates),
+        "rawbench confirm msg/s": statistics.median(r["confirm_rate"] for r in runs),
+        "rawbench p50 ms": statistics.median(r["p50_ms"] for r in runs),
+        "rawbench p99 ms": statistics.median(r["p99_ms"] for r in runs),
+    }
+
+
 SCENARIOS: dict[str, Callable[[Target, argparse.Namespace], Awaitable[Result]]] = {
+    "rawbench": scenario_rawbench,
     "latency": scenario_latency,
     "competing": scenario_competing,
     "fanout": scenario_fanout,
@@ -550,7 +576,7 @@ SCENARIOS: dict[str, Callable[[Target, argparse.Namespace], Awaitable[Result]]] 
     "backlog": scenario_backlog,
 }
 
-HIGHER_IS_BETTER = ("msg/s", "deliveries/s", "count / n")
+HIGHER_IS_BETTER = ("msg/s", "deliveries/s", "count / n", "(median)", "slowest / median")
 
 
 def ratio_note(metric: str, cav: float, rmq: float) -> str:
@@ -574,12 +600,15 @@ def main() -> None:
     ap.add_argument("--fanout-messages", type=int, default=1_000)
     ap.add_argument("--latency-messages", type=int, default=500)
     ap.add_argument("--competing-messages", type=int, default=20_000)
+    ap.add_argument("--rawbench-runs", type=int, default=8)
+    ap.add_argument("--rawbench-messages", type=int, default=50_000)
     ap.add_argument("--rabbitmq-url", default="amqp://guest:guest@127.0.0.1:5672/")
     ap.add_argument("--classic", action="store_true", help="RabbitMQ classic queues, not quorum")
     ap.add_argument("--cavalcade-src", help="run the cavalcade package of another checkout")
     ap.add_argument("--json", type=Path, help="also write the results here")
     harness.add_database_option(ap)
     args = ap.parse_args()
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)  # its noise on every close
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     rows: list[Row] = []
     with harness.work_dir("cavalcade-scen-") as tmp, cavalcade_target(args, tmp) as cav:
