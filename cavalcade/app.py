@@ -16,8 +16,8 @@ from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
-from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.heartbeat import HeartbeatThread
+from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
 
 log = logging.getLogger(__name__)
