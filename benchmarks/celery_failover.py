@@ -41,9 +41,7 @@ def one_row(fault: str, args: argparse.Namespace) -> failover.Report:
         if fault == "pgcrash":
             embedded, db = stack.enter_context(failover.private_postgres())
         else:
-            server = args.database_url or stack.enter_context(
-                harness.embedded_server(tmp / "data")
-            )
+            server = args.database_url or stack.enter_context(harness.embedded_server(tmp / "data"))
             db = stack.enter_context(harness.temporary_database(server))
         nodes = stack.enter_context(failover.node_pair(db, tmp))
         if fault == "none":

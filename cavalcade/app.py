@@ -19,6 +19,7 @@ from cavalcade.broker.service import Broker
 from cavalcade.node_services import NodeServices
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
+from cavalcade.storage.heartbeat import HeartbeatThread
 from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
 
@@ -57,6 +58,9 @@ async def _run_incarnation(
     if lock is not None:
         await lock.ensure()  # held before the node exists for the others
     await repo.register_node(node_id, settings.effective_node_name())
+    # Beats even while this loop is busy; the loop below also beats (with the reap).
+    beating = HeartbeatThread(dsn, node_id, settings.node_heartbeat)
+    beating.start()
     broker = Broker(
         repo,
         node_id,
@@ -117,6 +121,7 @@ async def _run_incarnation(
             await listener.close()
         if lock is not None:
             await lock.close()
+        await asyncio.to_thread(beating.stop)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(repo.close(), SHUTDOWN_GRACE)
 

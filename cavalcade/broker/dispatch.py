@@ -1,9 +1,10 @@
 """Per-queue dispatchers: claim ready messages for local consumers and hand them over.
 
 One dispatcher per queue with local consumers. It wakes on a local commit, a
-NOTIFY from another node, freed prefetch credit, or the poll timer; then it
-claims, consumer by consumer in round-robin, at most each consumer's free
-credit with ``FOR UPDATE SKIP LOCKED``.
+NOTIFY from another node, freed prefetch credit, the node's ready poll (one query
+for every queue, see ``poller``), or when a delayed message it knows of falls
+due; then it claims, consumer by consumer in round-robin, at most each consumer's
+free credit with ``FOR UPDATE SKIP LOCKED``. An idle queue runs no statement.
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ class QueueDispatcher:
         self._task: asyncio.Task[None] | None = None
         self._next = 0
         self._outage = outage
+        # Set once the queue is known to get delayed messages: after an empty drain it
+        # then looks up when the next one falls due.
+        self.delayed = False
+        self._due_at: float | None = None
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -87,6 +92,14 @@ class QueueDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    def due_in(self, seconds: float) -> None:
+        """A delayed message of this queue falls due in ``seconds``."""
+        self.delayed = True
+        at = asyncio.get_running_loop().time() + seconds + 0.005
+        if self._due_at is None or at < self._due_at:
+            self._due_at = at
+            self._wake.set()  # re-arm the wait with the nearer timer
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -96,26 +109,28 @@ class QueueDispatcher:
                 pass
 
     async def _run(self) -> None:
-        timeout = self._poll
+        loop = asyncio.get_running_loop()
         while self.consumers:
+            timeout = None if self._due_at is None else max(self._due_at - loop.time(), 0.0)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
                 pass
             self._wake.clear()
-            timeout = self._poll
+            if self._due_at is not None and loop.time() >= self._due_at:
+                self._due_at = None
             try:
-                if await self._drain():
-                    # Empty for now: sleep until a delayed message falls due, if sooner.
+                if await self._drain() and self.delayed:
+                    # Empty for now: sleep until the next delayed message falls due.
                     due = await self._repo.next_due(self.queue_id)
-                    if due is not None:
-                        timeout = min(self._poll, due + 0.005)
+                    self._due_at = None if due is None else loop.time() + due + 0.005
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away; poll retries
                 if self._outage is None or not self._outage.report(exc):
                     log.warning("dispatch for queue %s failed: %s", self.queue_id, exc)
                 await asyncio.sleep(0.5)
+                self._wake.set()
 
     def _eligible(self) -> list[DeliveryTarget]:
         """Consumers with credit, at the highest priority that has any (x-priority)."""

@@ -45,9 +45,7 @@ class Outage:
         if self.since is None:
             return
         took, self.since = time.monotonic() - self.since, None
-        log.warning(
-            "database back after %.1f s; %d orphaned deliveries requeued", took, requeued
-        )
+        log.warning("database back after %.1f s; %d orphaned deliveries requeued", took, requeued)
 
 
 class QuietPoolFilter(logging.Filter):

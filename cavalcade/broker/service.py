@@ -41,12 +41,14 @@ from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
 from cavalcade.storage.sqlstate import is_unavailable
+from cavalcade.storage.topology_log import TopologyChange
 
 from . import permissions
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .liveness import Liveness
 from .outage import Outage
+from .poller import ReadyPoller
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -103,6 +105,7 @@ class Broker:
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
+        self.poller = ReadyPoller(repo, self._dispatchers, poll_interval)
         self._closing: dict[int, asyncio.Event] = {}
         # Message ids the protocol layer holds as unacked (set by the server).
         self.held: Callable[[], set[int]] = set
@@ -114,8 +117,10 @@ class Broker:
 
     def start(self) -> None:
         self.batcher.start()
+        self.poller.start()
 
     async def stop(self) -> None:
+        await self.poller.stop()
         await self.batcher.stop()
         for d in list(self._dispatchers.values()):
             await d.stop()
@@ -175,15 +180,22 @@ class Broker:
         """Another node deleted a queue: cancel our consumers on it."""
         self._cancel_local_consumers(queue_id)
 
-    async def _changed(self, vh: VhostTopology, queue_deleted: int | None = None) -> None:
+    async def _changed(
+        self,
+        vh: VhostTopology,
+        queue_deleted: int | None = None,
+        change: TopologyChange | None = None,
+    ) -> None:
         """A topology change is committed: bump the vhost's version (every node checks it
-        before routing a batch) and tell the others now (NOTIFY) for their consumers."""
+        before routing a batch), record what it touched (``change``: nodes catch up on
+        just that; None: they reload the vhost) and tell the others now (NOTIFY)."""
         vh.stale = True
-        await self.repo.bump_topology(vh.id)
         payload = f"{self.node_id}:{vh.id}"
         if queue_deleted is not None:
             payload += f":{queue_deleted}"
-        await self.repo.notify_topology(payload)
+            if change is None:
+                change = TopologyChange(queues={queue_deleted})
+        await self.repo.topology.bump(vh.id, change, payload)
 
     # -- connections ---------------------------------------------------------
 
@@ -250,7 +262,9 @@ class Broker:
                 for _, qid, _ in dropped:
                     self._cancel_local_consumers(qid)
                 if dropped:
-                    await self._changed(session.vhost)
+                    await self._changed(
+                        session.vhost, change=TopologyChange(queues={q for _, q, _ in dropped})
+                    )
         finally:
             done = self._closing.pop(session.id, None)
             if done is not None:
@@ -272,6 +286,10 @@ class Broker:
         ex = vh.exchanges_by_name.get(name)
         if ex is None:
             vh.stale = True
+            vh = await vh.fresh(self.repo)
+            ex = vh.exchanges_by_name.get(name)
+        if ex is None and await self.repo.find_exchange(vh.id, name) is not None:
+            vh.force_reload()  # changed without an event (SQL, an older node): read it all
             vh = await vh.fresh(self.repo)
             ex = vh.exchanges_by_name.get(name)
         if ex is None:
@@ -310,8 +328,8 @@ class Broker:
                 s.vhost.id, name, type_, durable, auto_delete, internal, args
             )
             existing = await self.repo.find_exchange(s.vhost.id, name)
-            await self._changed(s.vhost)
             assert existing is not None
+            await self._changed(s.vhost, change=TopologyChange(exchanges={existing.id}))
             if existing.type == type_ and existing.durable == durable:
                 return
         assert_flag("exchange", name, vhost, "type", type_, existing.type)
@@ -336,7 +354,7 @@ class Broker:
             return  # RabbitMQ: deleting a missing exchange succeeds
         if not await self.repo.delete_exchange(ex.id, if_unused):
             raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
-        await self._changed(s.vhost)
+        await self._changed(s.vhost, change=TopologyChange(exchanges={ex.id}))
 
     async def bind_exchange(
         self,
@@ -364,12 +382,15 @@ class Broker:
             dest = await self._exchange(s, destination)
             src = await self._exchange(s, source)
         args = json_safe(arguments or {})
+        change = TopologyChange(edges={(src.id, 0, dest.id)})
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
             await self._drop_unused_auto_delete([src])
+            if src.auto_delete:
+                change.exchanges.add(src.id)
         else:
             await self.repo.insert_binding(src.id, None, dest.id, routing_key, args)
-        await self._changed(s.vhost)
+        await self._changed(s.vhost, change=change)
 
     async def _drop_unused_auto_delete(self, exchanges: Iterable[ExchangeInfo]) -> None:
         """An auto-delete exchange goes with its last binding (as a source)."""
@@ -481,7 +502,7 @@ class Broker:
             assert q is not None
             if q.exclusive_node == self.node_id and q.exclusive_connection == s.id:
                 s.exclusive_queues.add(q.id)
-            await self._changed(s.vhost)
+            await self._changed(s.vhost, change=TopologyChange(queues={q.id}))
         self._check_exclusive(s, q)
         if exclusive != (q.exclusive_node is not None):
             self._locked(s, q)  # RabbitMQ answers 405 here, not "inequivalent arg"
@@ -519,12 +540,15 @@ class Broker:
             q = await self._queue(s, queue)
             ex = await self._exchange(s, exchange)
         args = json_safe(arguments or {})
+        change = TopologyChange(edges={(ex.id, q.id, 0)})
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
             await self._drop_unused_auto_delete([ex])
+            if ex.auto_delete:
+                change.exchanges.add(ex.id)
         else:
             await self.repo.insert_binding(ex.id, q.id, None, routing_key, args)
-        await self._changed(s.vhost)
+        await self._changed(s.vhost, change=change)
 
     async def purge_queue(self, s: Session, name: str) -> int:
         await self._grants(s)
@@ -551,15 +575,14 @@ class Broker:
         return msgs
 
     async def _delete_queue(self, vh: VhostTopology, q: QueueRow) -> None:
-        sources = [
-            e
-            for e in (await vh.fresh(self.repo)).exchanges.values()
-            if e.auto_delete and any(b.queue_id == q.id for b in e.bindings)
-        ]
+        vh = await vh.fresh(self.repo)
+        into = vh.edges_into.get((q.id, 0), set())
+        sources = [e for e in (vh.exchanges.get(edge[0]) for edge in into) if e and e.auto_delete]
         await self.repo.delete_queue(q.id)
         self._cancel_local_consumers(q.id)
         await self._drop_unused_auto_delete(sources)
-        await self._changed(vh, queue_deleted=q.id)
+        change = TopologyChange(queues={q.id}, exchanges={e.id for e in sources})
+        await self._changed(vh, queue_deleted=q.id, change=change)
 
     def _cancel_local_consumers(self, queue_id: int) -> None:
         d = self._dispatchers.pop(queue_id, None)
@@ -647,6 +670,10 @@ class Broker:
             ex = vh.exchanges_by_name.get(exchange)
             if ex is not None and ex.type == DELAYED_TYPE:
                 delay = _int_header(props.headers().get("x-delay"))
+                for qid in queue_ids:  # its dispatcher must look for due times
+                    d = self._dispatchers.get(qid)
+                    if d is not None:
+                        d.delayed = True
         message_ttl = _expiration_ms(props.expiration)
         rows = []
         for qid in queue_ids:

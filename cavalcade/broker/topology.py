@@ -1,17 +1,26 @@
-"""Each vhost's topology, cached in memory and reloaded when it changes (locally or via NOTIFY)."""
+"""Each vhost's topology, cached in memory and kept up to date when it changes.
+
+A change (here or, via NOTIFY and the version check, on another node) marks the
+cache stale. The next use catches up from the topology events: only the queues,
+exchanges and binding edges changed since the cached version are re-read and
+applied, so setting up N bindings costs O(N), not O(N^2). Without events for every
+version in between (a bump by an older node, the reaper, a long absence) the whole
+vhost is reloaded, as before.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
 
-from cavalcade.domain.routing import ExchangeInfo
+from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 from cavalcade.storage.repository import QueueRow, Repository
+from cavalcade.storage.topology_log import Edge, TopologyChange, TopologyRows
 
 
 @dataclass(slots=True)
 class VhostTopology:
-    """Exchanges (with bindings) and queues of one vhost, as last loaded."""
+    """Exchanges (with bindings) and queues of one vhost, as of ``version``."""
 
     id: int
     name: str
@@ -22,21 +31,136 @@ class VhostTopology:
     stale: bool = True
     version: int = -1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    reloads: int = 0  # full loads so far (the rest were incremental)
+    # Bindings by edge, and the edges into each destination (queue id or 0, exchange
+    # id or 0): what an incremental change touches is found without a scan.
+    edges: dict[Edge, list[BindingInfo]] = field(default_factory=dict)
+    edges_into: dict[tuple[int, int], set[Edge]] = field(default_factory=dict)
+
+    def force_reload(self) -> None:
+        """Next use reloads everything (the cache may have missed a change)."""
+        self.stale = True
+        self.version = -1
 
     async def fresh(self, repo: Repository) -> VhostTopology:
-        """This topology, reloaded first if something changed since the last load."""
+        """This topology, brought up to date first if something changed."""
         if self.stale:
             async with self.lock:
                 if self.stale:
                     self.stale = False
                     try:
-                        version, exchanges, queues = await repo.load_topology(self.id)
+                        if self.version < 0 or not await self._catch_up(repo):
+                            await self._reload(repo)
                     except BaseException:
                         self.stale = True
                         raise
-                    self.version = version
-                    self.exchanges = exchanges
-                    self.exchanges_by_name = {e.name: e for e in exchanges.values()}
-                    self.queues = queues
-                    self.queues_by_id = {q.id: q for q in queues.values()}
         return self
+
+    async def _reload(self, repo: Repository) -> None:
+        version, exchanges, queues = await repo.load_topology(self.id)
+        self.version = version
+        self.exchanges = exchanges
+        self.exchanges_by_name = {e.name: e for e in exchanges.values()}
+        self.queues = queues
+        self.queues_by_id = {q.id: q for q in queues.values()}
+        self.edges, self.edges_into = {}, {}
+        for ex in exchanges.values():
+            for b in ex.bindings:
+                self._index_binding(b)
+        self.reloads += 1
+
+    @staticmethod
+    def _edge(b: BindingInfo) -> Edge:
+        return (b.source_id, b.queue_id or 0, b.exchange_id or 0)
+
+    def _index_binding(self, b: BindingInfo) -> None:
+        edge = self._edge(b)
+        self.edges.setdefault(edge, []).append(b)
+        self.edges_into.setdefault(edge[1:], set()).add(edge)
+
+    def _add_binding(self, src: ExchangeInfo, b: BindingInfo) -> None:
+        src.add_binding(b)
+        self._index_binding(b)
+
+    def _remove_edge(self, edge: Edge) -> None:
+        """Forget every binding of one edge."""
+        gone = self.edges.pop(edge, [])
+        into = self.edges_into.get(edge[1:])
+        if into is not None:
+            into.discard(edge)
+            if not into:
+                del self.edges_into[edge[1:]]
+        src = self.exchanges.get(edge[0])
+        if src is not None:
+            for b in gone:
+                src.remove_binding(b)
+
+    async def _catch_up(self, repo: Repository) -> bool:
+        """Apply what changed since ``version``; False if only a reload will do."""
+        version, change = await repo.topology.changes_since(self.id, self.version)
+        if change is None:
+            return False
+        if version > self.version:
+            unknown = {x for x in change.exchanges if x not in self.exchanges}
+            rows = await repo.topology.read(self.id, change, unknown)
+            self.apply(change, rows)
+            self.version = version
+        return True
+
+    def apply(self, change: TopologyChange, rows: TopologyRows) -> None:
+        """Make the changed entities what the database holds now."""
+        for qid in change.queues:
+            row = rows.queues.get(qid)
+            if row is None:
+                self._drop_queue(qid)
+                continue
+            old = self.queues.get(row.name)
+            if old is not None and old.id != row.id:
+                self._drop_queue(old.id)  # deleted and declared again under a new id
+            self.queues[row.name] = row
+            self.queues_by_id[row.id] = row
+        for xid in change.exchanges:
+            ex = rows.exchanges.get(xid)
+            if ex is None:
+                self._drop_exchange(xid)
+            elif xid not in self.exchanges:
+                old_ex = self.exchanges_by_name.get(ex.name)
+                if old_ex is not None:
+                    self._drop_exchange(old_ex.id)
+                self.exchanges[xid] = ex  # read with every binding it is the source of
+                self.exchanges_by_name[ex.name] = ex
+                for b in ex.bindings:
+                    self._index_binding(b)
+        for edge, now in rows.edges.items():
+            src = self.exchanges.get(edge[0])
+            if src is None:
+                continue
+            if self.edges.get(edge, []) == now:
+                continue
+            self._remove_edge(edge)
+            for b in now:
+                self._add_binding(src, b)
+
+    def _drop_queue(self, queue_id: int) -> None:
+        row = self.queues_by_id.pop(queue_id, None)
+        if row is not None and self.queues.get(row.name) is row:
+            del self.queues[row.name]
+        for edge in list(self.edges_into.get((queue_id, 0), ())):
+            self._remove_edge(edge)
+
+    def _drop_exchange(self, exchange_id: int) -> None:
+        for edge in list(self.edges_into.get((0, exchange_id), ())):
+            self._remove_edge(edge)
+        ex = self.exchanges.pop(exchange_id, None)
+        if ex is None:
+            return
+        if self.exchanges_by_name.get(ex.name) is ex:
+            del self.exchanges_by_name[ex.name]
+        for b in ex.bindings:  # its own bindings go with it
+            edge = self._edge(b)
+            self.edges.pop(edge, None)
+            into = self.edges_into.get(edge[1:])
+            if into is not None:
+                into.discard(edge)
+                if not into:
+                    del self.edges_into[edge[1:]]

@@ -22,9 +22,104 @@ class BindingInfo:
     exchange_id: int | None = None
 
 
+Headers = Callable[[], dict[str, Any]]
+
+
+class _TrieNode:
+    __slots__ = ("children", "values")
+
+    def __init__(self) -> None:
+        self.children: dict[str, _TrieNode] = {}
+        self.values: list[Any] = []
+
+
+class TopicTrie:
+    """Topic patterns as a trie of words, as RabbitMQ keeps them: matching a routing key
+    walks the words of the key, not the list of bindings, so its cost depends on the
+    key and on how many patterns share its prefixes, not on how many bindings there are.
+
+    ``*`` and ``#`` are edges like any word; ``#`` may consume zero or more words."""
+
+    __slots__ = ("_root", "size")
+
+    def __init__(self) -> None:
+        self._root = _TrieNode()
+        self.size = 0
+
+    def add(self, pattern: str, value: Any) -> None:
+        node = self._root
+        for word in _topic_words(pattern):
+            child = node.children.get(word)
+            if child is None:
+                child = node.children[word] = _TrieNode()
+            node = child
+        node.values.append(value)
+        self.size += 1
+
+    def remove(self, pattern: str, value: Any) -> bool:
+        """Remove one ``value`` stored under ``pattern``; False if it was not there.
+        Branches left empty are pruned."""
+        path = [self._root]
+        words = _topic_words(pattern)
+        for word in words:
+            child = path[-1].children.get(word)
+            if child is None:
+                return False
+            path.append(child)
+        try:
+            path[-1].values.remove(value)
+        except ValueError:
+            return False
+        self.size -= 1
+        for i in range(len(words), 0, -1):
+            node = path[i]
+            if node.values or node.children:
+                break
+            del path[i - 1].children[words[i - 1]]
+        return True
+
+    def match(self, routing_key: str) -> list[Any]:
+        """Every value whose pattern matches ``routing_key`` (each once)."""
+        out: list[Any] = []
+        self._walk(self._root, _topic_words(routing_key), 0, out, set())
+        return out
+
+    def _walk(
+        self,
+        node: _TrieNode,
+        key: tuple[str, ...],
+        i: int,
+        out: list[Any],
+        seen: set[tuple[int, int]],
+    ) -> None:
+        state = (id(node), i)
+        if state in seen:  # reached again through another "#" split
+            return
+        seen.add(state)
+        children = node.children
+        if i == len(key):
+            out.extend(node.values)
+        else:
+            # A key word "*" or "#" also finds the wildcard edge by name: it reaches a
+            # state the wildcard reaches anyway, and ``seen`` drops the repeat.
+            child = children.get(key[i])
+            if child is not None:
+                self._walk(child, key, i + 1, out, seen)
+            star = children.get("*")
+            if star is not None:
+                self._walk(star, key, i + 1, out, seen)
+        hash_ = children.get("#")
+        if hash_ is not None:
+            for k in range(i, len(key) + 1):  # "#" takes zero or more words
+                self._walk(hash_, key, k, out, seen)
+
+
 @dataclass(slots=True)
 class ExchangeInfo:
-    """An exchange as the router sees it."""
+    """An exchange as the router sees it.
+
+    Change ``bindings`` through :meth:`add_binding` / :meth:`remove_binding` once the
+    exchange routes: they keep the lookup index (built on first use) in step."""
 
     id: int
     name: str
@@ -34,6 +129,74 @@ class ExchangeInfo:
     internal: bool = False
     arguments: dict[str, Any] = field(default_factory=dict)
     bindings: list[BindingInfo] = field(default_factory=list)
+    _index: TopicTrie | dict[str, list[BindingInfo]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    _pos: dict[int, int] | None = field(default=None, repr=False, compare=False)
+
+    def add_binding(self, b: BindingInfo) -> None:
+        pos = self._positions()
+        pos[id(b)] = len(self.bindings)
+        self.bindings.append(b)
+        index = self._index
+        if isinstance(index, TopicTrie):
+            index.add(b.routing_key, b)
+        elif index is not None:
+            index.setdefault(b.routing_key, []).append(b)
+
+    def remove_binding(self, b: BindingInfo) -> bool:
+        """Remove ``b`` (found by identity in O(1), else by equality); False if absent.
+        The last binding takes its place: routing does not depend on the order."""
+        pos = self._positions()
+        i = pos.pop(id(b), None)
+        if i is None:
+            try:
+                i = self.bindings.index(b)
+            except ValueError:
+                return False
+            pos.pop(id(self.bindings[i]), None)
+        b = self.bindings[i]
+        last = self.bindings.pop()
+        if i < len(self.bindings):
+            self.bindings[i] = last
+            pos[id(last)] = i
+        index = self._index
+        if isinstance(index, TopicTrie):
+            index.remove(b.routing_key, b)
+        elif index is not None:
+            same_key = index.get(b.routing_key)
+            if same_key is not None:
+                same_key.remove(b)
+                if not same_key:
+                    del index[b.routing_key]
+        return True
+
+    def _positions(self) -> dict[int, int]:
+        """Where each binding object sits in ``bindings`` (rebuilt if appended to directly)."""
+        pos = self._pos
+        if pos is None or len(pos) != len(self.bindings):
+            pos = self._pos = {id(x): i for i, x in enumerate(self.bindings)}
+        return pos
+
+    def matching(self, ex_type: str, routing_key: str, headers: Headers) -> list[BindingInfo]:
+        """The bindings a message matches, looked up in an index for direct and topic
+        exchanges (built on first use), so the cost does not grow with the bindings."""
+        if ex_type == "fanout":
+            return self.bindings
+        if ex_type == "headers":
+            return [b for b in self.bindings if headers_match(b.arguments, headers())]
+        index = self._index
+        if ex_type == "topic":
+            if not isinstance(index, TopicTrie):
+                index = self._index = TopicTrie()
+                for b in self.bindings:
+                    index.add(b.routing_key, b)
+            return index.match(routing_key)  # type: ignore[no-any-return]
+        if not isinstance(index, dict):
+            index = self._index = {}
+            for b in self.bindings:
+                index.setdefault(b.routing_key, []).append(b)
+        return index.get(routing_key, [])
 
 
 @lru_cache(maxsize=4096)
@@ -86,9 +249,6 @@ def _header_equal(key: str, expected: Any, headers: dict[str, Any]) -> bool:
     return bool(actual == expected)
 
 
-Headers = Callable[[], dict[str, Any]]
-
-
 def binding_matches(
     exchange_type: str, binding: BindingInfo, routing_key: str, headers: Headers
 ) -> bool:
@@ -125,10 +285,7 @@ def route(
     pending = [start]
     while pending:
         ex = pending.pop()
-        ex_type = routing_type(ex)
-        for b in ex.bindings:
-            if not binding_matches(ex_type, b, routing_key, headers):
-                continue
+        for b in ex.matching(routing_type(ex), routing_key, headers):
             if b.queue_id is not None:
                 queues.add(b.queue_id)
             elif b.exchange_id is not None and b.exchange_id not in seen:

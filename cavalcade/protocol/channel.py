@@ -54,6 +54,7 @@ log = logging.getLogger(__name__)
 
 INBOX_HIGH = 512
 INBOX_LOW = 64
+SLICE = 0.005  # seconds a channel task may run before it yields to the event loop
 
 Unacked = tuple[int, int, "Consumer | None"]  # message id, queue id, consumer
 
@@ -277,8 +278,19 @@ class Channel:
     # -- the channel task ------------------------------------------------------
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        slice_end = 0.0
         while True:
-            method, content = await self._inbox.get()
+            if self._inbox.empty():
+                method, content = await self._inbox.get()
+                slice_end = loop.time() + SLICE
+            else:
+                if loop.time() >= slice_end:
+                    # get() never suspends while the inbox has items: give the loop
+                    # (heartbeats, the batcher, other connections) a turn every slice.
+                    await asyncio.sleep(0)
+                    slice_end = loop.time() + SLICE
+                method, content = self._inbox.get_nowait()
             if self._reading_paused and self._inbox.qsize() < INBOX_LOW:
                 self._reading_paused = False
                 self.conn.resume_reading(self.number)

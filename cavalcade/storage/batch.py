@@ -40,17 +40,21 @@ SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
  ORDER BY n
 """
 
+# ``(owner_node = $2) IS TRUE``, not ``owner_node = $2``: the same rows, but the planner
+# cannot pick ix_messages_owner, whose entries (every unacked and dead row of the node)
+# it misjudges with stale statistics (a bitmap over 40k entries per ack batch); the
+# ids find their rows through the primary key.
 REQUEUE = """
 UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
- WHERE id = ANY($1::bigint[]) AND owner_node = $2
+ WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
 """
 
-ACK = "DELETE FROM messages WHERE id = ANY($1::bigint[]) AND owner_node = $2"
+ACK = "DELETE FROM messages WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE"
 
 _DEAD_COLUMNS = "id, queue_id, exchange, routing_key, properties, body, priority, persistent"
 
 _TAKE_OWNED = (
-    f"DELETE FROM messages WHERE id = ANY($1::bigint[]) AND owner_node = $2"
+    f"DELETE FROM messages WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE"
     f" RETURNING {_DEAD_COLUMNS}"
 )
 
@@ -62,14 +66,15 @@ _EXPIRE = f"""
 WITH c AS MATERIALIZED (
   SELECT id FROM messages
    WHERE expires_at <= now() AND owner_node IS NULL
-   ORDER BY id
+   ORDER BY expires_at
    LIMIT $1
    FOR UPDATE SKIP LOCKED)
 DELETE FROM messages m
  USING c
  WHERE m.id = c.id
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
-"""  # id order: dead-lettered in the order they were queued, as from a queue's head
+"""  # ix_messages_expires order (an ORDER BY id walked the whole table when few have a
+# TTL); each batch is dead-lettered in id order, the order they were queued
 
 # Keep the newest messages (in delivery order, the last ones) within the limits.
 _DROP_HEAD = f"""

@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -54,6 +54,21 @@ class Vhost(Base):
     tags: Mapped[str] = mapped_column(Text, server_default="")
     # ``{"max-connections": N, "max-queues": N}`` as ``set_vhost_limits`` stores them.
     limits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class TopologyEvent(Base):
+    """What one topology version changed: nodes re-read just these (migration 0010)."""
+
+    __tablename__ = "topology_events"
+
+    vhost_id: Mapped[int] = mapped_column(
+        ForeignKey("vhosts.id", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    queue_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
+    exchange_ids: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
+    # Binding edges touched, flattened: (source, queue or 0, exchange or 0) per edge.
+    edges: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'"))
 
 
 class User(Base):

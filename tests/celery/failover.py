@@ -111,9 +111,9 @@ class Node:
 
 
 @contextlib.contextmanager
-def node_pair(database_url: str, workdir: Path, env: dict[str, str] | None = None) -> Iterator[
-    list[Node]
-]:
+def node_pair(
+    database_url: str, workdir: Path, env: dict[str, str] | None = None
+) -> Iterator[list[Node]]:
     """Two nodes on one database; stopped afterwards."""
     nodes = [
         Node(database_url, port, workdir / f"node-{port}.log", dict(env or {}))

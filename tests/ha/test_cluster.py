@@ -446,8 +446,9 @@ def test_restarted_node_on_the_same_port_is_a_new_node(nodes, database_url):
     # The restarted node registers under a new id (a moment after it listens; the dead
     # one may already be reaped, so do not count on seeing three rows).
     rows = wait_until(
-        lambda: (ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) - before
-        and ids,
+        lambda: (
+            (ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) - before and ids
+        ),
         20,
         "the restarted node's row",
     )

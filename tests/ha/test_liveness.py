@@ -38,6 +38,7 @@ def node_ids(database_url: str, count: int | None = None) -> set[str]:
 
     if count is None:
         return ids()
+
     def exactly() -> set[str] | None:
         found = ids()
         return found if len(found) == count else None

@@ -1,0 +1,39 @@
+"""Ready-message counts for declare-ok and get-ok in bounded time: exact when small.
+
+``count(*)`` over a 1M-message backlog reads 1M index entries (0.5 s) for every
+passive ``queue.declare``. Instead two index scans read at most ``CAP`` entries each,
+one from the head of the queue and one from its tail (the claim index, forwards and
+backwards). Their union holds every ready message whenever the queue has fewer than
+``2 * CAP``: then the count is exact. Beyond that, the messages between the two
+windows are estimated from how densely the windows fill their id ranges (ids are
+handed out in publish order, shared by all queues): exact for a queue published to
+alone; when several large queues interleave in blocks it can be off by tens of per cent
+(never below the 2 * CAP the windows hold), and rougher for priority queues.
+
+Why an estimate is right for declare-ok: clients act on the exact value only near
+zero ("is it empty", "is anyone consuming": the consumer count stays exact), and a
+large backlog's count is a progress figure that trails unconfirmed publishes on
+RabbitMQ too. Maintained counters were the alternative: a row every publish batch,
+claim and ack would update, which serialises those transactions on it.
+"""
+
+from __future__ import annotations
+
+from .batch import READY
+
+CAP = 1000  # index entries read from each end; counts below 2 * CAP are exact
+
+
+def ready_estimate(queue_id: str) -> str:
+    """A scalar SQL expression: ready messages of the queue ``queue_id`` (an SQL term)."""
+    scan = f"SELECT id FROM messages WHERE queue_id = {queue_id} AND {READY}"
+    return f"""(WITH h AS ({scan} ORDER BY priority DESC, id LIMIT {CAP}),
+      t AS ({scan} ORDER BY priority ASC, id DESC LIMIT {CAP}),
+      u AS (SELECT count(*) AS n FROM (SELECT id FROM h UNION SELECT id FROM t) x),
+      hb AS (SELECT min(id) AS lo, max(id) AS hi FROM h),
+      tb AS (SELECT min(id) AS lo, max(id) AS hi FROM t)
+ SELECT CASE WHEN u.n < {2 * CAP} THEN u.n
+             ELSE greatest(u.n, round(u.n + greatest(tb.lo - hb.hi - 1, 0)::numeric * u.n
+                                      / ((hb.hi - hb.lo + 1) + (tb.hi - tb.lo + 1))))::bigint
+        END
+   FROM u, hb, tb)"""

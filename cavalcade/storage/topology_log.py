@@ -1,0 +1,180 @@
+"""Topology versions with events: what each change touched, so a node re-reads only that.
+
+Each bump of ``vhosts.topology_version`` writes, in the same statement, one
+``topology_events`` row naming the queues, exchanges and binding edges the change
+touched (and sends the topology NOTIFY). A node holding version v asks for the
+events after v and re-reads the *current* rows of those entities: re-reading is
+idempotent and needs no ordering between a change's own commit and its bump, so a
+change racing the read is simply seen again at its own (later) version. A version
+without an event row (a bump by an older node, the reaper) means "reload the vhost".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import asyncpg
+
+from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+
+from .records import QueueRow
+
+TOPOLOGY_CHANNEL = "cavalcade_topology"
+KEEP_EVENTS = 2000  # versions of history kept per vhost; a node further behind reloads
+
+Edge = tuple[int, int, int]  # (source exchange, queue id or 0, exchange id or 0)
+
+
+@dataclass(slots=True)
+class TopologyChange:
+    """The entities one change touched."""
+
+    queues: set[int] = field(default_factory=set)
+    exchanges: set[int] = field(default_factory=set)
+    edges: set[Edge] = field(default_factory=set)
+
+    def update(self, other: TopologyChange) -> None:
+        self.queues |= other.queues
+        self.exchanges |= other.exchanges
+        self.edges |= other.edges
+
+
+@dataclass(slots=True)
+class TopologyRows:
+    """Current rows of changed entities; an id asked for but absent here is gone."""
+
+    queues: dict[int, QueueRow]
+    exchanges: dict[int, ExchangeInfo]  # with their bindings, for exchanges asked in full
+    edges: dict[Edge, list[BindingInfo]]
+
+
+_BUMP = """
+WITH v AS (UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1
+           RETURNING topology_version),
+     ev AS (INSERT INTO topology_events (vhost_id, version, queue_ids, exchange_ids, edges)
+            SELECT $1, topology_version, $2::bigint[], $3::bigint[], $4::bigint[] FROM v
+            WHERE $5::boolean),
+     old AS (DELETE FROM topology_events
+              WHERE vhost_id = $1 AND version <= (SELECT topology_version FROM v) - $6)
+SELECT topology_version, CASE WHEN $7::text IS NULL THEN NULL
+                              ELSE pg_notify($8, $7::text) END
+  FROM v
+"""
+
+_SINCE = """
+SELECT (SELECT topology_version FROM vhosts WHERE id = $1) AS version,
+       coalesce((SELECT array_agg(e.version ORDER BY e.version) FROM topology_events e
+                  WHERE e.vhost_id = $1 AND e.version > $2), '{}') AS versions,
+       coalesce((SELECT array_agg(DISTINCT q) FROM topology_events e, unnest(e.queue_ids) q
+                  WHERE e.vhost_id = $1 AND e.version > $2), '{}') AS queues,
+       coalesce((SELECT array_agg(DISTINCT x) FROM topology_events e, unnest(e.exchange_ids) x
+                  WHERE e.vhost_id = $1 AND e.version > $2), '{}') AS exchanges,
+       coalesce((SELECT array_agg(g ORDER BY e.version, n) FROM topology_events e,
+                        unnest(e.edges) WITH ORDINALITY AS u(g, n)
+                  WHERE e.vhost_id = $1 AND e.version > $2), '{}') AS edges
+"""
+
+
+class TopologyLog:
+    """Topology bumps with events, and the incremental reads they allow."""
+
+    def __init__(self, pool: asyncpg.Pool, notify: bool = True) -> None:
+        self.pool = pool
+        self.notify = notify
+
+    async def bump(self, vhost_id: int, change: TopologyChange | None, payload: str) -> int:
+        """Bump the vhost's version, record what changed (None: unknown, nodes reload)
+        and NOTIFY ``payload`` on the topology channel, in one statement."""
+        edges = [i for edge in sorted(change.edges) for i in edge] if change else []
+        version = await self.pool.fetchval(
+            _BUMP,
+            vhost_id,
+            sorted(change.queues) if change else [],
+            sorted(change.exchanges) if change else [],
+            edges,
+            change is not None,
+            KEEP_EVENTS,
+            payload if self.notify else None,
+            TOPOLOGY_CHANNEL,
+        )
+        return int(version or 0)
+
+    async def changes_since(self, vhost_id: int, since: int) -> tuple[int, TopologyChange | None]:
+        """The current version and what changed after ``since``; None if some version
+        in between has no event (or is pruned): then only a full reload is right."""
+        r = await self.pool.fetchrow(_SINCE, vhost_id, since)
+        assert r is not None
+        version = int(r["version"] or 0)
+        if version <= since:
+            return version, TopologyChange()
+        versions = list(r["versions"])
+        if versions != list(range(since + 1, version + 1)):
+            return version, None
+        flat = list(r["edges"])
+        edges = {(flat[i], flat[i + 1], flat[i + 2]) for i in range(0, len(flat) - 2, 3)}
+        return version, TopologyChange(set(r["queues"]), set(r["exchanges"]), edges)
+
+    async def read(
+        self, vhost_id: int, change: TopologyChange, full_exchanges: Iterable[int]
+    ) -> TopologyRows:
+        """Current rows of the changed queues, exchanges (``full_exchanges`` with all
+        their bindings as a source) and binding edges."""
+        from .repository import _args, _queue_row  # one definition of the row shapes
+
+        full = sorted(set(full_exchanges))
+        async with self.pool.acquire() as conn:
+            q_rows = await conn.fetch(
+                "SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,"
+                " arguments FROM queues WHERE vhost_id = $1 AND id = ANY($2::bigint[])",
+                vhost_id,
+                sorted(change.queues),
+            )
+            x_rows = await conn.fetch(
+                "SELECT id, name, type, durable, auto_delete, internal, arguments"
+                " FROM exchanges WHERE vhost_id = $1 AND id = ANY($2::bigint[])",
+                vhost_id,
+                sorted(change.exchanges | set(full)),
+            )
+            edges = sorted(change.edges)
+            b_rows: Sequence[asyncpg.Record] = []
+            if edges or full:
+                b_rows = await conn.fetch(
+                    "SELECT b.source_id, b.routing_key, b.arguments, b.queue_id, b.exchange_id"
+                    " FROM bindings b WHERE b.source_id = ANY($4::bigint[])"
+                    " OR (b.source_id, coalesce(b.queue_id, 0), coalesce(b.exchange_id, 0)) IN"
+                    " (SELECT * FROM unnest($1::bigint[], $2::bigint[], $3::bigint[]))",
+                    [e[0] for e in edges],
+                    [e[1] for e in edges],
+                    [e[2] for e in edges],
+                    full,
+                )
+        queues = {r["id"]: _queue_row(r) for r in q_rows}
+        exchanges = {
+            r["id"]: ExchangeInfo(
+                id=r["id"],
+                name=r["name"],
+                type=r["type"],
+                durable=r["durable"],
+                auto_delete=r["auto_delete"],
+                internal=r["internal"],
+                arguments=_args(r["arguments"]),
+            )
+            for r in x_rows
+        }
+        by_edge: dict[Edge, list[BindingInfo]] = {e: [] for e in edges}
+        full_set = set(full)
+        for r in b_rows:
+            b = BindingInfo(
+                source_id=r["source_id"],
+                routing_key=r["routing_key"],
+                arguments=_args(r["arguments"]),
+                queue_id=r["queue_id"],
+                exchange_id=r["exchange_id"],
+            )
+            edge = (b.source_id, b.queue_id or 0, b.exchange_id or 0)
+            if edge in by_edge:
+                by_edge[edge].append(b)
+            if b.source_id in full_set and b.source_id in exchanges:
+                exchanges[b.source_id].bindings.append(b)
+        return TopologyRows(queues, exchanges, by_edge)

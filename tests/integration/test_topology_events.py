@@ -1,0 +1,125 @@
+"""Topology caches catch up from the topology events instead of reloading the vhost."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from cavalcade.broker.service import Broker
+from cavalcade.broker.topology import VhostTopology
+from cavalcade.domain.routing import route
+from cavalcade.storage.repository import Repository
+from cavalcade.storage.topology_log import TopologyChange
+
+OPS = ["queue", "queue", "exchange", "bind", "bind", "bind", "unbind", "drop"]
+
+
+def _snapshot(vh: VhostTopology) -> tuple[object, ...]:
+    """What routing depends on, comparable between two caches."""
+    queues = sorted((q.id, q.name) for q in vh.queues.values())
+    exchanges = sorted((e.id, e.name, e.type) for e in vh.exchanges.values())
+    bindings = sorted(
+        (b.source_id, b.queue_id or 0, b.exchange_id or 0, b.routing_key)
+        for e in vh.exchanges.values()
+        for b in e.bindings
+    )
+    edges = sorted((k, len(v)) for k, v in vh.edges.items() if v)
+    return queues, exchanges, bindings, edges
+
+
+async def test_random_changes_applied_incrementally_match_a_full_load(database_url: str) -> None:
+    repo = await Repository.connect(database_url, size=4)
+    try:
+        vhost = await repo.find_vhost("/")
+        assert vhost is not None
+        cache = VhostTopology(id=vhost, name="/")
+        await cache.fresh(repo)
+        rnd = random.Random(7)
+        queues: dict[str, int] = {}
+        exchanges: dict[str, int] = {}
+        for step in range(150):
+            op = rnd.choice(OPS)
+            change = TopologyChange()
+            if op == "queue":
+                name = f"q{step}"
+                await repo.insert_queue(vhost, name, True, False, None, None, {})
+                row = await repo.find_queue(vhost, name)
+                assert row is not None
+                queues[name] = row.id
+                change.queues.add(row.id)
+            elif op == "exchange":
+                name = f"x{step}"
+                await repo.insert_exchange(vhost, name, "topic", True, False, False, {})
+                ex = await repo.find_exchange(vhost, name)
+                assert ex is not None
+                exchanges[name] = ex.id
+                change.exchanges.add(ex.id)
+            elif op == "bind" and queues:
+                src = rnd.choice([*exchanges.values(), None])
+                if src is None:
+                    amq = await repo.find_exchange(vhost, "amq.topic")
+                    assert amq is not None
+                    src = amq.id
+                if exchanges and rnd.random() < 0.3:
+                    dest = rnd.choice(list(exchanges.values()))
+                    await repo.insert_binding(src, None, dest, f"k.{step % 5}.#", {})
+                    change.edges.add((src, 0, dest))
+                else:
+                    qid = rnd.choice(list(queues.values()))
+                    await repo.insert_binding(src, qid, None, f"k.{step % 5}.*", {})
+                    change.edges.add((src, qid, 0))
+            elif op == "unbind" and cache.edges:
+                edge = rnd.choice(sorted(cache.edges))
+                for b in list(cache.edges[edge]):
+                    await repo.delete_binding(
+                        b.source_id, b.queue_id, b.exchange_id, b.routing_key, b.arguments
+                    )
+                change.edges.add(edge)
+            elif op == "drop" and queues:
+                name = rnd.choice(sorted(queues))
+                await repo.delete_queue(queues.pop(name))
+                change.queues.add(cache.queues[name].id)
+            await repo.topology.bump(vhost, change, "test")
+            if rnd.random() < 0.5:  # sometimes several versions at once
+                cache.stale = True
+                await cache.fresh(repo)
+        cache.stale = True
+        await cache.fresh(repo)
+        assert cache.reloads == 1
+        full = VhostTopology(id=vhost, name="/")
+        await full.fresh(repo)
+        assert _snapshot(cache) == _snapshot(full)
+        assert cache.version == full.version
+        # A bump that says nothing (an older node, the reaper) means: reload.
+        await repo.bump_topology(vhost)
+        cache.stale = True
+        await cache.fresh(repo)
+        assert cache.reloads == 2
+    finally:
+        await repo.close()
+
+
+async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> None:
+    """Declare + bind through the broker: each step reads only what it changed."""
+    repo = await Repository.connect(database_url, size=4)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    broker = Broker(repo, node)
+    broker.start()
+    try:
+        user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
+        s = await broker.open_session(user_id, user, "/")
+        for i in range(300):
+            await broker.declare_queue(s, f"many-{i}", False, False, False, False, {})
+            await broker.bind_queue(s, f"many-{i}", "amq.topic", f"many.{i}.#", {})
+        vh = await s.vhost.fresh(repo)
+        assert vh.reloads == 1
+        ex = vh.exchanges_by_name["amq.topic"]
+        assert route(vh.exchanges, ex, "many.42.x", dict) == {vh.queues["many-42"].id}
+        await broker.delete_queue(s, "many-42", False, False)
+        vh = await s.vhost.fresh(repo)
+        assert route(vh.exchanges, ex, "many.42.x", dict) == set()
+        assert vh.reloads == 1
+    finally:
+        await broker.stop()
+        await repo.close()
