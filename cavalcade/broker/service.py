@@ -794,14 +794,16 @@ class Broker:
         return q is not None and bool(q.arguments.get("x-single-active-consumer"))
 
     async def detach(self, queue_id: int, target: DeliveryTarget) -> None:
-        """Stop dispatching to a consumer; its row (and so its place as the single
-        active consumer) stays until :meth:`cancel`."""
+        """Stop dispatching to a consumer, once a claim in flight is handed out; its row
+        (and so its place as the single active consumer) stays until :meth:`cancel`."""
         d = self._dispatchers.get(queue_id)
         if d is not None:
             d.remove(target)
             if not d.consumers:
                 self._dispatchers.pop(queue_id, None)
                 await d.stop()
+            else:
+                await d.settled()  # a claim in flight may hold a share for it
 
     async def cancel(self, s: Session, queue_id: int, target: DeliveryTarget) -> None:
         """Remove a consumer; an auto-delete queue goes with its last consumer."""

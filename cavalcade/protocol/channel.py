@@ -686,17 +686,26 @@ class Channel:
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         if m.consumer_tag == self._reply_tag:
             self.reply_to = self._reply_tag = None
-        c = self.consumers.pop(m.consumer_tag or "", None)
+        c = self.consumers.get(m.consumer_tag or "")
         if c is not None:
+            # The consumer stays registered until the broker has stopped dispatching to
+            # it: deliveries of a claim in flight reach it (and are tracked) first.
             if c.unacked and self.broker.is_single_active(self.conn.session, c.queue_id):
                 # As on RabbitMQ, a single active consumer stays active until what it
                 # holds is settled: the next one must not overtake those messages.
                 await self.broker.detach(c.queue_id, c)
+                self._forget_consumer(c)
                 self._lingering.append(c)
             else:
+                await self.broker.detach(c.queue_id, c)
+                self._forget_consumer(c)
                 await self.broker.cancel(self.conn.session, c.queue_id, c)
         if not m.nowait:
             self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
+
+    def _forget_consumer(self, c: Consumer) -> None:
+        if self.consumers.get(c.tag) is c:
+            del self.consumers[c.tag]
 
     async def on_basic_get(self, m: commands.Basic.Get, _: None) -> None:
         result = await self.broker.get(
