@@ -27,6 +27,11 @@ from cavalcade.domain.deadletter import dead_letter_properties, with_delivery_co
 from cavalcade.domain.passwords import check_password
 from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
 from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
+from cavalcade.domain.sender_selected import (
+    InvalidRoutingHeader,
+    extra_routing_keys,
+    without_bcc,
+)
 from cavalcade.errors import (
     AccessRefused,
     ConnectionAccessRefused,
@@ -554,7 +559,13 @@ class Broker:
         least as new as any change committed before the batch (so a binding made on
         another node applies at once); the future gives the number of queues reached,
         once committed."""
-        p = PendingPublish(s.vhost, exchange, routing_key, props, body)
+        try:
+            cc = tuple(extra_routing_keys(props))
+        except InvalidRoutingHeader as exc:
+            raise PreconditionFailed(str(exc), 60, 40) from exc
+        if cc:
+            props = without_bcc(props) or props
+        p = PendingPublish(s.vhost, exchange, routing_key, props, body, cc=cc)
         if not s.vhost.stale:
             # Route now, off the write path; the batch re-routes it if the version moved.
             p.rows, p.version = self._route(p), s.vhost.version
@@ -577,16 +588,15 @@ class Broker:
 
     def _route(self, p: PendingPublish) -> list[NewMessage]:
         vh = p.vhost
+        keys = (p.routing_key, *p.cc) if p.cc else p.routing_key
         if p.exchange == "":
-            q = vh.queues.get(p.routing_key)
-            queue_ids = [] if q is None else [q.id]
+            found = (vh.queues.get(k) for k in (p.routing_key, *p.cc))
+            queue_ids = sorted({q.id for q in found if q is not None})  # once per queue
         else:
             ex = vh.exchanges_by_name.get(p.exchange)
             if ex is None:
                 return []  # deleted since the publish was accepted: unroutable
-            queue_ids = sorted(
-                route(vh.exchanges, ex, p.routing_key, p.props.headers, vh.exchanges_by_name)
-            )
+            queue_ids = sorted(route(vh.exchanges, ex, keys, p.props.headers, vh.exchanges_by_name))
         return self.rows_for(vh, queue_ids, p.exchange, p.routing_key, p.props, p.body)
 
     def rows_for(

@@ -114,12 +114,15 @@ def routing_type(ex: ExchangeInfo) -> str:
 def route(
     exchanges: dict[int, ExchangeInfo],
     start: ExchangeInfo,
-    routing_key: str,
+    routing_key: str | tuple[str, ...],
     headers: Headers,
     by_name: dict[str, ExchangeInfo] | None = None,
 ) -> set[int]:
     """Queue ids reached from ``start``, following exchange-to-exchange bindings once
-    each; when nothing matches, the ``alternate-exchange`` chain (needs ``by_name``)."""
+    each; when nothing matches, the ``alternate-exchange`` chain (needs ``by_name``).
+    Several routing keys (``CC``/``BCC``) route as one message: each queue once."""
+    if not isinstance(routing_key, str):
+        return _route_keys(exchanges, start, routing_key, headers, by_name)
     queues: set[int] = set()
     seen = {start.id}
     pending = [start]
@@ -147,3 +150,22 @@ def route(
 def _without(by_name: dict[str, ExchangeInfo], name: str) -> dict[str, ExchangeInfo]:
     """The name map minus one exchange: alternate-exchange cycles end."""
     return {k: v for k, v in by_name.items() if k != name}
+
+
+def _route_keys(
+    exchanges: dict[int, ExchangeInfo],
+    start: ExchangeInfo,
+    keys: tuple[str, ...],
+    headers: Headers,
+    by_name: dict[str, ExchangeInfo] | None,
+) -> set[int]:
+    """:func:`route` for several keys: the union, then the alternate exchange if empty."""
+    queues: set[int] = set()
+    for key in dict.fromkeys(keys):
+        queues |= route(exchanges, start, key, headers)
+    if not queues and by_name is not None:
+        alternate = start.arguments.get("alternate-exchange")
+        ae = by_name.get(alternate) if isinstance(alternate, str) else None
+        if ae is not None and ae.id != start.id:
+            return route(exchanges, ae, keys, headers, _without(by_name, start.name))
+    return queues

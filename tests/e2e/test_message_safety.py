@@ -17,7 +17,7 @@ import time
 import pika
 import pytest
 from pamqp import body as pbody
-from pamqp import commands, header
+from pamqp import commands, frame, header
 
 from .conftest import OP_TIMEOUT, RawClient, RawClosed, get_all, wait_queue_count
 
@@ -160,3 +160,101 @@ def test_no_ack_consumer_close_returns_nothing_delivered(conn, address, resource
     assert len(got) + len(remaining) <= TOTAL
     # Whatever stayed in the queue is its tail, in order.
     assert remaining == sorted(remaining)
+
+
+# --------------------------------------------------------------------------- #
+# One message, one copy per queue
+# --------------------------------------------------------------------------- #
+
+
+def _routes(ch, q: str, x: str, resources, how: str) -> tuple[str, str, dict | None]:
+    """Bind ``q`` to ``x`` by several routes; (exchange, routing key, headers) to publish."""
+    if how == "bindings":
+        ch.exchange_declare(x, "direct")
+        ch.queue_bind(q, x, "k")
+        ch.queue_bind(q, x, "k", arguments={"other": 1})
+        return x, "k", None
+    if how == "topic-overlap":
+        ch.exchange_declare(x, "topic")
+        for key in ("a.*", "#", "a.b", "*.b"):
+            ch.queue_bind(q, x, key)
+        return x, "a.b", None
+    if how == "exchange-paths":
+        ch.exchange_declare(x, "direct")
+        x2, x3 = resources.exchange("mid"), resources.exchange("mid")
+        ch.exchange_declare(x2, "fanout")
+        ch.exchange_declare(x3, "topic")
+        ch.exchange_bind(x2, x, "k")
+        ch.exchange_bind(x3, x, "k")
+        ch.exchange_bind(x3, x2, "")
+        ch.exchange_bind(x, x3, "#")  # a loop back to the start
+        for source, key in ((x, "k"), (x2, ""), (x3, "k")):
+            ch.queue_bind(q, source, key)
+        return x, "k", None
+    if how == "cc":
+        ch.exchange_declare(x, "direct")
+        for key in ("k", "c1", "c2"):
+            ch.queue_bind(q, x, key)
+        return x, "k", {"CC": ["c1", "k"], "BCC": ["c2", "c1"]}
+    if how == "cc-default-exchange":
+        return "", q, {"CC": [q, q]}
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize(
+    "how", ["bindings", "topic-overlap", "exchange-paths", "cc", "cc-default-exchange"]
+)
+def test_one_copy_per_queue_across_routes(conn, resources, how):
+    ch = conn.channel()
+    q, other = resources.queue("once"), resources.queue("once-other")
+    ch.queue_declare(q)
+    ch.queue_declare(other)
+    exchange, key, headers = _routes(ch, q, resources.exchange("once"), resources, how)
+    if exchange:
+        ch.queue_bind(other, exchange, key)
+    ch.confirm_delivery()
+    ch.basic_publish(exchange, key, b"once", pika.BasicProperties(headers=headers))
+    assert [b for _, _, b in get_all(ch, q)] == [b"once"]
+    if exchange:
+        assert [b for _, _, b in get_all(ch, other)] == [b"once"]
+
+
+# --------------------------------------------------------------------------- #
+# Body frames of frame_max octets
+# --------------------------------------------------------------------------- #
+
+
+def _publish_in_frames(c: RawClient, queue: str, body: bytes, step: int) -> None:
+    parts = [
+        frame.marshal(commands.Basic.Publish(exchange="", routing_key=queue), 1),
+        frame.marshal(header.ContentHeader(0, len(body), commands.Basic.Properties()), 1),
+    ]
+    for i in range(0, len(body), step):
+        parts.append(frame.marshal(pbody.ContentBody(body[i : i + step]), 1))
+    c.send_raw(b"".join(parts))
+
+
+def test_body_frames_of_frame_max_octets_are_accepted(conn, raw, resources):
+    """py-amqp-style clients cut bodies at frame_max: 8 over the spec's limit, and
+    RabbitMQ takes them (it allows that much slack)."""
+    q = resources.queue("framemax")
+    conn.channel().queue_declare(q)
+    c = raw()
+    c.handshake()
+    c.open_channel(1)
+    body = bytes(range(256)) * (3 * c.frame_max // 256 + 7)
+    _publish_in_frames(c, q, body, c.frame_max)
+    c.rpc(commands.Basic.Get(queue=q, no_ack=True), commands.Basic.GetOk)
+    _, got = c.recv_content()
+    assert got == body
+
+
+def test_body_frame_past_the_slack_is_a_frame_error(raw):
+    c = raw()
+    c.handshake()
+    c.open_channel(1)
+    _publish_in_frames(c, "nowhere", b"x" * (c.frame_max + 1), c.frame_max + 1)
+    _, close = c.recv()
+    assert isinstance(close, commands.Connection.Close)
+    assert close.reply_code == 501
+    assert "frame_too_large" in close.reply_text
