@@ -18,15 +18,18 @@ from cavalcade.domain.arguments import (
     assert_equivalent,
     assert_flag,
     check_exchange_type,
+    check_headers_binding,
     check_reserved,
     json_safe,
     server_generated_name,
+    validate_dead_letter_arguments,
     validate_queue_arguments,
 )
 from cavalcade.domain.deadletter import dead_letter_properties, with_delivery_count
+from cavalcade.domain.expiration import expiration_error
 from cavalcade.domain.passwords import check_password
 from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
-from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
+from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route, routing_type
 from cavalcade.domain.sender_selected import (
     InvalidRoutingHeader,
     extra_routing_keys,
@@ -339,6 +342,8 @@ class Broker:
         self._permit(s, 1, "exchange", destination)
         self._permit(s, 2, "exchange", source)
         args = json_safe(arguments or {})
+        if not unbind and routing_type(src) == "headers":
+            check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
             await self._drop_unused_auto_delete([src])
@@ -431,6 +436,7 @@ class Broker:
             name = server_generated_name("amq.gen-")
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
+        validate_dead_letter_arguments(args, name, vhost)
         used = await self._use_queue(s, name)
         q = used[0] if used is not None else None
         if q is None:
@@ -487,6 +493,8 @@ class Broker:
         self._permit(s, 1, "queue", queue)
         self._permit(s, 2, "exchange", exchange)
         args = json_safe(arguments or {})
+        if not unbind and routing_type(ex) == "headers":
+            check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
             await self._drop_unused_auto_delete([ex])
@@ -552,6 +560,19 @@ class Broker:
                 f"cannot publish to internal exchange '{exchange}' in vhost '{s.vhost.name}'"
             )
 
+    @staticmethod
+    def check_message(props: Properties) -> None:
+        """What RabbitMQ refuses in a message (406): a bad ``expiration``, a ``CC`` or
+        ``BCC`` header that is not an array."""
+        if props.expiration is not None:
+            error = expiration_error(props.expiration)
+            if error is not None:
+                raise PreconditionFailed(error, 60, 40)
+        try:
+            extra_routing_keys(props)
+        except InvalidRoutingHeader as exc:
+            raise PreconditionFailed(str(exc), 60, 40) from exc
+
     def publish(
         self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
     ) -> asyncio.Future[int]:
@@ -559,10 +580,7 @@ class Broker:
         least as new as any change committed before the batch (so a binding made on
         another node applies at once); the future gives the number of queues reached,
         once committed."""
-        try:
-            cc = tuple(extra_routing_keys(props))
-        except InvalidRoutingHeader as exc:
-            raise PreconditionFailed(str(exc), 60, 40) from exc
+        cc = tuple(extra_routing_keys(props))  # valid: see check_message
         if cc:
             props = without_bcc(props) or props
         p = PendingPublish(s.vhost, exchange, routing_key, props, body, cc=cc)
@@ -770,7 +788,7 @@ class Broker:
                 target.tag,
                 exclusive,
                 target.no_ack,
-                target.priority,
+                max(-(2**31), min(target.priority, 2**31 - 1)),  # any integer; stored as int4
             )
             if not refused:
                 break

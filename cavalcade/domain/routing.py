@@ -69,7 +69,12 @@ def headers_match(binding_args: dict[str, Any], headers: dict[str, Any] | None) 
     mode = binding_args.get("x-match", "all")
     if isinstance(mode, bytes):
         mode = mode.decode()
-    pairs = [(k, v) for k, v in binding_args.items() if not k.startswith("x-")]
+    with_x = mode in ("any-with-x", "all-with-x")  # x- headers are matched too
+    pairs = [
+        (k, v)
+        for k, v in binding_args.items()
+        if k != "x-match" and (with_x or not k.startswith("x-"))
+    ]
     if mode in ("any", "any-with-x"):
         return any(_header_equal(k, v, headers) for k, v in pairs)
     return all(_header_equal(k, v, headers) for k, v in pairs)

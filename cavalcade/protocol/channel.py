@@ -294,6 +294,8 @@ class Channel:
                     )
                 if self._last_stored is not None and not isinstance(method, _ASYNC_METHODS):
                     await self._settle_publishes()
+                if not isinstance(method, _ASYNC_METHODS):
+                    _strip_cr_lf(method)
                 await self._handle(handler, method, content)
                 if self.state == "closed":
                     return
@@ -429,6 +431,10 @@ class Channel:
             raise NotFound("no previously declared queue")
         return self.last_queue
 
+    def _binding_key(self, queue: str, routing_key: str) -> str:
+        """No queue and no key: the last declared queue, with its name as the key."""
+        return self.last_queue if not queue and not routing_key else routing_key
+
     async def on_queue_declare(self, m: commands.Queue.Declare, _: None) -> None:
         name = m.queue
         if m.passive and not name:
@@ -458,7 +464,7 @@ class Channel:
             self.conn.session,
             self._queue_name(m.queue),
             m.exchange,
-            m.routing_key,
+            self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
         )
         if not m.nowait:
@@ -469,7 +475,7 @@ class Channel:
             self.conn.session,
             self._queue_name(m.queue),
             m.exchange,
-            m.routing_key,
+            self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
             unbind=True,
         )
@@ -521,6 +527,7 @@ class Channel:
             )
         self.broker.check_publish(session, m.exchange)
         await self.broker.check_exchange(session, m.exchange)
+        self.broker.check_message(props)
         if self.tx:
             self._tx_publishes.append((m, props, body))
             return
@@ -671,7 +678,11 @@ class Channel:
         priority = args.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise PreconditionFailed(
-                f"invalid arg 'x-priority' for consumer '{tag}': must be an integer", 60, 20
+                f"invalid arg 'x-priority' for queue '{queue}' in vhost "
+                f"'{self.conn.session.vhost.name}': \"expected integer, got "
+                f'{_field_type(priority)}"',
+                60,
+                20,
             )
         c = Consumer(self, tag, m.no_ack, m.exclusive, priority)
         self.consumers[tag] = c
@@ -867,6 +878,33 @@ class _Fail:
 
     def __init__(self, exc: AMQPError) -> None:
         self.exc = exc
+
+
+_NAME_FIELDS = ("queue", "exchange", "source", "destination")
+
+
+def _strip_cr_lf(method: Any) -> None:
+    """RabbitMQ drops CR and LF from queue and exchange names (the client then uses
+    the stripped name, e.g. from declare-ok)."""
+    for name in _NAME_FIELDS:
+        value = getattr(method, name, None)
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            setattr(method, name, value.replace("\r", "").replace("\n", ""))
+
+
+def _field_type(value: Any) -> str:
+    """RabbitMQ's name for the field type of a decoded value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
 
 
 def _ids(method: Any) -> tuple[int, int]:
