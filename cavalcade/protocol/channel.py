@@ -96,11 +96,13 @@ class Consumer:
 
     def reserve(self, n: int) -> None:
         self.reserved += n
-        self.channel.global_reserved += n
+        if not self.no_ack:
+            self.channel.global_reserved += n
 
     def release(self, n: int) -> None:
         self.reserved -= n
-        self.channel.global_reserved -= n
+        if not self.no_ack:
+            self.channel.global_reserved -= n
 
 
 class Channel:
@@ -605,6 +607,10 @@ class Channel:
         if self.state != "open" or self.conn.write_paused or c.tag not in self.consumers:
             return 0
         if c.no_ack:
+            # As RabbitMQ's limiter: no-ack deliveries do not count against the channel's
+            # (global) prefetch, but wait while it is used up by ack-mode consumers.
+            if self.global_prefetch and self.global_unacked >= self.global_prefetch:
+                return 0
             return CLAIM_CAP
         credit = CLAIM_CAP
         if self.consumer_prefetch:
@@ -763,8 +769,11 @@ class Channel:
                 c.unacked -= 1
                 self.global_unacked -= 1
                 queues.add(qid)
-        for qid in queues:
-            self.broker.wake(qid)
+        if self.global_prefetch and queues:
+            self._wake_consumers()  # no-ack consumers wait on the channel's limit too
+        else:
+            for qid in queues:
+                self.broker.wake(qid)
         return taken
 
     async def on_basic_ack(self, m: commands.Basic.Ack, _: None) -> None:
