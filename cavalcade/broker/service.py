@@ -313,8 +313,11 @@ class Broker:
         if ex is None:
             return  # RabbitMQ: deleting a missing exchange succeeds
         self._permit(s, 0, "exchange", name)
+        vh = await s.vhost.fresh(self.repo)
+        sources = _sources_into(vh, ex.id)
         if not await self.repo.delete_exchange(ex.id, if_unused):
             raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
+        await self._drop_unused_auto_delete(sources, vh)  # their bindings into it are gone
         await self._changed(s.vhost)
 
     async def bind_exchange(
@@ -346,16 +349,29 @@ class Broker:
             check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
-            await self._drop_unused_auto_delete([src])
+            await self._drop_unused_auto_delete([src], s.vhost)
         else:
             await self.repo.insert_binding(src.id, None, dest.id, routing_key, args)
         await self._changed(s.vhost)
 
-    async def _drop_unused_auto_delete(self, exchanges: Iterable[ExchangeInfo]) -> None:
-        """An auto-delete exchange goes with its last binding (as a source)."""
-        for ex in exchanges:
-            if ex.auto_delete and not await self.repo.exchange_has_bindings(ex.id):
-                await self.repo.delete_exchange(ex.id, if_unused=True)
+    async def _drop_unused_auto_delete(
+        self, exchanges: Iterable[ExchangeInfo], vh: VhostTopology | None = None
+    ) -> None:
+        """An auto-delete exchange goes with its last binding (as a source). Its going
+        removes the bindings into it, so auto-delete exchanges bound to it may follow
+        (found in ``vh``, as read before the change), as on RabbitMQ."""
+        todo = list(exchanges)
+        deleted: set[int] = set()
+        while todo:
+            ex = todo.pop()
+            if ex.id in deleted or not ex.auto_delete:
+                continue
+            if await self.repo.exchange_has_bindings(ex.id):
+                continue
+            if await self.repo.delete_exchange(ex.id, if_unused=True):
+                deleted.add(ex.id)
+                if vh is not None:
+                    todo += _sources_into(vh, ex.id)
 
     # -- queues --------------------------------------------------------------
 
@@ -497,7 +513,7 @@ class Broker:
             check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
-            await self._drop_unused_auto_delete([ex])
+            await self._drop_unused_auto_delete([ex], s.vhost)
         else:
             await self.repo.insert_binding(ex.id, q.id, None, routing_key, args)
         await self._changed(s.vhost)
@@ -532,7 +548,7 @@ class Broker:
         ]
         await self.repo.delete_queue(q.id)
         self._cancel_local_consumers(q.id)
-        await self._drop_unused_auto_delete(sources)
+        await self._drop_unused_auto_delete(sources, vh)
         await self._changed(vh, queue_deleted=q.id)
 
     def _cancel_local_consumers(self, queue_id: int) -> None:
@@ -888,6 +904,13 @@ class Broker:
             (dead if has_dlx else drop).append(mid)
         self.batcher.reject(dead)
         self.batcher.ack(drop)
+
+
+def _sources_into(vh: VhostTopology, exchange_id: int) -> list[ExchangeInfo]:
+    """Exchanges with a binding to exchange ``exchange_id``."""
+    return [
+        e for e in vh.exchanges.values() if any(b.exchange_id == exchange_id for b in e.bindings)
+    ]
 
 
 def _clamp_priority(queue_args: dict[str, Any], priority: int | None) -> int:

@@ -335,3 +335,70 @@ def test_no_ack_consumer_not_limited_by_prefetch(conn, resources):
     for i in range(3):
         ch.basic_publish("", q, str(i).encode())
     assert drain(conn, lambda: len(got) == 3)
+
+
+# --------------------------------------------------------------------------- #
+# Auto-delete exchanges
+# --------------------------------------------------------------------------- #
+
+
+def _exists(conn, exchange: str) -> bool:
+    ch = conn.channel()
+    try:
+        ch.exchange_declare(exchange, passive=True)
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        assert exc.reply_code == 404
+        return False
+    ch.close()
+    return True
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "unbind-e2e-source",
+        "exchange-target-deleted",
+        "queue-target-deleted",
+        "cascade",
+        "transient",
+        "self-loop",
+    ],
+)
+def test_auto_delete_exchange_goes_with_its_last_binding(conn, resources, case):
+    ch = conn.channel()
+    a, b, c = (resources.exchange(n) for n in ("ad-a", "ad-b", "ad-c"))
+    q = resources.queue("ad")
+    ch.queue_declare(q)
+    durable = case != "transient"
+    ch.exchange_declare(a, "fanout", auto_delete=True, durable=durable)
+    ch.exchange_declare(b, "fanout", auto_delete=case == "cascade")
+    if case in ("unbind-e2e-source", "transient"):
+        ch.exchange_bind(b, a)
+        ch.exchange_unbind(b, a)
+        gone, kept = [a], [b]
+    elif case == "exchange-target-deleted":
+        ch.exchange_bind(b, a)
+        ch.exchange_delete(b)
+        gone, kept = [a], []
+    elif case == "queue-target-deleted":
+        ch.queue_bind(q, a)
+        ch.queue_delete(q)
+        gone, kept = [a], []
+    elif case == "cascade":
+        ch.exchange_declare(c, "fanout")
+        ch.exchange_bind(b, a)
+        ch.queue_bind(q, b)
+        ch.exchange_bind(c, a)
+        ch.exchange_delete(c)  # a keeps its binding to b
+        assert _exists(conn, a)
+        ch.queue_delete(q)  # b loses its last binding, then a its last one
+        gone, kept = [a, b], []
+    else:  # self-loop
+        ch.exchange_bind(a, a)
+        ch.queue_bind(q, a)
+        ch.queue_delete(q)
+        gone, kept = [], [a]  # still the source of its binding to itself
+    for x in gone:
+        assert not _exists(conn, x), x
+    for x in kept:
+        assert _exists(conn, x), x
