@@ -402,3 +402,35 @@ def test_auto_delete_exchange_goes_with_its_last_binding(conn, resources, case):
         assert not _exists(conn, x), x
     for x in kept:
         assert _exists(conn, x), x
+
+
+# --------------------------------------------------------------------------- #
+# TTL and dead-lettering
+# --------------------------------------------------------------------------- #
+
+
+def test_queue_ttl_dead_lettering_is_prompt(conn, resources):
+    """Java's DeadLetterExchange.deadLetterQueueTTLPromptExpiry, shortened: messages
+    published at intervals are dead-lettered in order, never before they are due. The
+    lateness is printed (RabbitMQ: a few ms; the Java test allows TTL/50)."""
+    import time
+
+    ttl = 1000
+    ch = conn.channel()
+    dlx, dlq, q = resources.exchange("pdlx"), resources.queue("pdlq"), resources.queue("pttl")
+    ch.exchange_declare(dlx, "fanout")
+    ch.queue_declare(dlq)
+    ch.queue_bind(dlq, dlx, "")
+    ch.queue_declare(q, arguments={"x-message-ttl": ttl, "x-dead-letter-exchange": dlx})
+    arrived: list[tuple[float, bytes]] = []
+    ch.basic_consume(dlq, lambda c, m, p, b: arrived.append((time.monotonic(), b)), auto_ack=True)
+    sent = {}
+    for i in range(4):
+        sent[str(i).encode()] = time.monotonic()
+        ch.basic_publish("", q, str(i).encode())
+        conn.process_data_events(time_limit=ttl / 8 / 1000)
+    assert drain(conn, lambda: len(arrived) == 4, timeout=ttl / 1000 + 10)
+    assert [b for _, b in arrived] == [b"0", b"1", b"2", b"3"]
+    late = [round((t - sent[b]) * 1000 - ttl) for t, b in arrived]
+    print("dead-lettered this many ms after due:", late)
+    assert all(ms > -50 for ms in late), late  # never (much) before its TTL
