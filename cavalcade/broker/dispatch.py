@@ -94,6 +94,14 @@ class QueueDispatcher:
     def wake(self) -> None:
         self._wake.set()
 
+    async def caught_up(self) -> None:
+        """Let consumers with credit take what is ready now (before a basic.get)."""
+        if not any(c.credit() > 0 for c in self.consumers):
+            return
+        self._wake.set()
+        await asyncio.sleep(0)  # the task wakes and starts its claim
+        await self._settled.wait()
+
     async def stop(self) -> None:
         """End the task. A claim in flight is finished first (its rows delivered, or given
         back): cancelled mid-claim, the rows it took would stay owned by no channel."""

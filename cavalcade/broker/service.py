@@ -879,6 +879,9 @@ class Broker:
         q = await self._queue(s, queue)
         self._permit(s, 2, "queue", queue)
         await self.repo.touch_queue(q.id)
+        d = self._dispatchers.get(q.id)
+        if d is not None:
+            await d.caught_up()  # as on RabbitMQ, waiting consumers get new messages first
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
         if not rows:
             return None

@@ -434,3 +434,18 @@ def test_queue_ttl_dead_lettering_is_prompt(conn, resources):
     late = [round((t - sent[b]) * 1000 - ttl) for t, b in arrived]
     print("dead-lettered this many ms after due:", late)
     assert all(ms > -50 for ms in late), late  # never (much) before its TTL
+
+
+def test_basic_get_does_not_take_a_waiting_auto_ack_consumers_message(conn, open_conn, resources):
+    ch = conn.channel()
+    q = resources.queue("get-vs-consumer")
+    ch.queue_declare(q)
+    got = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(b), auto_ack=True)
+    other = open_conn().channel()
+    other.confirm_delivery()
+    for i in range(5):
+        other.basic_publish("", q, str(i).encode())
+        method, _, _ = other.basic_get(q, auto_ack=True)
+        assert method is None, f"basic.get took message {i}"
+    assert drain(conn, lambda: len(got) == 5)
