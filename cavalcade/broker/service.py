@@ -686,7 +686,7 @@ class Broker:
     def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules:
         """Limits of the queues a batch publishes to, delivery limits, dead-lettering."""
         rules = BatchRules(dead_letter=self.dead_letter)
-        for qid in {m.queue_id for m in messages}:
+        for qid in {m.queue_id for m in messages} | requeued:
             found = self._queue_by_id(qid)
             if found is None:
                 continue

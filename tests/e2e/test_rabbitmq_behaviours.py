@@ -449,3 +449,29 @@ def test_basic_get_does_not_take_a_waiting_auto_ack_consumers_message(conn, open
         method, _, _ = other.basic_get(q, auto_ack=True)
         assert method is None, f"basic.get took message {i}"
     assert drain(conn, lambda: len(got) == 5)
+
+
+@pytest.mark.parametrize("with_dlx", [False, True], ids=["no-dlx", "dlx"])
+def test_max_length_counts_requeued_messages(conn, resources, with_dlx):
+    """Java's QueueSizeLimit.queueSizeRequeue(WithDLX): a full queue, all taken unacked,
+    one more published, then all requeued: the oldest (requeued) one is dropped."""
+    ch = conn.channel()
+    q, dlq = resources.queue("maxlen"), resources.queue("maxlen-dlq")
+    args: dict = {"x-max-length": 3}
+    if with_dlx:
+        ch.queue_declare(dlq)
+        args |= {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": dlq}
+    ch.queue_declare(q, arguments=args)
+    ch.confirm_delivery()
+    for i in range(3):
+        ch.basic_publish("", q, f"msg{i}".encode())
+    for i in range(3):
+        method, _, body = ch.basic_get(q)
+        assert body == f"msg{i}".encode()
+    ch.basic_publish("", q, b"msg3")
+    ch.basic_nack(0, multiple=True, requeue=True)
+    assert [b for _, _, b in get_all(ch, q)] == [b"msg1", b"msg2", b"msg3"]
+    if with_dlx:
+        dead = get_all(ch, dlq)
+        assert [b for _, _, b in dead] == [b"msg0"]
+        assert dead[0][1].headers["x-death"][0]["reason"] == "maxlen"
