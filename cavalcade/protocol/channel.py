@@ -124,6 +124,7 @@ class Channel:
         self.global_prefetch = 0
         self.global_unacked = 0
         self.global_reserved = 0
+        self._wake_turn = -1  # which consumer's queue is woken first (global credit)
         self.confirm = False
         self.publish_seq = 0
         self._confirm_upto = 0
@@ -665,7 +666,14 @@ class Channel:
         self.conn.send_method(self.number, commands.Basic.QosOk())
 
     def _wake_consumers(self) -> None:
-        for c in self.consumers.values():
+        """Wake the queues of every consumer, starting one further each time: the first
+        woken takes a freed channel-wide (global) credit, so the queues take turns (the
+        round-robin RabbitMQ's limiter gives)."""
+        consumers = list(self.consumers.values())
+        if not consumers:
+            return
+        self._wake_turn = (self._wake_turn + 1) % len(consumers)
+        for c in consumers[self._wake_turn :] + consumers[: self._wake_turn]:
             self.broker.wake(c.queue_id)
 
     async def on_basic_consume(self, m: commands.Basic.Consume, _: None) -> None:

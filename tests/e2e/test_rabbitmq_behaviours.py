@@ -475,3 +475,27 @@ def test_max_length_counts_requeued_messages(conn, resources, with_dlx):
         dead = get_all(ch, dlq)
         assert [b for _, _, b in dead] == [b"msg0"]
         assert dead[0][1].headers["x-death"][0]["reason"] == "maxlen"
+
+
+@pytest.mark.parametrize("global_qos", [False, True], ids=["per-consumer", "channel"])
+def test_prefetch_one_is_fair_across_queues_on_one_channel(conn, resources, global_qos):
+    """Java's QosTests.fairness: one channel, prefetch 1, a consumer on each of three
+    full queues; after 99 acks every queue has had some of its messages consumed."""
+    ch = conn.channel()
+    ch.basic_qos(prefetch_count=1, global_qos=global_qos)
+    queues = [resources.queue(f"fair{i}") for i in range(3)]
+    pending: list = []
+    for q in queues:
+        ch.queue_declare(q)
+    pub = conn.channel()
+    pub.confirm_delivery()
+    for q in queues:
+        for i in range(100):
+            pub.basic_publish("", q, str(i).encode())
+    for q in queues:
+        ch.basic_consume(q, lambda c, m, p, b: pending.append(m))
+    for _ in range(99):
+        assert drain(conn, lambda: bool(pending))
+        ch.basic_ack(pending.pop(0).delivery_tag)
+    for q in queues:
+        assert pub.queue_declare(q, passive=True).method.message_count < 100, q
