@@ -232,10 +232,17 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
     failing = False
     loop = asyncio.get_running_loop()
     next_vacuum = loop.time() + settings.vacuum_interval
+    delay = settings.sweep_interval
     while True:
-        await asyncio.sleep(settings.sweep_interval)
+        await asyncio.sleep(delay)
+        delay = settings.sweep_interval
         try:
             await broker.sweep()
+            # Wake when the next message falls due (RabbitMQ expires promptly, and
+            # clients test that dead-lettering follows within ~100 ms of the TTL).
+            due = await broker.repo.next_expiry()
+            if due is not None:
+                delay = min(delay, due + 0.01)
             failing = False
             if settings.vacuum_interval > 0 and loop.time() >= next_vacuum:
                 next_vacuum = loop.time() + settings.vacuum_interval

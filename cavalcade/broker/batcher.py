@@ -50,6 +50,7 @@ class PendingPublish:
     body: bytes
     rows: list[NewMessage] | None = None  # routed early, against ``version``
     version: int = -1
+    cc: tuple[str, ...] = ()  # more routing keys (the CC and BCC headers)
 
 
 class Router(Protocol):

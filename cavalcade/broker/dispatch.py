@@ -77,6 +77,9 @@ class QueueDispatcher:
         # then looks up when the next one falls due.
         self.delayed = False
         self._due_at: float | None = None
+        self._stopping = False
+        self._settled = asyncio.Event()  # clear while a claim is in flight
+        self._settled.set()
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -89,6 +92,10 @@ class QueueDispatcher:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
 
+    async def settled(self) -> None:
+        """Wait until no claim is in flight: what it took is delivered or given back."""
+        await self._settled.wait()
+
     def wake(self) -> None:
         self._wake.set()
 
@@ -100,9 +107,22 @@ class QueueDispatcher:
             self._due_at = at
             self._wake.set()  # re-arm the wait with the nearer timer
 
+    async def caught_up(self) -> None:
+        """Let consumers with credit take what is ready now (before a basic.get)."""
+        if not any(c.credit() > 0 for c in self.consumers):
+            return
+        self._wake.set()
+        await asyncio.sleep(0)  # the task wakes and starts its claim
+        await self._settled.wait()
+
     async def stop(self) -> None:
+        """End the task. A claim in flight is finished first (its rows delivered, or given
+        back): cancelled mid-claim, the rows it took would stay owned by no channel."""
         if self._task is not None:
-            self._task.cancel()
+            self._stopping = True
+            self._wake.set()
+            if self._settled.is_set():
+                self._task.cancel()
             try:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
@@ -110,7 +130,7 @@ class QueueDispatcher:
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
-        while self.consumers:
+        while self.consumers and not self._stopping:
             timeout = None if self._due_at is None else max(self._due_at - loop.time(), 0.0)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
@@ -142,7 +162,7 @@ class QueueDispatcher:
 
     async def _drain(self) -> bool:
         """Claim and deliver until the queue is empty (True) or nobody has credit."""
-        while True:
+        while not self._stopping:
             eligible = self._eligible()
             if eligible and self.single_active:
                 active = await self._repo.active_consumer(self.queue_id)
@@ -163,40 +183,61 @@ class QueueDispatcher:
                 c.reserve(credit[id(c)])
             want = min(sum(credit.values()), CLAIM_CAP)
             all_no_ack = all(c.no_ack for c in eligible)
+            self._settled.clear()
             try:
                 rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
+            except BaseException:
+                self._settled.set()
+                raise
             finally:
                 # No await from here to the deliveries: the reservation becomes unacked.
                 for c in eligible:
                     c.release(credit[id(c)])
             if not rows:
+                self._settled.set()
                 return True
-            if self.quorum:
-                for row in rows:
-                    row.properties = with_delivery_count(row.properties, row.delivery_count)
-            shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
-            order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
-            i = 0
-            for row in rows:
-                for _ in range(len(order)):
-                    c = order[i % len(order)]
-                    i += 1
-                    if len(shares[id(c)]) < credit[id(c)]:
-                        shares[id(c)].append(row)
-                        break
-            self._next += i
-            requeue: list[int] = []
-            consumed: list[int] = []
-            for c in eligible:
-                batch = shares[id(c)]
-                if not batch:
-                    continue
-                if c not in self.consumers or not c.deliver(batch):
-                    if not all_no_ack:
-                        requeue.extend(m.id for m in batch)
-                elif c.no_ack and not all_no_ack:
-                    consumed.extend(m.id for m in batch)
-            await self._repo.requeue(requeue, self._node_id)
-            await self._repo.delete_messages(consumed, self._node_id)
+            try:
+                await self._hand_out(eligible, credit, rows, all_no_ack)
+            finally:
+                self._settled.set()
             if len(rows) < want:
                 return True
+        return False
+
+    async def _hand_out(
+        self,
+        eligible: list[DeliveryTarget],
+        credit: dict[int, int],
+        rows: list[ClaimedMessage],
+        all_no_ack: bool,
+    ) -> None:
+        """Deliver claimed rows round-robin; give back what a vanished consumer missed."""
+        if self.quorum:
+            for row in rows:
+                row.properties = with_delivery_count(row.properties, row.delivery_count)
+        shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
+        order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
+        i = 0
+        for row in rows:
+            for _ in range(len(order)):
+                c = order[i % len(order)]
+                i += 1
+                if len(shares[id(c)]) < credit[id(c)]:
+                    shares[id(c)].append(row)
+                    break
+        self._next += i
+        requeue: list[int] = []
+        consumed: list[int] = []
+        for c in eligible:
+            batch = shares[id(c)]
+            if not batch:
+                continue
+            # A consumer cancelled during the claim still gets its share while its
+            # channel has it (as on RabbitMQ, before cancel-ok).
+            if not c.deliver(batch):
+                if not all_no_ack:
+                    requeue.extend(m.id for m in batch)
+            elif c.no_ack and not all_no_ack:
+                consumed.extend(m.id for m in batch)
+        await self._repo.requeue(requeue, self._node_id)
+        await self._repo.delete_messages(consumed, self._node_id)

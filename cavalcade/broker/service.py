@@ -19,15 +19,23 @@ from cavalcade.domain.arguments import (
     assert_equivalent,
     assert_flag,
     check_exchange_type,
+    check_headers_binding,
     check_reserved,
     json_safe,
     server_generated_name,
+    validate_dead_letter_arguments,
     validate_queue_arguments,
 )
 from cavalcade.domain.deadletter import dead_letter_properties, with_delivery_count
+from cavalcade.domain.expiration import expiration_error
 from cavalcade.domain.passwords import check_password
 from cavalcade.domain.properties import MalformedProperties, Properties, parse_properties
-from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
+from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route, routing_type
+from cavalcade.domain.sender_selected import (
+    InvalidRoutingHeader,
+    extra_routing_keys,
+    without_bcc,
+)
 from cavalcade.errors import (
     AccessRefused,
     ConnectionAccessRefused,
@@ -352,9 +360,12 @@ class Broker:
         ex = await self.repo.find_exchange(s.vhost.id, name)
         if ex is None:
             return  # RabbitMQ: deleting a missing exchange succeeds
+        vh = await s.vhost.fresh(self.repo)
+        sources = _sources_into(vh, ex.id)
         if not await self.repo.delete_exchange(ex.id, if_unused):
             raise PreconditionFailed(f"exchange '{name}' in vhost '{s.vhost.name}' in use")
-        await self._changed(s.vhost, change=TopologyChange(exchanges={ex.id}))
+        deleted = await self._drop_unused_auto_delete(sources, vh)  # their bindings into it went
+        await self._changed(s.vhost, change=TopologyChange(exchanges={ex.id} | deleted))
 
     async def bind_exchange(
         self,
@@ -383,20 +394,36 @@ class Broker:
             src = await self._exchange(s, source)
         args = json_safe(arguments or {})
         change = TopologyChange(edges={(src.id, 0, dest.id)})
+        if not unbind and routing_type(src) == "headers":
+            check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(src.id, None, dest.id, routing_key, args)
-            await self._drop_unused_auto_delete([src])
+            change.exchanges |= await self._drop_unused_auto_delete([src], s.vhost)
             if src.auto_delete:
                 change.exchanges.add(src.id)
         else:
             await self.repo.insert_binding(src.id, None, dest.id, routing_key, args)
         await self._changed(s.vhost, change=change)
 
-    async def _drop_unused_auto_delete(self, exchanges: Iterable[ExchangeInfo]) -> None:
-        """An auto-delete exchange goes with its last binding (as a source)."""
-        for ex in exchanges:
-            if ex.auto_delete and not await self.repo.exchange_has_bindings(ex.id):
-                await self.repo.delete_exchange(ex.id, if_unused=True)
+    async def _drop_unused_auto_delete(
+        self, exchanges: Iterable[ExchangeInfo], vh: VhostTopology | None = None
+    ) -> set[int]:
+        """An auto-delete exchange goes with its last binding (as a source). Its going
+        removes the bindings into it, so auto-delete exchanges bound to it may follow
+        (found in ``vh``, as read before the change), as on RabbitMQ."""
+        todo = list(exchanges)
+        deleted: set[int] = set()
+        while todo:
+            ex = todo.pop()
+            if ex.id in deleted or not ex.auto_delete:
+                continue
+            if await self.repo.exchange_has_bindings(ex.id):
+                continue
+            if await self.repo.delete_exchange(ex.id, if_unused=True):
+                deleted.add(ex.id)
+                if vh is not None:
+                    todo += _sources_into(vh, ex.id)
+        return deleted
 
     # -- queues --------------------------------------------------------------
 
@@ -480,6 +507,7 @@ class Broker:
             self._permit(s, 0, "queue", name)  # RabbitMQ: configure, even on a redeclare
         args = json_safe(arguments or {})
         validate_queue_arguments(args)
+        validate_dead_letter_arguments(args, name, vhost)
         used = await self._use_queue(s, name)
         q = used[0] if used is not None else None
         if q is None:
@@ -541,9 +569,11 @@ class Broker:
             ex = await self._exchange(s, exchange)
         args = json_safe(arguments or {})
         change = TopologyChange(edges={(ex.id, q.id, 0)})
+        if not unbind and routing_type(ex) == "headers":
+            check_headers_binding(args)
         if unbind:
             await self.repo.delete_binding(ex.id, q.id, None, routing_key, args)
-            await self._drop_unused_auto_delete([ex])
+            change.exchanges |= await self._drop_unused_auto_delete([ex], s.vhost)
             if ex.auto_delete:
                 change.exchanges.add(ex.id)
         else:
@@ -580,8 +610,8 @@ class Broker:
         sources = [e for e in (vh.exchanges.get(edge[0]) for edge in into) if e and e.auto_delete]
         await self.repo.delete_queue(q.id)
         self._cancel_local_consumers(q.id)
-        await self._drop_unused_auto_delete(sources)
-        change = TopologyChange(queues={q.id}, exchanges={e.id for e in sources})
+        deleted = await self._drop_unused_auto_delete(sources, vh)
+        change = TopologyChange(queues={q.id}, exchanges={e.id for e in sources} | deleted)
         await self._changed(vh, queue_deleted=q.id, change=change)
 
     def _cancel_local_consumers(self, queue_id: int) -> None:
@@ -613,6 +643,19 @@ class Broker:
                 f"cannot publish to internal exchange '{exchange}' in vhost '{s.vhost.name}'"
             )
 
+    @staticmethod
+    def check_message(props: Properties) -> None:
+        """What RabbitMQ refuses in a message (406): a bad ``expiration``, a ``CC`` or
+        ``BCC`` header that is not an array."""
+        if props.expiration is not None:
+            error = expiration_error(props.expiration)
+            if error is not None:
+                raise PreconditionFailed(error, 60, 40)
+        try:
+            extra_routing_keys(props)
+        except InvalidRoutingHeader as exc:
+            raise PreconditionFailed(str(exc), 60, 40) from exc
+
     def publish(
         self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
     ) -> asyncio.Future[int]:
@@ -620,7 +663,10 @@ class Broker:
         least as new as any change committed before the batch (so a binding made on
         another node applies at once); the future gives the number of queues reached,
         once committed."""
-        p = PendingPublish(s.vhost, exchange, routing_key, props, body)
+        cc = tuple(extra_routing_keys(props))  # valid: see check_message
+        if cc:
+            props = without_bcc(props) or props
+        p = PendingPublish(s.vhost, exchange, routing_key, props, body, cc=cc)
         if not s.vhost.stale:
             # Route now, off the write path; the batch re-routes it if the version moved.
             p.rows, p.version = self._route(p), s.vhost.version
@@ -643,16 +689,15 @@ class Broker:
 
     def _route(self, p: PendingPublish) -> list[NewMessage]:
         vh = p.vhost
+        keys = (p.routing_key, *p.cc) if p.cc else p.routing_key
         if p.exchange == "":
-            q = vh.queues.get(p.routing_key)
-            queue_ids = [] if q is None else [q.id]
+            found = (vh.queues.get(k) for k in (p.routing_key, *p.cc))
+            queue_ids = sorted({q.id for q in found if q is not None})  # once per queue
         else:
             ex = vh.exchanges_by_name.get(p.exchange)
             if ex is None:
                 return []  # deleted since the publish was accepted: unroutable
-            queue_ids = sorted(
-                route(vh.exchanges, ex, p.routing_key, p.props.headers, vh.exchanges_by_name)
-            )
+            queue_ids = sorted(route(vh.exchanges, ex, keys, p.props.headers, vh.exchanges_by_name))
         return self.rows_for(vh, queue_ids, p.exchange, p.routing_key, p.props, p.body)
 
     def rows_for(
@@ -712,7 +757,7 @@ class Broker:
     def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules:
         """Limits of the queues a batch publishes to, delivery limits, dead-lettering."""
         rules = BatchRules(dead_letter=self.dead_letter)
-        for qid in {m.queue_id for m in messages}:
+        for qid in {m.queue_id for m in messages} | requeued:
             found = self._queue_by_id(qid)
             if found is None:
                 continue
@@ -831,7 +876,7 @@ class Broker:
                 target.tag,
                 exclusive,
                 target.no_ack,
-                target.priority,
+                max(-(2**31), min(target.priority, 2**31 - 1)),  # any integer; stored as int4
             )
             if not refused:
                 break
@@ -865,14 +910,16 @@ class Broker:
         return q is not None and bool(q.arguments.get("x-single-active-consumer"))
 
     async def detach(self, queue_id: int, target: DeliveryTarget) -> None:
-        """Stop dispatching to a consumer; its row (and so its place as the single
-        active consumer) stays until :meth:`cancel`."""
+        """Stop dispatching to a consumer, once a claim in flight is handed out; its row
+        (and so its place as the single active consumer) stays until :meth:`cancel`."""
         d = self._dispatchers.get(queue_id)
         if d is not None:
             d.remove(target)
             if not d.consumers:
                 self._dispatchers.pop(queue_id, None)
                 await d.stop()
+            else:
+                await d.settled()  # a claim in flight may hold a share for it
 
     async def cancel(self, s: Session, queue_id: int, target: DeliveryTarget) -> None:
         """Remove a consumer; an auto-delete queue goes with its last consumer."""
@@ -905,6 +952,9 @@ class Broker:
         await self.batcher.flush()
         q = await self._queue(s, queue)
         await self.repo.touch_queue(q.id)
+        d = self._dispatchers.get(q.id)
+        if d is not None:
+            await d.caught_up()  # as on RabbitMQ, waiting consumers get new messages first
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
         if not rows:
             return None
@@ -930,6 +980,13 @@ class Broker:
             (dead if has_dlx else drop).append(mid)
         self.batcher.reject(dead)
         self.batcher.ack(drop)
+
+
+def _sources_into(vh: VhostTopology, exchange_id: int) -> list[ExchangeInfo]:
+    """Exchanges with a binding to exchange ``exchange_id``."""
+    return [
+        e for e in vh.exchanges.values() if any(b.exchange_id == exchange_id for b in e.bindings)
+    ]
 
 
 def _clamp_priority(queue_args: dict[str, Any], priority: int | None) -> int:

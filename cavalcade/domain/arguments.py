@@ -100,6 +100,52 @@ def validate_queue_arguments(args: dict[str, Any]) -> None:
         raise PreconditionFailed(f"invalid arg 'x-queue-type' for queue: {qtype!r}")
 
 
+def validate_dead_letter_arguments(args: dict[str, Any], queue: str, vhost: str) -> None:
+    """``x-dead-letter-exchange`` / ``-routing-key``: strings, and no key without an
+    exchange (406, RabbitMQ's texts)."""
+    where = f"queue '{queue}' in vhost '{vhost}'"
+    dlx = args.get("x-dead-letter-exchange")
+    if dlx is not None and not isinstance(dlx, str):
+        raise PreconditionFailed(
+            f"invalid type '{_type_name(dlx)}' for arg 'x-dead-letter-exchange' in {where}"
+        )
+    key = args.get("x-dead-letter-routing-key")
+    if key is None:
+        return
+    if not isinstance(key, str):
+        raise PreconditionFailed(
+            f"invalid arg 'x-dead-letter-routing-key' for {where}: "
+            f"{{unacceptable_type,{_type_name(key)}}}"
+        )
+    if dlx is None:
+        raise PreconditionFailed(
+            f"invalid arg 'x-dead-letter-routing-key' for {where}: routing_key_but_no_dlx_defined"
+        )
+
+
+X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")
+
+
+def check_headers_binding(args: dict[str, Any]) -> None:
+    """A headers-exchange binding's ``x-match`` must be one of RabbitMQ's four strings."""
+    if "x-match" not in args:
+        return
+    mode = args["x-match"]
+    if not isinstance(mode, str):
+        raise PreconditionFailed(
+            f"Invalid x-match field type {_type_name(mode)} (value {_erl(mode)}); expected longstr"
+        )
+    if mode not in X_MATCH_VALUES:
+        raise PreconditionFailed(
+            f'Invalid x-match field value <<"{mode}">>; expected all, any, all-with-x, '
+            "or any-with-x"
+        )
+
+
+def _erl(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def _type_name(value: Any) -> str:
     if isinstance(value, bool):
         return "bool"

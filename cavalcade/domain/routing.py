@@ -232,7 +232,12 @@ def headers_match(binding_args: dict[str, Any], headers: dict[str, Any] | None) 
     mode = binding_args.get("x-match", "all")
     if isinstance(mode, bytes):
         mode = mode.decode()
-    pairs = [(k, v) for k, v in binding_args.items() if not k.startswith("x-")]
+    with_x = mode in ("any-with-x", "all-with-x")  # x- headers are matched too
+    pairs = [
+        (k, v)
+        for k, v in binding_args.items()
+        if k != "x-match" and (with_x or not k.startswith("x-"))
+    ]
     if mode in ("any", "any-with-x"):
         return any(_header_equal(k, v, headers) for k, v in pairs)
     return all(_header_equal(k, v, headers) for k, v in pairs)
@@ -274,12 +279,15 @@ def routing_type(ex: ExchangeInfo) -> str:
 def route(
     exchanges: dict[int, ExchangeInfo],
     start: ExchangeInfo,
-    routing_key: str,
+    routing_key: str | tuple[str, ...],
     headers: Headers,
     by_name: dict[str, ExchangeInfo] | None = None,
 ) -> set[int]:
     """Queue ids reached from ``start``, following exchange-to-exchange bindings once
-    each; when nothing matches, the ``alternate-exchange`` chain (needs ``by_name``)."""
+    each; when nothing matches, the ``alternate-exchange`` chain (needs ``by_name``).
+    Several routing keys (``CC``/``BCC``) route as one message: each queue once."""
+    if not isinstance(routing_key, str):
+        return _route_keys(exchanges, start, routing_key, headers, by_name)
     queues: set[int] = set()
     seen = {start.id}
     pending = [start]
@@ -304,3 +312,22 @@ def route(
 def _without(by_name: dict[str, ExchangeInfo], name: str) -> dict[str, ExchangeInfo]:
     """The name map minus one exchange: alternate-exchange cycles end."""
     return {k: v for k, v in by_name.items() if k != name}
+
+
+def _route_keys(
+    exchanges: dict[int, ExchangeInfo],
+    start: ExchangeInfo,
+    keys: tuple[str, ...],
+    headers: Headers,
+    by_name: dict[str, ExchangeInfo] | None,
+) -> set[int]:
+    """:func:`route` for several keys: the union, then the alternate exchange if empty."""
+    queues: set[int] = set()
+    for key in dict.fromkeys(keys):
+        queues |= route(exchanges, start, key, headers)
+    if not queues and by_name is not None:
+        alternate = start.arguments.get("alternate-exchange")
+        ae = by_name.get(alternate) if isinstance(alternate, str) else None
+        if ae is not None and ae.id != start.id:
+            return route(exchanges, ae, keys, headers, _without(by_name, start.name))
+    return queues

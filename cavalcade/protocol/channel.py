@@ -98,11 +98,13 @@ class Consumer:
 
     def reserve(self, n: int) -> None:
         self.reserved += n
-        self.channel.global_reserved += n
+        if not self.no_ack:
+            self.channel.global_reserved += n
 
     def release(self, n: int) -> None:
         self.reserved -= n
-        self.channel.global_reserved -= n
+        if not self.no_ack:
+            self.channel.global_reserved -= n
 
 
 class Channel:
@@ -124,6 +126,7 @@ class Channel:
         self.global_prefetch = 0
         self.global_unacked = 0
         self.global_reserved = 0
+        self._wake_turn = -1  # which consumer's queue is woken first (global credit)
         self.confirm = False
         self.publish_seq = 0
         self._confirm_upto = 0
@@ -307,6 +310,8 @@ class Channel:
                     )
                 if self._last_stored is not None and not isinstance(method, _ASYNC_METHODS):
                     await self._settle_publishes()
+                if not isinstance(method, _ASYNC_METHODS):
+                    _strip_cr_lf(method)
                 await self._handle(handler, method, content)
                 if self.state == "closed":
                     return
@@ -442,6 +447,10 @@ class Channel:
             raise NotFound("no previously declared queue")
         return self.last_queue
 
+    def _binding_key(self, queue: str, routing_key: str) -> str:
+        """No queue and no key: the last declared queue, with its name as the key."""
+        return self.last_queue if not queue and not routing_key else routing_key
+
     async def on_queue_declare(self, m: commands.Queue.Declare, _: None) -> None:
         name = m.queue
         if m.passive and not name:
@@ -472,7 +481,7 @@ class Channel:
             self.conn.session,
             self._queue_name(m.queue),
             m.exchange,
-            m.routing_key,
+            self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
         )
         if not m.nowait:
@@ -483,7 +492,7 @@ class Channel:
             self.conn.session,
             self._queue_name(m.queue),
             m.exchange,
-            m.routing_key,
+            self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
             unbind=True,
         )
@@ -535,6 +544,7 @@ class Channel:
             )
         self.broker.check_publish(session, m.exchange)
         await self.broker.check_exchange(session, m.exchange)
+        self.broker.check_message(props)
         if self.tx:
             self._tx_publishes.append((m, props, body))
             return
@@ -612,6 +622,10 @@ class Channel:
         if self.state != "open" or self.conn.write_paused or c.tag not in self.consumers:
             return 0
         if c.no_ack:
+            # As RabbitMQ's limiter: no-ack deliveries do not count against the channel's
+            # (global) prefetch, but wait while it is used up by ack-mode consumers.
+            if self.global_prefetch and self.global_unacked >= self.global_prefetch:
+                return 0
             return CLAIM_CAP
         credit = CLAIM_CAP
         if self.consumer_prefetch:
@@ -666,7 +680,14 @@ class Channel:
         self.conn.send_method(self.number, commands.Basic.QosOk())
 
     def _wake_consumers(self) -> None:
-        for c in self.consumers.values():
+        """Wake the queues of every consumer, starting one further each time: the first
+        woken takes a freed channel-wide (global) credit, so the queues take turns (the
+        round-robin RabbitMQ's limiter gives)."""
+        consumers = list(self.consumers.values())
+        if not consumers:
+            return
+        self._wake_turn = (self._wake_turn + 1) % len(consumers)
+        for c in consumers[self._wake_turn :] + consumers[: self._wake_turn]:
             self.broker.wake(c.queue_id)
 
     async def on_basic_consume(self, m: commands.Basic.Consume, _: None) -> None:
@@ -685,7 +706,11 @@ class Channel:
         priority = args.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise PreconditionFailed(
-                f"invalid arg 'x-priority' for consumer '{tag}': must be an integer", 60, 20
+                f"invalid arg 'x-priority' for queue '{queue}' in vhost "
+                f"'{self.conn.session.vhost.name}': \"expected integer, got "
+                f'{_field_type(priority)}"',
+                60,
+                20,
             )
         c = Consumer(self, tag, m.no_ack, m.exclusive, priority)
         self.consumers[tag] = c
@@ -700,17 +725,26 @@ class Channel:
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         if m.consumer_tag == self._reply_tag:
             self.reply_to = self._reply_tag = None
-        c = self.consumers.pop(m.consumer_tag or "", None)
+        c = self.consumers.get(m.consumer_tag or "")
         if c is not None:
+            # The consumer stays registered until the broker has stopped dispatching to
+            # it: deliveries of a claim in flight reach it (and are tracked) first.
             if c.unacked and self.broker.is_single_active(self.conn.session, c.queue_id):
                 # As on RabbitMQ, a single active consumer stays active until what it
                 # holds is settled: the next one must not overtake those messages.
                 await self.broker.detach(c.queue_id, c)
+                self._forget_consumer(c)
                 self._lingering.append(c)
             else:
+                await self.broker.detach(c.queue_id, c)
+                self._forget_consumer(c)
                 await self.broker.cancel(self.conn.session, c.queue_id, c)
         if not m.nowait:
             self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
+
+    def _forget_consumer(self, c: Consumer) -> None:
+        if self.consumers.get(c.tag) is c:
+            del self.consumers[c.tag]
 
     async def on_basic_get(self, m: commands.Basic.Get, _: None) -> None:
         result = await self.broker.get(
@@ -757,8 +791,11 @@ class Channel:
                 c.unacked -= 1
                 self.global_unacked -= 1
                 queues.add(qid)
-        for qid in queues:
-            self.broker.wake(qid)
+        if self.global_prefetch and queues:
+            self._wake_consumers()  # no-ack consumers wait on the channel's limit too
+        else:
+            for qid in queues:
+                self.broker.wake(qid)
         return taken
 
     async def on_basic_ack(self, m: commands.Basic.Ack, _: None) -> None:
@@ -872,6 +909,33 @@ class _Fail:
 
     def __init__(self, exc: AMQPError) -> None:
         self.exc = exc
+
+
+_NAME_FIELDS = ("queue", "exchange", "source", "destination")
+
+
+def _strip_cr_lf(method: Any) -> None:
+    """RabbitMQ drops CR and LF from queue and exchange names (the client then uses
+    the stripped name, e.g. from declare-ok)."""
+    for name in _NAME_FIELDS:
+        value = getattr(method, name, None)
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            setattr(method, name, value.replace("\r", "").replace("\n", ""))
+
+
+def _field_type(value: Any) -> str:
+    """RabbitMQ's name for the field type of a decoded value."""
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "longstr"
+    if isinstance(value, float):
+        return "double"
+    if isinstance(value, dict):
+        return "table"
+    if isinstance(value, list):
+        return "array"
+    return type(value).__name__
 
 
 def _ids(method: Any) -> tuple[int, int]:

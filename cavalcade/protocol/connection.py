@@ -186,6 +186,8 @@ class AMQPConnection(asyncio.Protocol):
             if f.type != FRAME_METHOD:
                 raise ChannelErrorHard(f"expected 'channel.open' on channel {f.channel}")
             m = decode_method(f.payload)
+            if isinstance(m, commands.Channel.CloseOk):
+                return  # both sides closed it at once: we already forgot it (as RabbitMQ)
             if not isinstance(m, commands.Channel.Open):
                 cls, meth = method_ids(f.payload)
                 raise ChannelErrorHard("expected 'channel.open'", cls, meth)
@@ -298,12 +300,21 @@ class AMQPConnection(asyncio.Protocol):
             10,
             11,
         )
+        # As RabbitMQ: only a client that says it understands a 403 connection.close
+        # after start-ok gets one; for the others the socket is simply closed.
+        close_on_failure = isinstance(caps, dict) and bool(caps.get("authentication_failure_close"))
         if creds is None:
+            if not close_on_failure:
+                self._abort()
+                return
             raise refused
         try:
             self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
         except ConnectionAccessRefused as exc:
             log.info("login of %r from %s refused: %s", creds[0], self.peer, exc.text)
+            if not close_on_failure:
+                self._abort()
+                return
             raise refused from exc
         self._state = "tune"
         self.send_method(

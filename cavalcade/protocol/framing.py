@@ -53,7 +53,9 @@ class FrameReader:
         try:
             while end - pos >= 7:
                 ftype, channel, size = _HEAD.unpack_from(buf, pos)
-                if size + FRAME_OVERHEAD > self.frame_max:
+                # RabbitMQ allows 8 octets of fudge: a payload of frame_max octets passes
+                # (some clients cut bodies at frame_max, not frame_max - 8).
+                if size > self.frame_max:
                     raise FrameError(
                         f"type {ftype}, all octets = <<>>: {{frame_too_large,{size},"
                         f"{self.frame_max - FRAME_OVERHEAD}}}"

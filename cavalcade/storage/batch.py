@@ -201,18 +201,6 @@ async def write(
                 lengths[m.queue_id] = [count + 1, size + len(m.body)]
     await insert(conn, [m for i, m in enumerate(messages) if i not in out.refused])
     out.touched.update(m.queue_id for i, m in enumerate(messages) if i not in out.refused)
-    for qid in sorted(capped):
-        lim = rules.limits[qid]
-        if lim.overflow != "drop-head":
-            continue
-        await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", qid)
-        rows = await conn.fetch(
-            _DROP_HEAD,
-            qid,
-            lim.max_length if lim.max_length is not None else UNLIMITED,
-            lim.max_bytes if lim.max_bytes is not None else UNLIMITED,
-        )
-        dead += [(d, "maxlen") for d in _dead(rows)]
     if acks:
         await conn.execute(ACK, list(acks), node_id)
     if requeues:
@@ -227,6 +215,20 @@ async def write(
                 dead += [(d, "delivery_limit") for d in _dead(await conn.fetch(_TAKE, over))]
         else:
             await conn.execute(REQUEUE, list(requeues), node_id)
+    # After the requeues: a requeued message counts against x-max-length too (RabbitMQ
+    # drops from the head, so the requeued, oldest, go first).
+    for qid in sorted(capped | (wake & rules.limits.keys())):
+        lim = rules.limits[qid]
+        if lim.overflow != "drop-head":
+            continue
+        await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", qid)
+        rows = await conn.fetch(
+            _DROP_HEAD,
+            qid,
+            lim.max_length if lim.max_length is not None else UNLIMITED,
+            lim.max_bytes if lim.max_bytes is not None else UNLIMITED,
+        )
+        dead += [(d, "maxlen") for d in _dead(rows)]
     if rejects:
         dead += [
             (d, "rejected") for d in _dead(await conn.fetch(_TAKE_OWNED, list(rejects), node_id))

@@ -656,6 +656,14 @@ class Repository:
         )
         return None if row is None else (row[0], row[1], row[2])
 
+    async def next_expiry(self) -> float | None:
+        """Seconds until the next ready message of any queue expires (None: none has a TTL)."""
+        value = await self.pool.fetchval(
+            "SELECT extract(epoch FROM min(expires_at) - now()) FROM messages"
+            " WHERE expires_at IS NOT NULL AND owner_node IS NULL"
+        )
+        return None if value is None else max(float(value), 0.0)
+
     async def next_due(self, queue_id: int) -> float | None:
         """Seconds until the next delayed message of a queue becomes deliverable."""
         value = await self.pool.fetchval(
