@@ -11,11 +11,13 @@ import uuid
 
 import asyncpg
 
+from cavalcade.broker.control import NodeControl
 from cavalcade.broker.liveness import Liveness
 from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
 
@@ -78,6 +80,11 @@ async def _run_incarnation(
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
         asyncio.create_task(liveness.run(lock, settings.node_liveness_interval)),
+        asyncio.create_task(
+            NodeControl(
+                broker, AdminStore(repo.pool), node_id, server.sessions, server.close_connection
+            ).run(settings.control_interval)
+        ),
     ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()

@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     notify: Literal["listen", "poll"] = "listen"
     poll_interval: float = 1.0
     sweep_interval: float = 0.25
+    control_interval: float = 1.0  # how often a node applies operator changes
     vacuum_interval: float = 10.0
     database_wait: float = 60.0
 

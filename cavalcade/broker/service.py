@@ -35,6 +35,7 @@ from cavalcade.errors import (
     PreconditionFailed,
     ResourceLocked,
 )
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
@@ -42,6 +43,7 @@ from cavalcade.storage.sqlstate import is_unavailable
 
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
+from .limits import check_connection_limits, check_queue_limit
 from .liveness import Liveness
 from .outage import Outage
 from .topology import VhostTopology
@@ -62,6 +64,9 @@ class Session:
     vhost: VhostTopology
     permissions: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
     exclusive_queues: set[int] = field(default_factory=set)
+    vhost_name: str = ""
+    max_channels: int | None = None  # the user's limit (refreshed by broker/control.py)
+    channels_elsewhere: int = 0  # the user's channels on other nodes (likewise)
 
 
 @dataclass(slots=True)
@@ -83,6 +88,7 @@ class Broker:
     ) -> None:
         self.repo = repo
         self.node_id = node_id
+        self.admin_store = AdminStore(repo.pool)
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
             repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
@@ -154,6 +160,14 @@ class Broker:
         self.topology_changed()
         self.wake_all()
 
+    def dispatched_queues(self) -> list[int]:
+        """Ids of the queues this node has consumers on."""
+        return list(self._dispatchers)
+
+    def cached_versions(self) -> dict[int, int]:
+        """The topology version each cached vhost was read at."""
+        return {vid: vh.version for vid, vh in self._vhosts_by_id.items()}
+
     def queue_deleted_elsewhere(self, queue_id: int) -> None:
         """Another node deleted a queue: cancel our consumers on it."""
         self._cancel_local_consumers(queue_id)
@@ -190,20 +204,29 @@ class Broker:
         vhost_name: str,
         peer: str | None = None,
         client_properties: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Session:
         """Open a connection on a vhost (530 if unknown or not permitted); it is listed
         in the ``connections`` table while open."""
         vhost_id = await self.repo.find_vhost(vhost_name)
         if vhost_id is None:
             raise NotAllowed(f"vhost {vhost_name} not found")
+        max_channels = await check_connection_limits(self.admin_store, user, vhost_name, vhost_id)
         perm = await self.repo.find_permission(user_id, vhost_id)
         if perm is None:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
         vh = self._vhost(vhost_id, vhost_name)
         patterns = tuple(re.compile(p or "^$") for p in (perm[0], perm[1], perm[2]))
         session = Session(self.next_id(), user, user_id, vh, patterns)  # type: ignore[arg-type]
+        session.vhost_name, session.max_channels = vhost_name, max_channels
         await self.repo.add_connection(
-            self.node_id, session.id, peer, user, vhost_id, json_safe(client_properties or {})
+            self.node_id,
+            session.id,
+            peer,
+            user,
+            vhost_id,
+            json_safe(client_properties or {}),
+            details,
         )
         return session
 
@@ -432,6 +455,7 @@ class Broker:
             if not generated:
                 check_reserved("queue", name)
             self._permit(s, 0, "queue", name)
+            await check_queue_limit(self.admin_store, await s.vhost.fresh(self.repo), name)
             await self.repo.insert_queue(
                 s.vhost.id,
                 name,
@@ -728,7 +752,13 @@ class Broker:
             self.wake_queues(touched)
             if not touched:
                 break
-        for vhost_id, qid in await self.repo.expire_queues():
+        expires = {
+            q.id: q.arguments["x-expires"]
+            for vh in self._vhosts.values()
+            for q in vh.queues.values()
+            if isinstance(q.arguments.get("x-expires"), int)
+        }
+        for vhost_id, qid in await self.repo.expire_queues(expires):
             self._cancel_local_consumers(qid)
             gone_from = self._vhosts_by_id.get(vhost_id)
             if gone_from is not None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from cavalcade.broker.service import Broker
+from cavalcade.broker.service import Broker, Session
 from cavalcade.settings import Settings
 
 from .connection import AMQPConnection
@@ -31,6 +31,30 @@ class AMQPServer:
             for message_id in ch.held_ids()
         }
 
+    def sessions(self) -> list[tuple[Session, int]]:
+        """Open connections of this node as (session, open channels)."""
+        return [
+            (c.session, len(c.channels))
+            for c in self.connections
+            if c.session is not None and not c.closed
+        ]
+
+    def close_connection(self, connection_id: int, reason: str) -> bool:
+        """An operator's close_connection: 320 CONNECTION_FORCED with the reason."""
+        for conn in list(self.connections):
+            if conn.session is not None and conn.session.id == connection_id:
+                conn.close_forced(reason)
+                return True
+        return False
+
+    def user_channels(self, user: str) -> int:
+        """Channels open on this node by a user's connections."""
+        return sum(
+            len(c.channels)
+            for c in self.connections
+            if c.session is not None and c.session.user == user and not c.closed
+        )
+
     def _blocked(self, blocked: bool) -> None:
         for conn in list(self.connections):
             conn.set_blocked(blocked)
@@ -38,7 +62,7 @@ class AMQPServer:
     async def start(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: AMQPConnection(self.broker, self.settings, self.connections),
+            lambda: AMQPConnection(self.broker, self.settings, self.connections, self),
             sock=sock,
             backlog=1024,
         )
