@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     node_liveness_interval: float = 0.5
     pool_size: int = 8
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # amqps listener (beside the plain one unless plain_listener is off)
+    tls_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_peer: bool = False
+    tls_fail_if_no_peer_cert: bool = False
+    plain_listener: bool = True
 
     def effective_node_name(self) -> str:
         """The node label: ``--node-name`` or ``cavalcade@HOST:PORT``."""

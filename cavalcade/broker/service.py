@@ -197,6 +197,15 @@ class Broker:
             raise ConnectionAccessRefused("guest may only log in from loopback")
         return int(row["id"]), username
 
+    async def authenticate_external(self, username: str, peer: str | None) -> tuple[int, str]:
+        """SASL EXTERNAL: the user named by a verified client certificate must exist."""
+        row = await self.repo.find_user(username)
+        if row is None:
+            raise ConnectionAccessRefused(f"user '{username}' does not exist")
+        if username in _LOOPBACK_ONLY_USERS and not _is_loopback(peer):
+            raise ConnectionAccessRefused("guest may only log in from loopback")
+        return int(row["id"]), username
+
     async def open_session(
         self,
         user_id: int,

@@ -43,6 +43,7 @@ from .framing import (
 )
 from .sasl import MECHANISMS, parse_response
 from .tasks import keep, spawn
+from .tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class AMQPConnection(asyncio.Protocol):
         self.name = "?"
         self.tls = False
         self.mechanism: str | None = None
+        self.cert_user: str | None = None
         self.close_reason = "client closed the TCP connection"
         self.settings = settings
         self.registry = registry
@@ -120,7 +122,9 @@ class AMQPConnection(asyncio.Protocol):
         self.peer_port = peer[1] if isinstance(peer, tuple) else None
         local = transport.get_extra_info("sockname")
         self.local = local if isinstance(local, tuple) else ("?", 0)
-        self.tls = transport.get_extra_info("ssl_object") is not None
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls = ssl_object is not None
+        self.cert_user = peer_common_name(ssl_object)
         self.name = f"{self.peer}:{self.peer_port} -> {self.local[0]}:{self.local[1]}"
         log.info("accepting AMQP connection %s%s", self.name, " (TLS)" if self.tls else "")
         self.registry.add(self)
@@ -244,10 +248,14 @@ class AMQPConnection(asyncio.Protocol):
                 version_major=0,
                 version_minor=9,
                 server_properties=props,
-                mechanisms=MECHANISMS,
+                mechanisms=self._mechanisms(),
                 locales="en_US",
             ),
         )
+
+    def _mechanisms(self) -> str:
+        """EXTERNAL is offered when the client presented a verified certificate."""
+        return f"{MECHANISMS} EXTERNAL" if self.cert_user else MECHANISMS
 
     async def _connection_methods(self) -> None:
         while not self.closed:
@@ -312,7 +320,7 @@ class AMQPConnection(asyncio.Protocol):
         self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
         self.mechanism = m.mechanism
         creds = parse_response(m.mechanism, m.response)
-        if m.mechanism not in MECHANISMS.split():
+        if m.mechanism not in self._mechanisms().split():
             raise ConnectionAccessRefused(
                 f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
             )
@@ -322,10 +330,15 @@ class AMQPConnection(asyncio.Protocol):
             10,
             11,
         )
+        if m.mechanism == "EXTERNAL" and self.cert_user:
+            creds = (self.cert_user, "")
         if creds is None:
             raise refused
         try:
-            self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
+            if m.mechanism == "EXTERNAL":
+                self._user = await self.broker.authenticate_external(creds[0], self.peer)
+            else:
+                self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
         except ConnectionAccessRefused as exc:
             log.info("login of %r from %s refused: %s", creds[0], self.peer, exc.text)
             raise refused from exc

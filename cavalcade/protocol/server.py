@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
 from cavalcade.broker.service import Broker, Session
 from cavalcade.settings import Settings
@@ -18,7 +19,7 @@ class AMQPServer:
         self.broker = broker
         self.settings = settings
         self.connections: set[AMQPConnection] = set()
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         broker.batcher.on_blocked = self._blocked
         broker.held = self._held
 
@@ -59,18 +60,22 @@ class AMQPServer:
         for conn in list(self.connections):
             conn.set_blocked(blocked)
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a bound socket (amqps with ``tls``); may be called once per listener."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        server = await loop.create_server(
             lambda: AMQPConnection(self.broker, self.settings, self.connections, self),
             sock=sock,
             backlog=1024,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
         )
+        self._servers.append(server)
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting, send 320 CONNECTION_FORCED to everyone, wait for their cleanup."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         for conn in list(self.connections):
             conn.close_forced("broker shutdown")
         deadline = asyncio.get_running_loop().time() + grace
