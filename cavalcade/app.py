@@ -12,13 +12,16 @@ from collections.abc import Callable
 
 import asyncpg
 
+from cavalcade.broker.control import NodeControl
 from cavalcade.broker.liveness import Liveness
 from cavalcade.broker.memory import watermark_bytes
 from cavalcade.broker.outage import quiet_asyncpg_pool
 from cavalcade.broker.service import Broker
 from cavalcade.node_services import NodeServices
 from cavalcade.protocol.server import AMQPServer
+from cavalcade.protocol.tls import server_context
 from cavalcade.settings import Settings
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.heartbeat import HeartbeatThread
 from cavalcade.storage.liveness import LivenessStore, NodeLock
 from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
@@ -28,7 +31,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds for each shutdown step that needs the database
 
 
-async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event) -> None:
+async def run_node(
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    tls_sock: socket.socket | None = None,
+) -> None:
     """Run a broker node on a bound socket until ``stop`` is set.
 
     If the other nodes declare this one dead (its heartbeat row is gone, e.g. after a
@@ -41,13 +50,18 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
     gc.set_threshold(50_000, 50, 100)
     while not stop.is_set():
         fenced = asyncio.Event()
-        await _run_incarnation(settings, dsn, sock, stop, fenced)
+        await _run_incarnation(settings, dsn, sock, stop, fenced, tls_sock)
         if fenced.is_set() and not stop.is_set():
             log.warning("fenced by the cluster: re-registering as a new node")
 
 
 async def _run_incarnation(
-    settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    fenced: asyncio.Event,
+    tls_sock: socket.socket | None = None,
 ) -> None:
     node_id = uuid.uuid4()
     quiet_asyncpg_pool()
@@ -83,12 +97,22 @@ async def _run_incarnation(
     if settings.notify == "listen":
         listener = Listener(dsn, broker, node_id, services.channels())
         await listener.ensure()
-    await server.start(sock.dup())  # closing the server must not close the shared socket
+    tls = server_context(settings) if settings.tls_port is not None else None
+    # closing the server must not close the shared socket; without a plain listener the
+    # main socket is the amqps one
+    await server.start(sock.dup(), None if settings.plain_listener else tls)
+    if tls_sock is not None:
+        await server.start(tls_sock.dup(), tls)
     loops = [
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
         asyncio.create_task(liveness.run(lock, settings.node_liveness_interval)),
         *services.start(),
+        asyncio.create_task(
+            NodeControl(
+                broker, AdminStore(repo.pool), node_id, server.sessions, server.close_connection
+            ).run(settings.control_interval)
+        ),
     ]
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()

@@ -114,6 +114,52 @@ def build_parser() -> argparse.ArgumentParser:
         help="block publishers while the node's resident memory is above LIMIT: a fraction"
         " of RAM (<= 1) or bytes; 0 is off [CAVALCADE_MEMORY_HIGH_WATERMARK, 0.4]",
     )
+    tls = serve.add_argument_group("TLS (amqps)")
+    tls.add_argument(
+        "--tls-port",
+        type=int,
+        metavar="PORT",
+        help="amqps port (5671 by convention) [CAVALCADE_TLS_PORT]",
+    )
+    tls.add_argument(
+        "--tls-cert",
+        type=Path,
+        metavar="FILE",
+        help="server certificate (PEM) [CAVALCADE_TLS_CERT]",
+    )
+    tls.add_argument(
+        "--tls-key", type=Path, metavar="FILE", help="its private key (PEM) [CAVALCADE_TLS_KEY]"
+    )
+    tls.add_argument(
+        "--tls-ca",
+        type=Path,
+        metavar="FILE",
+        help="CA bundle for client certificates [CAVALCADE_TLS_CA]",
+    )
+    tls.add_argument(
+        "--tls-verify-peer",
+        action="store_const",
+        const=True,
+        help="ask for and verify client certificates (SASL EXTERNAL) [CAVALCADE_TLS_VERIFY_PEER]",
+    )
+    tls.add_argument(
+        "--tls-fail-if-no-peer-cert",
+        action="store_const",
+        const=True,
+        help="refuse clients without a valid certificate [CAVALCADE_TLS_FAIL_IF_NO_PEER_CERT]",
+    )
+    tls.add_argument(
+        "--no-plain-listener",
+        dest="plain_listener",
+        action="store_const",
+        const=False,
+        help="TLS only: no plain AMQP listener [CAVALCADE_PLAIN_LISTENER=false]",
+    )
+    serve.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        help="log lines as text or JSON objects [CAVALCADE_LOG_FORMAT, text]",
+    )
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="manage the database schema (Alembic)")
@@ -133,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = db_commands.add_parser("check", help="fail if the models and the schema differ")
     _database_options(check)
     db.set_defaults(handler=cmd_db)
+    # Parsed by cavalcade.ctl itself (its exit codes are rabbitmqctl's); listed for --help.
+    commands.add_parser("ctl", help="operator verbs, as rabbitmqctl's (cavalcade ctl --help)")
     return parser
 
 
@@ -148,6 +196,14 @@ _SETTING_FLAGS = (
     "database_wait",
     "memory_high_watermark",
     "log_level",
+    "log_format",
+    "tls_port",
+    "tls_cert",
+    "tls_key",
+    "tls_ca",
+    "tls_verify_peer",
+    "tls_fail_if_no_peer_cert",
+    "plain_listener",
 )
 
 
@@ -185,15 +241,36 @@ def build_settings(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _configure_logging(level_name: str) -> None:
+class _JSONFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers (``--log-format json``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import json
+
+        entry = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "pid": record.process,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _configure_logging(level_name: str, log_format: str = "text") -> None:
     level = logging.getLevelName(level_name.upper())
     if not isinstance(level, int):
         raise CommandError(f"unknown log level {level_name!r}")
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        handler.setFormatter(_JSONFormatter())
+    else:
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s")
+        )
+    logging.basicConfig(level=level, handlers=[handler])
     if level > logging.DEBUG:
         # alembic's per-migration INFO lines are useful; SQLAlchemy's are noise
         logging.getLogger("sqlalchemy").setLevel(logging.WARNING)
@@ -374,7 +451,9 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
-def _run_node_process(settings: Settings, dsn: str, sock: socket.socket) -> None:
+def _run_node_process(
+    settings: Settings, dsn: str, sock: socket.socket, tls_sock: socket.socket | None = None
+) -> None:
     """Run one node in this process until SIGTERM/SIGINT."""
     from cavalcade import app
 
@@ -397,7 +476,7 @@ def _run_node_process(settings: Settings, dsn: str, sock: socket.socket) -> None
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await app.run_node(settings, dsn, sock, stop)
+            await app.run_node(settings, dsn, sock, stop, tls_sock)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -409,7 +488,13 @@ def _run_node_process(settings: Settings, dsn: str, sock: socket.socket) -> None
             pass
 
 
-def _fork_workers(count: int, settings: Settings, dsn: str, sock: socket.socket) -> list[int]:
+def _fork_workers(
+    count: int,
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    tls_sock: socket.socket | None = None,
+) -> list[int]:
     """Fork ``count`` sibling nodes sharing ``sock``; each runs until SIGTERM/SIGINT."""
     children: list[int] = []
     for _ in range(count):
@@ -417,7 +502,7 @@ def _fork_workers(count: int, settings: Settings, dsn: str, sock: socket.socket)
         if pid == 0:  # child
             code = 0
             try:
-                _run_node_process(settings, dsn, sock)
+                _run_node_process(settings, dsn, sock, tls_sock)
             except BaseException:  # last resort in a forked child
                 log.exception("worker node failed")
                 code = 1
@@ -454,11 +539,26 @@ def _reap(children: list[int], timeout: float = 30.0) -> None:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
-    _configure_logging(settings.log_level)
+    _configure_logging(settings.log_level, settings.log_format)
     from cavalcade.storage import schema
     from cavalcade.storage.dsn import redact
 
-    sock = bind_socket(settings.host, settings.port)
+    tls_sock = None
+    if settings.tls_port is not None:
+        from cavalcade.protocol.tls import TLSConfigError, server_context
+
+        try:
+            server_context(settings)  # fail before listening
+        except TLSConfigError as exc:
+            raise CommandError(str(exc)) from exc
+        tls_sock = bind_socket(settings.host, settings.tls_port)
+    elif not settings.plain_listener:
+        raise CommandError("--no-plain-listener needs --tls-port")
+    if settings.plain_listener:
+        sock = bind_socket(settings.host, settings.port)
+    else:
+        assert tls_sock is not None
+        sock, tls_sock = tls_sock, None
     embedded = None
     try:
         with _signals_interrupt():
@@ -491,6 +591,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             except ImportError as exc:
                 raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
             sock.listen(1024)
+            if tls_sock is not None:
+                tls_sock.listen(1024)
+                log.info("amqps listening on %s:%d", settings.host, tls_sock.getsockname()[1])
         log.info(
             "listening on %s:%d (%d worker%s)",
             settings.host,
@@ -498,15 +601,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings.workers,
             "" if settings.workers == 1 else "s",
         )
-        children = _fork_workers(settings.workers - 1, settings, dsn, sock)
+        children = _fork_workers(settings.workers - 1, settings, dsn, sock, tls_sock)
         try:
-            _run_node_process(settings, dsn, sock)
+            _run_node_process(settings, dsn, sock, tls_sock)
         finally:
             _reap(children)
     except _Interrupted:
         log.info("interrupted while starting")
     finally:
         sock.close()
+        if tls_sock is not None:
+            tls_sock.close()
         if embedded is not None:
             try:
                 embedded.stop()
@@ -525,6 +630,11 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cavalcade`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ctl"]:
+        from cavalcade import ctl
+
+        ctl.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

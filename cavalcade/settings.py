@@ -22,6 +22,7 @@ class Settings(BaseSettings):
     notify: Literal["listen", "poll"] = "listen"
     poll_interval: float = 1.0
     sweep_interval: float = 0.25
+    control_interval: float = 1.0  # how often a node applies operator changes
     vacuum_interval: float = 10.0
     database_wait: float = 60.0
 
@@ -42,6 +43,16 @@ class Settings(BaseSettings):
     node_liveness_interval: float = 0.5
     pool_size: int = 8
     log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # amqps listener (beside the plain one unless plain_listener is off)
+    tls_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_verify_peer: bool = False
+    tls_fail_if_no_peer_cert: bool = False
+    plain_listener: bool = True
 
     def effective_node_name(self) -> str:
         """The node label: ``--node-name`` or ``cavalcade@HOST:PORT``."""

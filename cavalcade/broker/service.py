@@ -45,6 +45,7 @@ from cavalcade.errors import (
     ResourceLocked,
 )
 from cavalcade.storage import sqlstate
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.batch import BatchRules, QueueLimit
 from cavalcade.storage.records import DeadRow
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, QueueRow, Repository
@@ -54,6 +55,7 @@ from cavalcade.storage.topology_log import TopologyChange
 from . import permissions
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
+from .limits import check_connection_limits, check_queue_limit
 from .liveness import Liveness
 from .outage import Outage
 from .poller import ReadyPoller
@@ -76,6 +78,9 @@ class Session:
     permissions: tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]
     exclusive_queues: set[int] = field(default_factory=set)
     grants_at: float = field(default_factory=time.monotonic)
+    vhost_name: str = ""
+    max_channels: int | None = None  # the user's limit (refreshed by broker/control.py)
+    channels_elsewhere: int = 0  # the user's channels on other nodes (likewise)
 
 
 @dataclass(slots=True)
@@ -98,6 +103,7 @@ class Broker:
     ) -> None:
         self.repo = repo
         self.node_id = node_id
+        self.admin_store = AdminStore(repo.pool)
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
             repo,
@@ -184,6 +190,14 @@ class Broker:
         self.topology_changed()
         self.wake_all()
 
+    def dispatched_queues(self) -> list[int]:
+        """Ids of the queues this node has consumers on."""
+        return list(self._dispatchers)
+
+    def cached_versions(self) -> dict[int, int]:
+        """The topology version each cached vhost was read at."""
+        return {vid: vh.version for vid, vh in self._vhosts_by_id.items()}
+
     def queue_deleted_elsewhere(self, queue_id: int) -> None:
         """Another node deleted a queue: cancel our consumers on it."""
         self._cancel_local_consumers(queue_id)
@@ -220,6 +234,15 @@ class Broker:
             raise ConnectionAccessRefused("guest may only log in from loopback")
         return int(row["id"]), username
 
+    async def authenticate_external(self, username: str, peer: str | None) -> tuple[int, str]:
+        """SASL EXTERNAL: the user named by a verified client certificate must exist."""
+        row = await self.repo.find_user(username)
+        if row is None:
+            raise ConnectionAccessRefused(f"user '{username}' does not exist")
+        if username in _LOOPBACK_ONLY_USERS and not _is_loopback(peer):
+            raise ConnectionAccessRefused("guest may only log in from loopback")
+        return int(row["id"]), username
+
     async def open_session(
         self,
         user_id: int,
@@ -227,19 +250,28 @@ class Broker:
         vhost_name: str,
         peer: str | None = None,
         client_properties: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
     ) -> Session:
         """Open a connection on a vhost (530 if unknown or not permitted); it is listed
         in the ``connections`` table while open."""
         vhost_id = await self.repo.find_vhost(vhost_name)
         if vhost_id is None:
             raise NotAllowed(f"vhost {vhost_name} not found")
+        max_channels = await check_connection_limits(self.admin_store, user, vhost_name, vhost_id)
         perm = await self.repo.find_permission(user_id, vhost_id)
         if perm is None:
             raise NotAllowed(f"access to vhost '{vhost_name}' refused for user '{user}'")
         vh = self._vhost(vhost_id, vhost_name)
         session = Session(self.next_id(), user, user_id, vh, permissions.compile_grants(perm))
+        session.vhost_name, session.max_channels = vhost_name, max_channels
         await self.repo.add_connection(
-            self.node_id, session.id, peer, user, vhost_id, json_safe(client_properties or {})
+            self.node_id,
+            session.id,
+            peer,
+            user,
+            vhost_id,
+            json_safe(client_properties or {}),
+            details,
         )
         return session
 
@@ -517,6 +549,7 @@ class Broker:
             if isinstance(dlx, str):  # dead-lettering needs read here and write there
                 self._permit(s, 2, "queue", name)
                 self._permit(s, 1, "exchange", dlx)
+            await check_queue_limit(self.admin_store, await s.vhost.fresh(self.repo), name)
             await self.repo.insert_queue(
                 s.vhost.id,
                 name,
@@ -843,7 +876,13 @@ class Broker:
             self.wake_queues(touched)
             if not touched:
                 break
-        for vhost_id, qid in await self.repo.expire_queues():
+        expires = {
+            q.id: q.arguments["x-expires"]
+            for vh in self._vhosts.values()
+            for q in vh.queues.values()
+            if isinstance(q.arguments.get("x-expires"), int)
+        }
+        for vhost_id, qid in await self.repo.expire_queues(expires):
             self._cancel_local_consumers(qid)
             gone_from = self._vhosts_by_id.get(vhost_id)
             if gone_from is not None:

@@ -11,9 +11,13 @@ vhost is reloaded, as before.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
+from cavalcade.domain.policies import apply_to_exchange, apply_to_queue, make_policy
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.repository import QueueRow, Repository
 from cavalcade.storage.topology_log import Edge, TopologyChange, TopologyRows
 
@@ -36,6 +40,8 @@ class VhostTopology:
     # id or 0): what an incremental change touches is found without a scan.
     edges: dict[Edge, list[BindingInfo]] = field(default_factory=dict)
     edges_into: dict[tuple[int, int], set[Edge]] = field(default_factory=dict)
+    limits: dict[str, Any] = field(default_factory=dict)  # max-connections, max-queues
+    policies: list[Any] = field(default_factory=list)  # policies of this vhost, applied
 
     def force_reload(self) -> None:
         """Next use reloads everything (the cache may have missed a change)."""
@@ -58,6 +64,9 @@ class VhostTopology:
 
     async def _reload(self, repo: Repository) -> None:
         version, exchanges, queues = await repo.load_topology(self.id)
+        rows, self.limits = await AdminStore(repo.pool).vhost_settings(self.id)
+        self.policies = _policies(rows)
+        _apply_policies(self.policies, exchanges.values(), queues.values())
         self.version = version
         self.exchanges = exchanges
         self.exchanges_by_name = {e.name: e for e in exchanges.values()}
@@ -117,6 +126,7 @@ class VhostTopology:
             old = self.queues.get(row.name)
             if old is not None and old.id != row.id:
                 self._drop_queue(old.id)  # deleted and declared again under a new id
+            _apply_policies(self.policies, (), (row,))
             self.queues[row.name] = row
             self.queues_by_id[row.id] = row
         for xid in change.exchanges:
@@ -124,6 +134,7 @@ class VhostTopology:
             if ex is None:
                 self._drop_exchange(xid)
             elif xid not in self.exchanges:
+                _apply_policies(self.policies, (ex,), ())
                 old_ex = self.exchanges_by_name.get(ex.name)
                 if old_ex is not None:
                     self._drop_exchange(old_ex.id)
@@ -164,3 +175,25 @@ class VhostTopology:
                 into.discard(edge)
                 if not into:
                     del self.edges_into[edge[1:]]
+
+
+def _policies(rows: list[dict[str, Any]]) -> list[Any]:
+    return [
+        make_policy(
+            r["name"], r["pattern"], r["definition"], r["priority"], r["apply_to"], r["operator"]
+        )
+        for r in rows
+    ]
+
+
+def _apply_policies(
+    policies: list[Any], exchanges: Iterable[ExchangeInfo], queues: Iterable[QueueRow]
+) -> None:
+    """Queues and exchanges behave by their effective arguments (policies applied): every
+    rule that reads ``arguments`` from the cached topology sees them."""
+    if not policies:
+        return
+    for q in queues:
+        q.arguments = apply_to_queue(q.name, q.arguments, policies).arguments
+    for e in exchanges:
+        e.arguments = apply_to_exchange(e.name, e.arguments, policies).arguments

@@ -12,6 +12,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from cavalcade import __version__
+from cavalcade.broker.limits import check_channel_limit
 from cavalcade.broker.service import Broker, Session
 from cavalcade.errors import (
     AMQPError,
@@ -42,6 +43,7 @@ from .framing import (
 )
 from .sasl import MECHANISMS, parse_response
 from .tasks import keep, spawn
+from .tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +67,20 @@ WRITE_LOW = 1024 * 1024
 class AMQPConnection(asyncio.Protocol):
     """The asyncio protocol of one client socket."""
 
-    def __init__(self, broker: Broker, settings: Settings, registry: set[AMQPConnection]) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        settings: Settings,
+        registry: set[AMQPConnection],
+        server: Any = None,
+    ) -> None:
         self.broker = broker
+        self.server = server  # for the user's channel count (max-channels)
+        self.name = "?"
+        self.tls = False
+        self.mechanism: str | None = None
+        self.cert_user: str | None = None
+        self.close_reason = "client closed the TCP connection"
         self.settings = settings
         self.registry = registry
         self.transport: asyncio.Transport | None = None
@@ -105,6 +119,14 @@ class AMQPConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
+        self.peer_port = peer[1] if isinstance(peer, tuple) else None
+        local = transport.get_extra_info("sockname")
+        self.local = local if isinstance(local, tuple) else ("?", 0)
+        ssl_object = transport.get_extra_info("ssl_object")
+        self.tls = ssl_object is not None
+        self.cert_user = peer_common_name(ssl_object)
+        self.name = f"{self.peer}:{self.peer_port} -> {self.local[0]}:{self.local[1]}"
+        log.info("accepting AMQP connection %s%s", self.name, " (TLS)" if self.tls else "")
         self.registry.add(self)
         loop = asyncio.get_running_loop()
         self._timers.append(
@@ -191,6 +213,12 @@ class AMQPConnection(asyncio.Protocol):
             if not isinstance(m, commands.Channel.Open):
                 cls, meth = method_ids(f.payload)
                 raise ChannelErrorHard("expected 'channel.open'", cls, meth)
+            if self.session.max_channels is not None and self.server is not None:
+                check_channel_limit(
+                    self.session.user,
+                    self.session.max_channels,
+                    self.server.user_channels(self.session.user) + self.session.channels_elsewhere,
+                )
             if len(self.channels) >= self.channel_max:  # a count, as on RabbitMQ
                 raise NotAllowed(
                     f"number of channels opened ({len(self.channels)}) has reached the "
@@ -222,10 +250,14 @@ class AMQPConnection(asyncio.Protocol):
                 version_major=0,
                 version_minor=9,
                 server_properties=props,
-                mechanisms=MECHANISMS,
+                mechanisms=self._mechanisms(),
                 locales="en_US",
             ),
         )
+
+    def _mechanisms(self) -> str:
+        """EXTERNAL is offered when the client presented a verified certificate."""
+        return f"{MECHANISMS} EXTERNAL" if self.cert_user else MECHANISMS
 
     async def _connection_methods(self) -> None:
         while not self.closed:
@@ -267,6 +299,7 @@ class AMQPConnection(asyncio.Protocol):
         elif isinstance(m, commands.Connection.Open) and self._state == "open":
             await self._on_open(m)
         elif isinstance(m, commands.Connection.Close):
+            self.close_reason = f"client closed it ({m.reply_code} {m.reply_text})"
             self._state = "closing"
             await self._teardown_channels()
             self.send_method(0, commands.Connection.CloseOk())
@@ -289,8 +322,9 @@ class AMQPConnection(asyncio.Protocol):
         caps = props.get("capabilities")
         self.cancel_notify = isinstance(caps, dict) and bool(caps.get("consumer_cancel_notify"))
         self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
+        self.mechanism = m.mechanism
         creds = parse_response(m.mechanism, m.response)
-        if m.mechanism not in MECHANISMS.split():
+        if m.mechanism not in self._mechanisms().split():
             raise ConnectionAccessRefused(
                 f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
             )
@@ -300,6 +334,8 @@ class AMQPConnection(asyncio.Protocol):
             10,
             11,
         )
+        if m.mechanism == "EXTERNAL" and self.cert_user:
+            creds = (self.cert_user, "")
         # As RabbitMQ: only a client that says it understands a 403 connection.close
         # after start-ok gets one; for the others the socket is simply closed.
         close_on_failure = isinstance(caps, dict) and bool(caps.get("authentication_failure_close"))
@@ -309,7 +345,10 @@ class AMQPConnection(asyncio.Protocol):
                 return
             raise refused
         try:
-            self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
+            if m.mechanism == "EXTERNAL":
+                self._user = await self.broker.authenticate_external(creds[0], self.peer)
+            else:
+                self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
         except ConnectionAccessRefused as exc:
             log.info("login of %r from %s refused: %s", creds[0], self.peer, exc.text)
             if not close_on_failure:
@@ -352,11 +391,31 @@ class AMQPConnection(asyncio.Protocol):
                 m.virtual_host or "/",
                 peer=self.peer,
                 client_properties=self._client_properties,
+                details={
+                    "name": self.name,
+                    "peer_port": self.peer_port,
+                    "host": str(self.local[0]),
+                    "port": int(self.local[1]),
+                    "tls": self.tls,
+                    "auth_mechanism": self.mechanism,
+                    "frame_max": self.frame_max,
+                    "channel_max": self.channel_max,
+                    "heartbeat": self.heartbeat,
+                },
             )
         except AMQPError as exc:
             exc.class_id, exc.method_id = 10, 40
             raise
         self._state = "opened"
+        log.info(
+            "connection %s: user '%s' authenticated and granted access to vhost '%s'%s",
+            self.name,
+            self._user[1],
+            m.virtual_host or "/",
+            f" (connection_name {self._client_properties.get('connection_name')!r})"
+            if self._client_properties.get("connection_name")
+            else "",
+        )
         for t in self._timers:
             t.cancel()
         self._timers.clear()
@@ -451,6 +510,7 @@ class AMQPConnection(asyncio.Protocol):
         if self._state == "closing":
             return
         self._state = "closing"
+        self.close_reason = f"the broker closed it: {err.reply_text}"
         self.send_method(0, close_method(err))
         loop = asyncio.get_running_loop()
         spawn(self._teardown_channels())
@@ -492,6 +552,13 @@ class AMQPConnection(asyncio.Protocol):
             return
         self.closed = True
         if self.session is not None:
+            log.info(
+                "closing AMQP connection %s (vhost '%s', user '%s'): %s",
+                self.name,
+                self.session.vhost_name,
+                self.session.user,
+                self.close_reason,
+            )
             self.broker.session_closing(self.session)
         for t in self._timers:
             t.cancel()

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 
-from cavalcade.broker.service import Broker
+from cavalcade.broker.service import Broker, Session
 from cavalcade.settings import Settings
 
 from .connection import AMQPConnection
@@ -18,8 +19,8 @@ class AMQPServer:
         self.broker = broker
         self.settings = settings
         self.connections: set[AMQPConnection] = set()
-        self._server: asyncio.base_events.Server | None = None
         self.draining = False  # maintenance mode: new sockets are closed at once
+        self._servers: list[asyncio.base_events.Server] = []
         broker.batcher.on_blocked = self._blocked
         broker.held = self._held
 
@@ -32,26 +33,54 @@ class AMQPServer:
             for message_id in ch.held_ids()
         }
 
+    def sessions(self) -> list[tuple[Session, int]]:
+        """Open connections of this node as (session, open channels)."""
+        return [
+            (c.session, len(c.channels))
+            for c in self.connections
+            if c.session is not None and not c.closed
+        ]
+
+    def close_connection(self, connection_id: int, reason: str) -> bool:
+        """An operator's close_connection: 320 CONNECTION_FORCED with the reason."""
+        for conn in list(self.connections):
+            if conn.session is not None and conn.session.id == connection_id:
+                conn.close_forced(reason)
+                return True
+        return False
+
+    def user_channels(self, user: str) -> int:
+        """Channels open on this node by a user's connections."""
+        return sum(
+            len(c.channels)
+            for c in self.connections
+            if c.session is not None and c.session.user == user and not c.closed
+        )
+
     def _blocked(self, blocked: bool) -> None:
         for conn in list(self.connections):
             conn.set_blocked(blocked)
 
-    async def start(self, sock: socket.socket) -> None:
+    async def start(self, sock: socket.socket, tls: ssl.SSLContext | None = None) -> None:
+        """Serve on a bound socket (amqps with ``tls``); may be called once per listener."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
+        server = await loop.create_server(
             lambda: (
                 _Refused()
                 if self.draining
-                else AMQPConnection(self.broker, self.settings, self.connections)
+                else AMQPConnection(self.broker, self.settings, self.connections, self)
             ),
             sock=sock,
             backlog=1024,
+            ssl=tls,
+            ssl_handshake_timeout=self.settings.handshake_timeout if tls else None,
         )
+        self._servers.append(server)
 
     async def stop(self, grace: float = 5.0, reason: str = "broker shutdown") -> None:
         """Stop accepting, send 320 CONNECTION_FORCED to everyone, wait for their cleanup."""
-        if self._server is not None:
-            self._server.close()
+        for server in self._servers:
+            server.close()
         await self.close_all(grace, reason)
 
     async def drain(self, grace: float = 5.0) -> None:

@@ -169,7 +169,10 @@ class AdminStore:
 
     async def set_vhost_limits(self, name: str, limits: dict[str, Any]) -> bool:
         status = await self.pool.execute(
-            "UPDATE vhosts SET limits = $2::jsonb WHERE name = $1", name, _dump(limits)
+            "UPDATE vhosts SET limits = $2::jsonb, topology_version = topology_version + 1"
+            " WHERE name = $1",
+            name,
+            _dump(limits),
         )
         return status != "UPDATE 0"
 
@@ -503,13 +506,20 @@ class AdminStore:
             return {}, 0
         return _json(row[0]), int(row[1])
 
-    async def vhost_policies(self, vhost_id: int) -> list[Record]:
-        rows = await self.pool.fetch(
-            "SELECT operator, name, pattern, apply_to, priority, definition FROM policies"
-            " WHERE vhost_id = $1",
-            vhost_id,
-        )
-        return _rows(rows, "definition")
+    async def vhost_settings(self, vhost_id: int) -> tuple[list[Record], dict[str, Any]]:
+        """A vhost's policies and limits (what a node's topology cache applies)."""
+        async with self.pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT operator, name, pattern, apply_to, priority, definition FROM policies"
+                " WHERE vhost_id = $1",
+                vhost_id,
+            )
+            limits = await conn.fetchval("SELECT limits FROM vhosts WHERE id = $1", vhost_id)
+        return _rows(rows, "definition"), dict(_json(limits))
+
+    async def queue_count(self, vhost_id: int) -> int:
+        n = await self.pool.fetchval("SELECT count(*) FROM queues WHERE vhost_id = $1", vhost_id)
+        return int(n or 0)
 
 
 async def _bump(conn: asyncpg.Connection, vhost_id: int) -> None:

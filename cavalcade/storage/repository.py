@@ -71,7 +71,10 @@ WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_conn
                   arguments
              FROM queues WHERE vhost_id = $1 AND name = $2),
      used AS (UPDATE queues SET last_used_at = now()
-               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires') RETURNING id)
+               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires' OR EXISTS
+                           (SELECT 1 FROM policies p WHERE p.vhost_id = $1
+                               AND p.definition ? 'expires'))
+              RETURNING id)
 SELECT q.*,
        {ready_estimate("q.id")} AS ready,
        (SELECT count(*) FROM consumers WHERE queue_id = q.id) AS consumers,
@@ -242,16 +245,29 @@ class Repository:
         user: str,
         vhost_id: int,
         client_properties: dict[str, Any],
+        details: dict[str, Any] | None = None,
     ) -> None:
+        d = details or {}
         await self.claim_pool.execute(
-            "INSERT INTO connections (node_id, id, peer, user_name, vhost_id, client_properties)"
-            " VALUES ($1, $2, $3, $4, $5, $6::jsonb)",
+            "INSERT INTO connections (node_id, id, peer, user_name, vhost_id, client_properties,"
+            " name, peer_port, host, port, tls, auth_mechanism, frame_max, channel_max,"
+            " heartbeat) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10,"
+            " coalesce($11, false), $12, $13, $14, $15)",
             node_id,
             connection_id,
             peer,
             user,
             vhost_id,
             textsafe.dump_json(client_properties),
+            d.get("name"),
+            d.get("peer_port"),
+            d.get("host"),
+            d.get("port"),
+            d.get("tls"),
+            d.get("auth_mechanism"),
+            d.get("frame_max"),
+            d.get("channel_max"),
+            d.get("heartbeat"),
         )
 
     async def remove_connection(self, node_id: uuid.UUID, connection_id: int) -> None:
@@ -638,13 +654,19 @@ class Repository:
         async with self.pool.acquire() as conn, conn.transaction():
             return await batch.expire(conn, limit, rules, notify=self.notify)
 
-    async def expire_queues(self) -> list[tuple[int, int]]:
-        """Delete queues unused for longer than their ``x-expires``: (vhost id, queue id)."""
+    async def expire_queues(self, effective: dict[int, int] | None = None) -> list[tuple[int, int]]:
+        """Delete queues unused for longer than their ``x-expires`` (or the effective value
+        given per queue id, policies applied): (vhost id, queue id)."""
+        effective = effective or {}
         rows = await self.pool.fetch(
-            "DELETE FROM queues q WHERE q.arguments ? 'x-expires'"
+            "WITH p AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS p(id, ms))"
+            " DELETE FROM queues q WHERE (q.arguments ? 'x-expires' OR q.id IN (SELECT id FROM p))"
             " AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = q.id)"
-            " AND q.last_used_at + (q.arguments->>'x-expires')::bigint * interval '1 millisecond'"
-            " < now() RETURNING vhost_id, id"
+            " AND q.last_used_at + coalesce((SELECT ms FROM p WHERE p.id = q.id),"
+            " (q.arguments->>'x-expires')::bigint) * interval '1 millisecond'"
+            " < now() RETURNING vhost_id, id",
+            list(effective),
+            list(effective.values()),
         )
         return [(r[0], r[1]) for r in rows]
 
