@@ -588,6 +588,38 @@ async def _list_nodes(admin: Any, a: argparse.Namespace, out: Output) -> None:
     out.table(cols, _rows(await admin.list_nodes(), cols, NODE_COLUMNS))
 
 
+async def _maintenance(admin: Any, a: argparse.Namespace, out: Output, draining: bool) -> None:
+    from cavalcade.broker import maintenance
+    from cavalcade.broker.admin import NotFoundError
+
+    what = "Putting node" if draining else "Reviving node"
+    out.banner(f"{what} '{a.node}' {'into' if draining else 'out of'} maintenance mode ...")
+    try:
+        change = maintenance.drain if draining else maintenance.revive
+        await change(admin.store, a.node)
+    except maintenance.NodeNotFound as exc:
+        raise NotFoundError(str(exc)) from exc
+
+
+@verb(
+    "drain",
+    "maintenance mode: the node closes its clients (320), hands back what it holds, "
+    "accepts none until revived",
+    lambda p: p.add_argument("node", help="node name or id"),
+)
+async def _drain(admin: Any, a: argparse.Namespace, out: Output) -> None:
+    await _maintenance(admin, a, out, True)
+
+
+@verb(
+    "revive",
+    "take a node out of maintenance mode",
+    lambda p: p.add_argument("node", help="node name or id"),
+)
+async def _revive(admin: Any, a: argparse.Namespace, out: Output) -> None:
+    await _maintenance(admin, a, out, False)
+
+
 @verb("purge_queue", "remove a queue's ready messages", lambda p: p.add_argument("queue"))
 async def _purge_queue(admin: Any, a: argparse.Namespace, out: Output) -> None:
     out.banner(f"Purging queue '{a.queue}' in vhost '{a.vhost}' ...")

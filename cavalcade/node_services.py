@@ -53,7 +53,7 @@ class NodeServices:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away
-                if not failing:
+                if not failing and not self.broker.outage.report(exc):
                     log.warning("maintenance check failed: %s", exc)
                 failing = True
                 continue

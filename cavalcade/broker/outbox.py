@@ -61,7 +61,7 @@ class OutboxDrainer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away
-                if not failing:
+                if not failing and not self.broker.outage.report(exc):
                     log.warning("outbox drain failed: %s", exc)
                 failing = True
 

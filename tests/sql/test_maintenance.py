@@ -1,5 +1,6 @@
-"""Maintenance mode (``drain`` / ``revive``): the drained node closes its clients with 320,
-hands back what they held, refuses new clients, and takes them again once revived."""
+"""Maintenance mode (``cavalcade ctl drain`` / ``revive``): the drained node closes its
+clients with 320, hands back what they held, refuses new clients, and takes them again
+once revived."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pytest
 from cavalcade.broker import maintenance
 from cavalcade.broker.maintenance import NodeNotFound
 from cavalcade.storage.repository import Repository
+from tests.integration.test_ctl import ctl
 
 from .conftest import Node, name, wait_messages
 
@@ -48,8 +50,10 @@ async def test_drain_and_revive(
     try:
         with pytest.raises(NodeNotFound):
             await maintenance.drain(repo, "no-such-node")
-        [(node_id, node_label)] = await maintenance.drain(repo, label)
-        assert node_label == label
+        assert ctl(node.database_url, "drain", "no-such-node").returncode == 65
+        drained_ = ctl(node.database_url, "drain", label)
+        assert drained_.returncode == 0, drained_.stderr
+        node_id = str(await sql.fetchval("SELECT id FROM nodes WHERE name = $1", label))
         with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
@@ -67,7 +71,8 @@ async def test_drain_and_revive(
         async with sql.transaction():
             await sql.fetchval("SELECT cavalcade_publish('', $1, 'via-sql'::bytea)", q)
         assert [b for *_, b in wait_messages(channel, q, 1)] == [b"via-sql"]
-        await maintenance.revive(repo, node_id)
+        revived = ctl(node.database_url, "revive", node_id)  # by id, this time
+        assert revived.returncode == 0, revived.stderr
         deadline = time.monotonic() + 30
         while _refused(other.url):
             assert time.monotonic() < deadline, "the revived node never accepted again"
