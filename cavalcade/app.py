@@ -21,7 +21,13 @@ log = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 10.0  # seconds for each shutdown step that needs the database
 
 
-async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event) -> None:
+async def run_node(
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    management_sock: socket.socket | None = None,
+) -> None:
     """Run a broker node on a bound socket until ``stop`` is set.
 
     If the other nodes declare this one dead (its heartbeat row is gone, e.g. after a
@@ -34,13 +40,18 @@ async def run_node(settings: Settings, dsn: str, sock: socket.socket, stop: asyn
     gc.set_threshold(50_000, 50, 100)
     while not stop.is_set():
         fenced = asyncio.Event()
-        await _run_incarnation(settings, dsn, sock, stop, fenced)
+        await _run_incarnation(settings, dsn, sock, stop, fenced, management_sock)
         if fenced.is_set() and not stop.is_set():
             log.warning("fenced by the cluster: re-registering as a new node")
 
 
 async def _run_incarnation(
-    settings: Settings, dsn: str, sock: socket.socket, stop: asyncio.Event, fenced: asyncio.Event
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    stop: asyncio.Event,
+    fenced: asyncio.Event,
+    management_sock: socket.socket | None = None,
 ) -> None:
     node_id = uuid.uuid4()
     repo = await Repository.connect(
@@ -62,7 +73,14 @@ async def _run_incarnation(
     loops = [
         asyncio.create_task(_node_heartbeat(repo, broker, settings, node_id, fenced, listener)),
         asyncio.create_task(_sweeper(broker, settings)),
+        asyncio.create_task(_stats_publisher(broker, settings)),
     ]
+    management = None
+    if management_sock is not None:
+        from cavalcade.management.server import ManagementServer
+
+        management = ManagementServer(broker, settings)
+        await management.start(management_sock.dup())
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
     )
@@ -76,6 +94,8 @@ async def _run_incarnation(
         for waiter in ended:
             waiter.cancel()
         log.info("shutting down node %s", node_id)
+        if management is not None:
+            await management.stop()
         await server.stop()
         for t in loops:
             t.cancel()
@@ -211,3 +231,22 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
             if not failing:  # once per outage, not four times a second
                 log.warning("expiry sweep failed: %s", exc)
             failing = True
+
+
+async def _stats_publisher(broker: Broker, settings: Settings) -> None:
+    """Publish this node's counters and rates for the management API of every node."""
+    from cavalcade.broker.monitoring import publish_stats
+
+    failing = False
+    while True:
+        try:
+            await publish_stats(broker)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+            broker.stats.database_up = False
+            if not failing:
+                log.warning("publishing statistics failed: %s", exc)
+            failing = True
+        await asyncio.sleep(settings.stats_interval)

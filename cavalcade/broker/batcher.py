@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -20,6 +21,7 @@ import asyncpg
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.repository import BatchRules, NewMessage, Repository
 
+from .stats import NodeStats
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -89,6 +91,7 @@ class WriteBatcher:
         self.backlog_limit = backlog_limit
         self.blocked = False
         self.on_blocked: Callable[[bool], None] = lambda _blocked: None
+        self.stats = NodeStats()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -211,6 +214,7 @@ class WriteBatcher:
             try:
                 messages, spans = await self._route(ops)
                 rules = self._rules_for(messages, wake)
+                started = time.perf_counter()
                 outcome = await self._repo.write_batch(
                     messages,
                     acks,
@@ -221,6 +225,7 @@ class WriteBatcher:
                     rules=rules,
                 )
                 refused, touched = outcome.refused, outcome.touched | wake
+                self._count(ops, spans, messages, refused, len(acks), started)
                 break
             except asyncio.CancelledError:
                 raise
@@ -233,6 +238,7 @@ class WriteBatcher:
                     failure = exc
                     break
             except Exception as exc:  # noqa: BLE001 - the database may come back
+                self.stats.timings.batch_failures += 1
                 log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -253,3 +259,26 @@ class WriteBatcher:
                 fut.exception()  # retrieved: publishers without confirms never look
         if touched:
             self._on_committed(touched)
+
+    def _count(
+        self,
+        ops: list[tuple[Work, asyncio.Future[int], int]],
+        spans: list[tuple[int, int, asyncio.Future[int]]],
+        messages: list[NewMessage],
+        refused: set[int],
+        acks: int,
+        started: float,
+    ) -> None:
+        """Statistics of a committed batch (client publishes, unroutable, rows per queue)."""
+        publishes = unroutable = 0
+        for (work, _, _), (start, end, _) in zip(ops, spans, strict=True):
+            if isinstance(work, PendingPublish):
+                publishes += 1
+                unroutable += start == end
+        self.stats.committed(
+            time.perf_counter() - started,
+            publishes,
+            unroutable,
+            (m.queue_id for i, m in enumerate(messages) if i not in refused),
+            acks,
+        )

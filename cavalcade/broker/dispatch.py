@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 from uuid import UUID
 
 from cavalcade.domain.deadletter import with_delivery_count
 from cavalcade.storage.repository import ClaimedMessage, Repository
+
+from .stats import NodeStats
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +60,10 @@ class QueueDispatcher:
         poll_interval: float,
         single_active: bool = False,
         quorum: bool = False,
+        stats: NodeStats | None = None,
     ) -> None:
         self.queue_id = queue_id
+        self.stats = stats or NodeStats()
         self.single_active = single_active
         self.quorum = quorum
         self.consumers: list[DeliveryTarget] = []
@@ -143,9 +148,11 @@ class QueueDispatcher:
                 c.reserve(credit[id(c)])
             want = min(sum(credit.values()), CLAIM_CAP)
             all_no_ack = all(c.no_ack for c in eligible)
+            started = time.perf_counter()
             try:
                 rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
             finally:
+                self.stats.claimed(time.perf_counter() - started)
                 # No await from here to the deliveries: the reservation becomes unacked.
                 for c in eligible:
                     c.release(credit[id(c)])
@@ -174,8 +181,12 @@ class QueueDispatcher:
                 if c not in self.consumers or not c.deliver(batch):
                     if not all_no_ack:
                         requeue.extend(m.id for m in batch)
-                elif c.no_ack and not all_no_ack:
+                    continue
+                if c.no_ack and not all_no_ack:
                     consumed.extend(m.id for m in batch)
+                self.stats.delivered(
+                    self.queue_id, len(batch), c.no_ack, sum(m.redelivered for m in batch)
+                )
             await self._repo.requeue(requeue, self._node_id)
             await self._repo.delete_messages(consumed, self._node_id)
             if len(rows) < want:

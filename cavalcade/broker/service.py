@@ -42,6 +42,7 @@ from cavalcade.storage.sqlstate import is_unavailable
 
 from .batcher import PendingPublish, WriteBatcher
 from .dispatch import DeliveryTarget, QueueDispatcher
+from .stats import NodeStats
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,7 @@ class Broker:
         self.batcher = WriteBatcher(
             repo, node_id, self.wake_queues, backlog_limit, rules_for=self.rules_for, router=self
         )
+        self.stats: NodeStats = self.batcher.stats
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
@@ -759,6 +761,7 @@ class Broker:
                 self.poll_interval,
                 single_active=bool(q.arguments.get("x-single-active-consumer")),
                 quorum=_is_quorum(q),
+                stats=self.stats,
             )
             self._dispatchers[q.id] = d
         d.add(target)
@@ -809,6 +812,7 @@ class Broker:
         self._permit(s, 2, "queue", queue)
         await self.repo.touch_queue(q.id)
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
+        self.stats.got(q.id, bool(rows), no_ack, bool(rows) and rows[0].redelivered)
         if not rows:
             return None
         if _is_quorum(q):
@@ -816,8 +820,10 @@ class Broker:
         remaining = await self.repo.ready_count(q.id)
         return rows[0], remaining
 
-    def ack(self, ids: Sequence[int]) -> None:
+    def ack(self, ids: Sequence[int], queue_ids: Sequence[int] = ()) -> None:
+        """Acked message ids (and, for the statistics, the queue of each)."""
         self.batcher.ack(ids)
+        self.stats.acked(queue_ids)
 
     def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
         """Return (queue id, message id) pairs to their queues as redelivered (next commit)."""
