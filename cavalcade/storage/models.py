@@ -50,6 +50,10 @@ class Vhost(Base):
     # Bumped by every change of exchanges, queues or bindings: a node whose cached copy
     # is older re-reads it before routing its next batch of publishes.
     topology_version: Mapped[int] = mapped_column(BigInteger, server_default="0")
+    description: Mapped[str] = mapped_column(Text, server_default="")
+    tags: Mapped[str] = mapped_column(Text, server_default="")
+    # ``{"max-connections": N, "max-queues": N}`` as ``set_vhost_limits`` stores them.
+    limits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
 
 class User(Base):
@@ -59,6 +63,8 @@ class User(Base):
     name: Mapped[str] = mapped_column(String(255), unique=True)
     password_hash: Mapped[str | None] = mapped_column(Text)
     tags: Mapped[str] = mapped_column(Text, server_default="")
+    # ``{"max-connections": N, "max-channels": N}`` as ``set_user_limits`` stores them.
+    limits: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
 
 
 class Permission(Base):
@@ -100,6 +106,50 @@ class Connection(Base):
     vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
     client_properties: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     connected_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now()
+    )
+    # RabbitMQ's connection name, "PEER:PORT -> HOST:PORT" (migration 0005 on).
+    name: Mapped[str | None] = mapped_column(Text)
+    peer_port: Mapped[int | None] = mapped_column(Integer)
+    host: Mapped[str | None] = mapped_column(Text)
+    port: Mapped[int | None] = mapped_column(Integer)
+    auth_mechanism: Mapped[str | None] = mapped_column(Text)
+    frame_max: Mapped[int | None] = mapped_column(Integer)
+    channel_max: Mapped[int | None] = mapped_column(Integer)
+    heartbeat: Mapped[int | None] = mapped_column(Integer)
+    tls: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # Open channels, refreshed by the node about once a second.
+    channels: Mapped[int] = mapped_column(Integer, server_default="0")
+
+
+class Policy(Base):
+    """A policy (or, with ``operator``, an operator policy) of a vhost."""
+
+    __tablename__ = "policies"
+    __table_args__ = (UniqueConstraint("vhost_id", "operator", "name"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    vhost_id: Mapped[int] = mapped_column(ForeignKey("vhosts.id", ondelete="CASCADE"))
+    operator: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    name: Mapped[str] = mapped_column(String(255))
+    pattern: Mapped[str] = mapped_column(Text)
+    apply_to: Mapped[str] = mapped_column(String(16), server_default="all")
+    priority: Mapped[int] = mapped_column(Integer, server_default="0")
+    definition: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class ConnectionRequest(Base):
+    """An operator's request (``close_connection``) for the node that owns a connection."""
+
+    __tablename__ = "connection_requests"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), index=True
+    )
+    connection_id: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(Text, server_default="")
+    requested_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now()
     )
 
