@@ -12,9 +12,11 @@ from cavalcade.domain.passwords import check_password
 from cavalcade.domain.routing import ExchangeInfo
 from cavalcade.errors import NotFound
 from cavalcade.storage import stats as stats_sql
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.records import QueueRow
 from cavalcade.storage.stats import NodeRow
 
+from .admin import Admin
 from .service import Broker, _is_loopback
 
 LOOPBACK_ONLY_USERS = frozenset({"guest"})
@@ -204,3 +206,12 @@ async def consumers(broker: Broker, vhost: str | None = None) -> list[dict[str, 
         found = by_key.get((str(r["node_id"]), int(r["channel"])))
         r["connection"], r["channel_info"] = found if found else (None, None)
     return rows
+
+
+def admin_for(broker: Broker) -> Admin:
+    """The admin use-cases over this node's own pool (created once per broker)."""
+    admin = getattr(broker, "_management_admin", None)
+    if admin is None:
+        admin = Admin(AdminStore(broker.repo.pool))
+        broker._management_admin = admin  # type: ignore[attr-defined]
+    return admin

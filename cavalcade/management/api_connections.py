@@ -7,6 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from cavalcade.broker import monitoring
+from cavalcade.broker.admin import connection_pid
 from cavalcade.broker.monitoring import ConnectionView
 
 from .access import check_vhost, visible_vhosts
@@ -156,11 +157,8 @@ async def close_connection(request: web.Request) -> web.Response:
     if not is_admin(user) and c.row["user_name"] != user.name:
         raise not_found()
     reason = request.headers.get("X-Reason", "Closed via management plugin")
-    from cavalcade.broker import admin_connections
-
-    await admin_connections.close_connection(
-        request.app[CTX].broker, c.row["node_id"], int(c.row["id"]), reason
-    )
+    admin = monitoring.admin_for(request.app[CTX].broker)
+    await admin.close_connection(connection_pid(c.row["node_id"], int(c.row["id"])), reason)
     return web.Response(status=204)
 
 
