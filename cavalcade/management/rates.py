@@ -76,10 +76,14 @@ class ClusterStats:
         """``[{"sample": total, "timestamp": ms}]``, newest first, from the nodes'
         histories (each node's last value at or before each point, added up)."""
         incr = max(incr, 1.0)
+        latest = [h[-1][0] for n in self.nodes if (h := n.stats.get("history"))]
+        if latest:  # line the points up with the newest snapshot, not a partial interval
+            now = min(now, max(latest))
         points = [now - i * incr for i in range(int(age // incr) + 1)]
         out = []
         for t in points:
             value = 0.0
+            seen = False
             for node in self.nodes:
                 last = None
                 for at, counters in node.stats.get("history", []):
@@ -87,10 +91,8 @@ class ClusterStats:
                         break
                     last = counters
                 if last is not None:
-                    value += (
-                        _derived(dict(last)).get(key, 0)
-                        if key == "deliver_get"
-                        else last.get(key, 0)
-                    )
-            out.append({"sample": int(value), "timestamp": int(t * 1000)})
+                    seen = True
+                    value += _derived(dict(last)).get(key, 0)
+            if seen:  # no point before any node had counted anything
+                out.append({"sample": int(value), "timestamp": int(t * 1000)})
         return out
