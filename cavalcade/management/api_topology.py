@@ -6,6 +6,7 @@ import base64
 import hashlib
 import json
 from typing import Any
+from urllib.parse import quote, quote_plus, unquote_plus
 
 from aiohttp import web
 
@@ -144,6 +145,13 @@ async def list_vhost_queues(request: web.Request) -> web.Response:
     vhost = request.match_info["vhost"]
     await check_vhost(request, vhost)
     return json_response(paginate(await _queue_items(request, vhost), request.query))
+
+
+async def list_default_vhost_queues(request: web.Request) -> web.Response:
+    """``/api/queues//``: Flower's broker view builds this URL for the vhost ``/``
+    (RabbitMQ answers 404 there; we answer as for ``/api/queues/%2F``)."""
+    await check_vhost(request, "/")
+    return json_response(paginate(await _queue_items(request, "/"), request.query))
 
 
 async def show_queue(request: web.Request) -> web.Response:
@@ -375,10 +383,16 @@ async def publish(request: web.Request) -> web.Response:
 
 def properties_key(routing_key: str, arguments: dict[str, Any]) -> str:
     """RabbitMQ's ``properties_key``: the key, plus ``~hash`` of the arguments if any."""
+    key = quote_plus(routing_key, safe="")
     if not arguments:
-        return routing_key if routing_key else "~"
+        return key if key else "~"
     digest = hashlib.sha1(json.dumps(arguments, sort_keys=True).encode()).digest()[:6]
-    return f"{routing_key}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+    return f"{key}~{base64.urlsafe_b64encode(digest).decode().rstrip('=')}"
+
+
+def _same_key(properties: str, given: str) -> bool:
+    """A ``{props}`` path segment names a binding quoted (as listed) or unquoted."""
+    return given in (properties, unquote_plus(properties))
 
 
 def _binding(vhost: str, source: str, dest: str, kind: str, key: str, args: dict[str, Any]):
@@ -482,9 +496,7 @@ async def edge_bindings(request: web.Request) -> web.Response:
     m = request.match_info
     kind = _kind(m["kind"])
     source = "" if m["source"] == "amq.default" else m["source"]
-    await check_vhost(request, m["vhost"])
-    await _exists(request, "exchange", source)
-    await _exists(request, kind, m["dest"])
+    await check_vhost(request, m["vhost"])  # missing ends are an empty list, as on RabbitMQ
     items = await _filtered(request, source=source, destination=m["dest"], destination_type=kind)
     return json_response(items)
 
@@ -498,7 +510,7 @@ async def create_binding(request: web.Request) -> web.Response:
     await admin_topology.bind(
         request.app[CTX].broker, s, m["source"], m["kind"], m["dest"], key, args
     )
-    location = f"{m['dest']}/{properties_key(key, args)}"
+    location = f"{m['dest']}/{quote(properties_key(key, args), safe='~')}"
     return web.Response(status=201, headers={"Location": location})
 
 
@@ -508,7 +520,7 @@ async def show_binding(request: web.Request) -> web.Response:
         request, source=m["source"], destination=m["dest"], destination_type=_kind(m["kind"])
     )
     for b in items:
-        if b["properties_key"] == m["props"]:
+        if _same_key(b["properties_key"], m["props"]):
             return json_response(b)
     raise not_found()
 
@@ -519,7 +531,7 @@ async def delete_binding(request: web.Request) -> web.Response:
         request, source=m["source"], destination=m["dest"], destination_type=_kind(m["kind"])
     )
     for b in items:
-        if b["properties_key"] == m["props"]:
+        if _same_key(b["properties_key"], m["props"]):
             s = await _session(request, m["vhost"])
             await admin_topology.bind(
                 request.app[CTX].broker,
@@ -538,6 +550,7 @@ async def delete_binding(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/queues", list_queues)
+    r.add_get("/api/queues//", list_default_vhost_queues)  # what Flower asks for "/"
     r.add_get("/api/queues/{vhost}", list_vhost_queues)
     r.add_get("/api/queues/{vhost}/{name}", show_queue)
     r.add_put("/api/queues/{vhost}/{name}", put_queue)
