@@ -43,8 +43,9 @@ class Api:
         return self.http.get(self.url(path), timeout=10, **kw)
 
     def put(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
-        return self.http.put(self.url(path), json=body if body is not None else {}, timeout=10,
-                             **kw)
+        return self.http.put(
+            self.url(path), json=body if body is not None else {}, timeout=10, **kw
+        )
 
     def post(self, path: str, body: Any = None, **kw: Any) -> requests.Response:
         return self.http.post(self.url(path), json=body, timeout=10, **kw)
@@ -78,8 +79,9 @@ def _wait_http(port: int, broker: BrokerProcess, timeout: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def node(pg_dsn: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
-         ) -> Iterator[Api]:
+def node(
+    pg_dsn: str, template_database: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Api]:
     with _fresh_database(pg_dsn, template_database) as url:
         http_port = free_port()
         broker = spawn_broker(
@@ -92,8 +94,9 @@ def node(pg_dsn: str, template_database: str, tmp_path_factory: pytest.TempPathF
         try:
             broker.wait_ready()
             _wait_http(http_port, broker)
-            yield Api("cavalcade", f"http://127.0.0.1:{http_port}/api/", broker.url, _session(),
-                      broker)
+            yield Api(
+                "cavalcade", f"http://127.0.0.1:{http_port}/api/", broker.url, _session(), broker
+            )
         finally:
             code = broker.stop()
             if code not in (0, -15):
@@ -108,8 +111,9 @@ def rabbit() -> Api:
         pytest.skip("no RabbitMQ management API on 127.0.0.1:15672")
     if r.status_code != 200:
         pytest.skip("RabbitMQ management API not usable")
-    return Api("rabbitmq", "http://127.0.0.1:15672/api/", "amqp://guest:guest@127.0.0.1:5672/",
-               _session())
+    return Api(
+        "rabbitmq", "http://127.0.0.1:15672/api/", "amqp://guest:guest@127.0.0.1:5672/", _session()
+    )
 
 
 @pytest.fixture(params=["cavalcade", "rabbitmq"])

@@ -36,12 +36,17 @@ def settles(api: Api, name: str, expected: int, key: str = "messages") -> bool:
     return bool(wait_for(lambda: depth(api, name, key) == expected))
 
 
-def publish(api: Api, routing_key: str, payload: str, exchange: str = "amq.default",
-            **properties: object) -> dict:
+def publish(
+    api: Api, routing_key: str, payload: str, exchange: str = "amq.default", **properties: object
+) -> dict:
     r = api.post(
         f"exchanges/%2F/{Q(exchange, safe='')}/publish",
-        {"routing_key": routing_key, "payload": payload, "payload_encoding": "string",
-         "properties": properties},
+        {
+            "routing_key": routing_key,
+            "payload": payload,
+            "payload_encoding": "string",
+            "properties": properties,
+        },
     )
     assert r.status_code == 200, r.text
     return r.json()
@@ -97,9 +102,21 @@ def test_tags_gate_access(api: Api) -> None:
 # --------------------------------------------------------------------------- overview
 
 
-OVERVIEW_KEYS = {"management_version", "rates_mode", "exchange_types", "message_stats",
-                 "queue_totals", "object_totals", "node", "listeners", "cluster_name",
-                 "product_name", "product_version", "rabbitmq_version", "contexts"}
+OVERVIEW_KEYS = {
+    "management_version",
+    "rates_mode",
+    "exchange_types",
+    "message_stats",
+    "queue_totals",
+    "object_totals",
+    "node",
+    "listeners",
+    "cluster_name",
+    "product_name",
+    "product_version",
+    "rabbitmq_version",
+    "contexts",
+}
 
 
 def test_overview_fields(node: Api, rabbit: Api) -> None:
@@ -108,11 +125,15 @@ def test_overview_fields(node: Api, rabbit: Api) -> None:
     assert set(theirs["object_totals"]) == set(ours["object_totals"])
     assert set(theirs["queue_totals"]) == set(ours["queue_totals"])
     # every counter RabbitMQ shows in message_stats, with its *_details.rate
-    missing = set(theirs["message_stats"]) - set(ours["message_stats"]) - {
-        "disk_reads", "disk_reads_details", "disk_writes", "disk_writes_details"}
+    missing = (
+        set(theirs["message_stats"])
+        - set(ours["message_stats"])
+        - {"disk_reads", "disk_reads_details", "disk_writes", "disk_writes_details"}
+    )
     assert not missing
     assert {t["name"] for t in theirs["exchange_types"]} <= {
-        t["name"] for t in ours["exchange_types"]}
+        t["name"] for t in ours["exchange_types"]
+    }
 
 
 def test_nodes_show_heartbeat_age(node: Api) -> None:
@@ -153,6 +174,11 @@ def test_queue_put_get_delete_status_codes(api: Api) -> None:
     assert api.get("queues/nosuchvhost").status_code == 404
 
 
+def _full_stats(api: Api, name: str) -> dict | None:
+    q = api.json(q_path(name))
+    return q if q.get("messages") and "state" in q else None
+
+
 def test_queue_fields_match_rabbitmq(node: Api, rabbit: Api) -> None:
     fields = {}
     for api in (node, rabbit):
@@ -160,39 +186,56 @@ def test_queue_fields_match_rabbitmq(node: Api, rabbit: Api) -> None:
         api.put(q_path(name), {"durable": True, "arguments": {"x-max-priority": 3}})
         try:
             publish(api, name, "x")
-            fields[api.name] = wait_for(
-                lambda: (q := api.json(q_path(name))).get("messages") and "state" in q and q
-            )
+            fields[api.name] = wait_for(lambda a=api, n=name: _full_stats(a, n))
         finally:
             api.delete(q_path(name))
     ours, theirs = fields["cavalcade"], fields["rabbitmq"]
     internal = {"backing_queue_status", "garbage_collection", "message_stats"}
     assert set(theirs) - set(ours) - internal == set()
-    for key in ("durable", "auto_delete", "exclusive", "arguments", "type", "state",
-                "messages", "messages_ready", "messages_unacknowledged", "consumers"):
+    for key in (
+        "durable",
+        "auto_delete",
+        "exclusive",
+        "arguments",
+        "type",
+        "state",
+        "messages",
+        "messages_ready",
+        "messages_unacknowledged",
+        "consumers",
+    ):
         assert ours[key] == theirs[key], key
 
 
 def test_publish_get_and_purge(api: Api, queue: str) -> None:
     assert publish(api, queue, "one", content_type="text/plain", headers={"h": 1}) == {
-        "routed": True}
+        "routed": True
+    }
     assert publish(api, queue, "two", delivery_mode=2) == {"routed": True}
     assert publish(api, "no-such-queue-" + queue, "x") == {"routed": False}
     assert settles(api, queue, 2)
-    got = api.post(q_path(queue) + "/get",
-                   {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}).json()
+    got = api.post(
+        q_path(queue) + "/get", {"count": 1, "ackmode": "ack_requeue_true", "encoding": "auto"}
+    ).json()
     assert len(got) == 1
     m = got[0]
     assert (m["payload"], m["payload_encoding"], m["payload_bytes"]) == ("one", "string", 3)
     assert m["properties"] == {"content_type": "text/plain", "headers": {"h": 1}}
     assert (m["exchange"], m["routing_key"], m["redelivered"], m["message_count"]) == (
-        "", queue, False, 1)
+        "",
+        queue,
+        False,
+        1,
+    )
     # requeued: it comes back first, now redelivered; truncate and base64
-    got = api.post(q_path(queue) + "/get",
-                   {"count": 5, "ackmode": "ack_requeue_false", "encoding": "base64",
-                    "truncate": 2}).json()
-    assert [g["payload"] for g in got] == [base64.b64encode(b"on").decode(),
-                                           base64.b64encode(b"tw").decode()]
+    got = api.post(
+        q_path(queue) + "/get",
+        {"count": 5, "ackmode": "ack_requeue_false", "encoding": "base64", "truncate": 2},
+    ).json()
+    assert [g["payload"] for g in got] == [
+        base64.b64encode(b"on").decode(),
+        base64.b64encode(b"tw").decode(),
+    ]
     assert [g["redelivered"] for g in got] == [True, False]
     assert [g["payload_bytes"] for g in got] == [3, 3]
     assert settles(api, queue, 0)
@@ -205,9 +248,10 @@ def test_publish_get_and_purge(api: Api, queue: str) -> None:
 
 
 def test_publish_to_a_missing_exchange_is_400(api: Api) -> None:
-    r = api.post("exchanges/%2F/no.such.exchange/publish",
-                 {"routing_key": "k", "payload": "p", "payload_encoding": "string",
-                  "properties": {}})
+    r = api.post(
+        "exchanges/%2F/no.such.exchange/publish",
+        {"routing_key": "k", "payload": "p", "payload_encoding": "string", "properties": {}},
+    )
     assert r.status_code == 400
     assert r.json()["reason"] == "404 NOT_FOUND - no exchange 'no.such.exchange' in vhost '/'"
 
@@ -232,8 +276,7 @@ def test_counts_follow_a_real_consumer(api: Api, queue: str) -> None:
         consumers = [c for c in api.json("consumers/%2F") if c["queue"]["name"] == queue]
         assert len(consumers) == 1
         c = consumers[0]
-        assert (c["consumer_tag"], c["ack_required"], c["exclusive"]) == (
-            "mgmt-test", True, False)
+        assert (c["consumer_tag"], c["ack_required"], c["exclusive"]) == ("mgmt-test", True, False)
         details = api.json(q_path(queue))["consumer_details"]
         assert [d["consumer_tag"] for d in details] == ["mgmt-test"]
     finally:
@@ -282,21 +325,32 @@ def test_pagination_sort_columns_and_name_filter(api: Api) -> None:
     try:
         for i, name in enumerate(names):
             assert settles(api, name, i)
-        r = api.get("queues/%2F", params={"page": 1, "page_size": 2, "name": tag,
-                                           "sort": "messages", "sort_reverse": "true",
-                                           "columns": "name,messages"})
+        r = api.get(
+            "queues/%2F",
+            params={
+                "page": 1,
+                "page_size": 2,
+                "name": tag,
+                "sort": "messages",
+                "sort_reverse": "true",
+                "columns": "name,messages",
+            },
+        )
         assert r.status_code == 200
         body = r.json()
-        assert {k: body[k] for k in ("filtered_count", "item_count", "page", "page_count",
-                                     "page_size")} == {
-            "filtered_count": 5, "item_count": 2, "page": 1, "page_count": 3, "page_size": 2}
+        assert {
+            k: body[k] for k in ("filtered_count", "item_count", "page", "page_count", "page_size")
+        } == {"filtered_count": 5, "item_count": 2, "page": 1, "page_count": 3, "page_size": 2}
         assert body["total_count"] >= 5
-        assert body["items"] == [{"name": names[4], "messages": 4},
-                                 {"name": names[3], "messages": 3}]
+        assert body["items"] == [
+            {"name": names[4], "messages": 4},
+            {"name": names[3], "messages": 3},
+        ]
         last = api.get("queues/%2F", params={"page": 3, "page_size": 2, "name": tag}).json()
         assert [i["name"] for i in last["items"]] == [names[4]]  # default: by name
-        regex = api.get("queues", params={"page": 1, "name": f"^{tag}\\.[13]$",
-                                          "use_regex": "true"}).json()
+        regex = api.get(
+            "queues", params={"page": 1, "name": f"^{tag}\\.[13]$", "use_regex": "true"}
+        ).json()
         assert [i["name"] for i in regex["items"]] == [names[1], names[3]]
         out = api.get("queues/%2F", params={"page": 9, "page_size": 2, "name": tag})
         assert out.status_code == 400
@@ -314,19 +368,35 @@ def test_exchanges_and_bindings(api: Api, queue: str) -> None:
     assert api.put(xpath, {"type": "topic", "durable": True}).status_code == 201
     try:
         ex = api.json(xpath)
-        assert {k: ex[k] for k in ("name", "type", "durable", "auto_delete", "internal",
-                                   "arguments", "vhost")} == {
-            "name": x, "type": "topic", "durable": True, "auto_delete": False,
-            "internal": False, "arguments": {}, "vhost": "/"}
+        assert {
+            k: ex[k]
+            for k in ("name", "type", "durable", "auto_delete", "internal", "arguments", "vhost")
+        } == {
+            "name": x,
+            "type": "topic",
+            "durable": True,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+            "vhost": "/",
+        }
         assert api.put(xpath, {"type": "direct", "durable": True}).status_code == 400
         edge = f"bindings/%2F/e/{x}/q/{queue}"
         r = api.post(edge, {"routing_key": "a.#", "arguments": {}})
         assert r.status_code == 201
         assert r.headers["Location"] == f"{queue}/a.%2523"
         listed = api.json(edge)
-        assert listed == [{"source": x, "vhost": "/", "destination": queue,
-                           "destination_type": "queue", "routing_key": "a.#",
-                           "arguments": {}, "properties_key": "a.%23"}]
+        assert listed == [
+            {
+                "source": x,
+                "vhost": "/",
+                "destination": queue,
+                "destination_type": "queue",
+                "routing_key": "a.#",
+                "arguments": {},
+                "properties_key": "a.%23",
+            }
+        ]
         queue_bindings = api.json(q_path(queue) + "/bindings")
         assert [b["source"] for b in queue_bindings] == ["", x]  # the default one first
         assert api.json(f"exchanges/%2F/{x}/bindings/source") == listed
@@ -351,13 +421,20 @@ def test_default_exchange_is_listed(api: Api) -> None:
 def test_users_vhosts_permissions(api: Api) -> None:
     user, vhost = unique("user"), unique("vhost")
     try:
-        assert api.put(f"users/{user}", {"password": "secret", "tags": "monitoring"}
-                       ).status_code == 201
-        assert api.put(f"users/{user}", {"password": "secret", "tags": "monitoring"}
-                       ).status_code == 204
+        assert (
+            api.put(f"users/{user}", {"password": "secret", "tags": "monitoring"}).status_code
+            == 201
+        )
+        assert (
+            api.put(f"users/{user}", {"password": "secret", "tags": "monitoring"}).status_code
+            == 204
+        )
         u = api.json(f"users/{user}")
         assert (u["name"], u["tags"], u["hashing_algorithm"]) == (
-            user, ["monitoring"], "rabbit_password_hashing_sha256")
+            user,
+            ["monitoring"],
+            "rabbit_password_hashing_sha256",
+        )
         assert api.put(f"vhosts/{vhost}", {"description": "d"}).status_code == 201
         assert api.json(f"vhosts/{vhost}")["name"] == vhost
         body = {"configure": "^$", "write": ".*", "read": ".*"}
@@ -379,8 +456,12 @@ def test_users_vhosts_permissions(api: Api) -> None:
 def test_policies(api: Api) -> None:
     name = unique("policy")
     path = f"policies/%2F/{name}"
-    body = {"pattern": "^mgmt-nothing-matches$", "definition": {"max-length": 10},
-            "priority": 1, "apply-to": "queues"}
+    body = {
+        "pattern": "^mgmt-nothing-matches$",
+        "definition": {"max-length": 10},
+        "priority": 1,
+        "apply-to": "queues",
+    }
     try:
         assert api.put(path, body).status_code == 201
         assert api.put(path, body).status_code == 204
@@ -403,7 +484,9 @@ def test_health_checks(api: Api) -> None:
         assert api.json(f"health/checks/{check}") == {"status": "ok"}
     amqp_port = int(api.amqp_url.rsplit(":", 1)[1].strip("/"))
     assert api.json(f"health/checks/port-listener/{amqp_port}") == {
-        "status": "ok", "port": amqp_port}
+        "status": "ok",
+        "port": amqp_port,
+    }
     r = api.get("health/checks/port-listener/1")
     assert r.status_code == 503
     assert (r.json()["status"], r.json()["missing"]) == ("failed", 1)
@@ -422,23 +505,29 @@ def test_connections_and_channels_listed(api: Api) -> None:
 
         def mine() -> list | None:
             conn.process_data_events(0.05)
-            found = [c for c in api.json("connections")
-                     if c["client_properties"].get("product") == "Pika Python Client Library"
-                     and c["channels"] == 2]
+            found = [
+                c
+                for c in api.json("connections")
+                if c["client_properties"].get("product") == "Pika Python Client Library"
+                and c["channels"] == 2
+            ]
             return found or None
 
         found = wait_for(mine)
         assert found, api.json("connections")
         c = found[-1]
         assert (c["user"], c["vhost"], c["protocol"], c["state"]) == (
-            "guest", "/", "AMQP 0-9-1", "running")
+            "guest",
+            "/",
+            "AMQP 0-9-1",
+            "running",
+        )
         assert " -> " in c["name"]
         shown = api.json(f"connections/{Q(c['name'], safe='')}")
         assert shown["name"] == c["name"]
         chans = api.json(f"connections/{Q(c['name'], safe='')}/channels")
         assert sorted(ch["number"] for ch in chans) == [1, 2]
-        assert [ch["confirm"] for ch in sorted(chans, key=lambda ch: ch["number"])] == [
-            False, True]
+        assert [ch["confirm"] for ch in sorted(chans, key=lambda ch: ch["number"])] == [False, True]
     finally:
         conn.close()
     assert api.get("connections/no-such-connection").status_code == 404
