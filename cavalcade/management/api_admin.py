@@ -186,9 +186,11 @@ async def show_vhost(request: web.Request) -> web.Response:
 async def put_vhost(request: web.Request) -> web.Response:
     require_admin(request)
     body = await body_json(request)
-    created = await _admin(request).add_vhost(
-        request.match_info["name"], str(body.get("description", "")), _tags(body.get("tags"))
-    )
+    name = request.match_info["name"]
+    admin = _admin(request)
+    created = await admin.add_vhost(name, str(body.get("description", "")), _tags(body.get("tags")))
+    if created:  # as RabbitMQ does, its creator may use it at once
+        await admin.set_permissions(name, request[USER].name, ".*", ".*", ".*")
     return web.Response(status=201 if created else 204)
 
 

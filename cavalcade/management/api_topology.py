@@ -147,13 +147,6 @@ async def list_vhost_queues(request: web.Request) -> web.Response:
     return json_response(paginate(await _queue_items(request, vhost), request.query))
 
 
-async def list_default_vhost_queues(request: web.Request) -> web.Response:
-    """``/api/queues//``: Flower's broker view builds this URL for the vhost ``/``
-    (RabbitMQ answers 404 there; we answer as for ``/api/queues/%2F``)."""
-    await check_vhost(request, "/")
-    return json_response(paginate(await _queue_items(request, "/"), request.query))
-
-
 async def show_queue(request: web.Request) -> web.Response:
     vhost, name = request.match_info["vhost"], request.match_info["name"]
     await check_vhost(request, vhost)
@@ -550,7 +543,6 @@ async def delete_binding(request: web.Request) -> web.Response:
 def setup(app: web.Application) -> None:
     r = app.router
     r.add_get("/api/queues", list_queues)
-    r.add_get("/api/queues//", list_default_vhost_queues)  # what Flower asks for "/"
     r.add_get("/api/queues/{vhost}", list_vhost_queues)
     r.add_get("/api/queues/{vhost}/{name}", show_queue)
     r.add_put("/api/queues/{vhost}/{name}", put_queue)

@@ -89,7 +89,16 @@ def build_app(broker: Broker, settings: Settings) -> web.Application:
     api_topology.setup(app)
     api_connections.setup(app)
     api_definitions.setup(app)
+    _trailing_slashes(app)
     return app
+
+
+def _trailing_slashes(app: web.Application) -> None:
+    """RabbitMQ answers ``/api/queues/`` as ``/api/queues`` (Flower relies on it)."""
+    for route in list(app.router.routes()):
+        path = route.resource.canonical if route.resource is not None else ""
+        if path.startswith("/api/") and not path.endswith("/") and route.method != "HEAD":
+            app.router.add_route(route.method, path + "/", route.handler)
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
