@@ -15,7 +15,7 @@ from aiohttp import web
 from cavalcade.broker.monitoring import LoginRefused, ManagementUser, login
 
 from .context import CTX, USER
-from .errors import REALM, ApiError, forbidden, unauthorized
+from .errors import REALM, ApiError, forbidden
 
 MANAGEMENT_TAGS = frozenset({"management", "policymaker", "monitoring", "administrator"})
 PUBLIC_PREFIXES = ("/metrics", "/static/", "/api/index.html")
@@ -74,13 +74,15 @@ async def basic_auth(request: web.Request, handler: Handler) -> web.StreamRespon
     if not request.path.startswith("/api/") or request.path.startswith(PUBLIC_PREFIXES):
         return await handler(request)
     creds = _credentials(request.headers.get("Authorization"))
+    # The dashboard's own requests get no challenge, so the browser shows no login prompt.
+    challenge = {} if request.headers.get("X-Requested-With") else {"WWW-Authenticate": REALM}
     if creds is None:
-        raise web.HTTPUnauthorized(headers={"WWW-Authenticate": REALM})
+        raise web.HTTPUnauthorized(headers=challenge)
     try:
         user = await login(request.app[CTX].broker, creds[0], creds[1], request.remote)
     except LoginRefused as exc:
-        raise unauthorized("Login failed") from exc
+        raise ApiError(401, "not_authorized", "Login failed", challenge) from exc
     if not MANAGEMENT_TAGS.intersection(user.tags):
-        raise ApiError(401, "not_authorised", "Not management user", {"WWW-Authenticate": REALM})
+        raise ApiError(401, "not_authorised", "Not management user", challenge)
     request[USER] = user
     return await handler(request)

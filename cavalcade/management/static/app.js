@@ -16,7 +16,9 @@ class ApiError extends Error {
 }
 
 async function api(path, options = {}) {
-  const headers = Object.assign({ "Authorization": "Basic " + state.auth }, options.headers || {});
+  // X-Requested-With: the server then sends no WWW-Authenticate (no browser login prompt)
+  const headers = Object.assign({ "Authorization": "Basic " + state.auth,
+    "X-Requested-With": "XMLHttpRequest" }, options.headers || {});
   if (options.body !== undefined && typeof options.body !== "string") {
     options.body = JSON.stringify(options.body);
     headers["Content-Type"] = "application/json";
