@@ -531,3 +531,38 @@ def test_connections_and_channels_listed(api: Api) -> None:
     finally:
         conn.close()
     assert api.get("connections/no-such-connection").status_code == 404
+
+
+def test_delete_connection_closes_it(api: Api) -> None:
+    """DELETE /api/connections/{name} (X-Reason): the client gets connection.close 320."""
+    import importlib.util
+
+    if api.name == "cavalcade" and importlib.util.find_spec("cavalcade.broker.control") is None:
+        pytest.skip("nodes act on close requests once issue 10's control loop is merged")
+    conn = pika.BlockingConnection(pika.URLParameters(api.amqp_url))
+    conn.channel()
+    reason = "closed by test " + unique("reason")
+    try:
+        port = _local_port(conn)
+
+        def listed() -> list:
+            conn.process_data_events(0.05)
+            return [c for c in api.json("connections") if c.get("peer_port") == port]
+
+        ours = wait_for(listed)
+        assert ours, api.json("connections")
+        r = api.delete(f"connections/{Q(ours[0]['name'], safe='')}", headers={"X-Reason": reason})
+        assert r.status_code == 204
+        with pytest.raises(pika.exceptions.ConnectionClosedByBroker) as closed:
+            for _ in range(200):
+                conn.process_data_events(0.05)
+        assert closed.value.reply_code == 320
+        assert reason in closed.value.reply_text
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def _local_port(conn: pika.BlockingConnection) -> int:
+    transport = conn._impl._transport  # pika's socket, to find our row by peer port
+    return int(transport._sock.getsockname()[1])
