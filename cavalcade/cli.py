@@ -154,6 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = db_commands.add_parser("check", help="fail if the models and the schema differ")
     _database_options(check)
     db.set_defaults(handler=cmd_db)
+    # Parsed by cavalcade.ctl itself (its exit codes are rabbitmqctl's); listed for --help.
+    commands.add_parser("ctl", help="operator verbs, as rabbitmqctl's (cavalcade ctl --help)")
     return parser
 
 
@@ -577,6 +579,11 @@ def _fail(message: str) -> NoReturn:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``cavalcade`` console script."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["ctl"]:
+        from cavalcade import ctl
+
+        ctl.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         code = args.handler(args)

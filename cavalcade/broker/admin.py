@@ -369,8 +369,6 @@ class Admin:
     ) -> None:
         """Set (or replace) a policy; running nodes apply it to existing queues and
         exchanges without a redeclare. ``operator`` for an operator policy."""
-        if operator:
-            apply_to = "queues"
         try:
             validate_policy(pattern, definition, apply_to, operator)
         except PolicyError as exc:
