@@ -225,6 +225,6 @@ async def test_queues_connections_and_requests(admin: Admin, database_url: str) 
         with pytest.raises(NotFoundError, match="no queue 'work' in vhost '/'"):
             await admin.purge_queue("/", "work")
         status = await admin.status()
-        assert status.schema_revision == "0005" and status.totals["vhosts"] == 1
+        assert status.schema_revision == "0006" and status.totals["vhosts"] == 1
     finally:
         await conn.close()

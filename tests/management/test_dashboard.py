@@ -63,9 +63,19 @@ def _text(driver, css: str) -> str:
 
 
 def _until(driver, check, message: str) -> None:
+    from selenium.common.exceptions import (
+        NoSuchElementException,
+        StaleElementReferenceException,
+    )
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT, poll_frequency=0.2).until(lambda d: check(d), message)
+    # the page re-renders every few seconds: an element read mid-refresh is read again
+    WebDriverWait(
+        driver,
+        WAIT,
+        poll_frequency=0.2,
+        ignored_exceptions=(StaleElementReferenceException, NoSuchElementException),
+    ).until(lambda d: check(d), message)
 
 
 def _login(driver, node: Api) -> None:
