@@ -37,6 +37,7 @@ async def run_node(
     sock: socket.socket,
     stop: asyncio.Event,
     tls_sock: socket.socket | None = None,
+    management_sock: socket.socket | None = None,
 ) -> None:
     """Run a broker node on a bound socket until ``stop`` is set.
 
@@ -50,7 +51,7 @@ async def run_node(
     gc.set_threshold(50_000, 50, 100)
     while not stop.is_set():
         fenced = asyncio.Event()
-        await _run_incarnation(settings, dsn, sock, stop, fenced, tls_sock)
+        await _run_incarnation(settings, dsn, sock, stop, fenced, tls_sock, management_sock)
         if fenced.is_set() and not stop.is_set():
             log.warning("fenced by the cluster: re-registering as a new node")
 
@@ -62,6 +63,7 @@ async def _run_incarnation(
     stop: asyncio.Event,
     fenced: asyncio.Event,
     tls_sock: socket.socket | None = None,
+    management_sock: socket.socket | None = None,
 ) -> None:
     node_id = uuid.uuid4()
     quiet_asyncpg_pool()
@@ -113,7 +115,14 @@ async def _run_incarnation(
                 broker, AdminStore(repo.pool), node_id, server.sessions, server.close_connection
             ).run(settings.control_interval)
         ),
+        asyncio.create_task(_stats_publisher(broker, settings)),
     ]
+    management = None
+    if management_sock is not None:
+        from cavalcade.management.server import ManagementServer
+
+        management = ManagementServer(broker, settings)
+        await management.start(management_sock.dup())
     log.info(
         "node %s (%s) listening on %s", settings.effective_node_name(), node_id, sock.getsockname()
     )
@@ -127,6 +136,8 @@ async def _run_incarnation(
         for waiter in ended:
             waiter.cancel()
         log.info("shutting down node %s", node_id)
+        if management is not None:
+            await management.stop()
         if stop.is_set():
             # Refuse new connections at once (this process's copy of the listening socket):
             # clients told 320 move on to the next node instead of waiting in the backlog.
@@ -283,3 +294,22 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
             if not failing and not broker.outage.report(exc):  # once, not 4 times a second
                 log.warning("expiry sweep failed: %s", exc)
             failing = True
+
+
+async def _stats_publisher(broker: Broker, settings: Settings) -> None:
+    """Publish this node's counters and rates for the management API of every node."""
+    from cavalcade.broker.monitoring import publish_stats
+
+    failing = False
+    while True:
+        try:
+            await publish_stats(broker)
+            failing = False
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the database may be away for a while
+            broker.stats.database_up = False
+            if not failing:
+                log.warning("publishing statistics failed: %s", exc)
+            failing = True
+        await asyncio.sleep(settings.stats_interval)

@@ -70,6 +70,40 @@ def _database_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _management_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--management-port",
+        type=int,
+        metavar="PORT",
+        help="management HTTP API, /metrics and dashboard [CAVALCADE_MANAGEMENT_PORT, 15672]",
+    )
+    parser.add_argument(
+        "--management-host",
+        metavar="HOST",
+        help="address of the management listener [CAVALCADE_MANAGEMENT_HOST, as --host]",
+    )
+    parser.add_argument(
+        "--no-management",
+        dest="management",
+        action="store_false",
+        default=None,
+        help="no management listener [CAVALCADE_MANAGEMENT=false]",
+    )
+    parser.add_argument(
+        "--stats-interval",
+        type=float,
+        metavar="SECONDS",
+        help="how often each node publishes its message counters [CAVALCADE_STATS_INTERVAL, 5]",
+    )
+    parser.add_argument(
+        "--management-tls",
+        action="store_true",
+        default=None,
+        help="serve the management listener over HTTPS with --tls-cert/--tls-key "
+        "[CAVALCADE_MANAGEMENT_TLS]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="An AMQP 0-9-1 broker that keeps all of its state in PostgreSQL."
@@ -160,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["text", "json"],
         help="log lines as text or JSON objects [CAVALCADE_LOG_FORMAT, text]",
     )
+    _management_options(serve)
     serve.set_defaults(handler=cmd_serve)
 
     db = commands.add_parser("db", help="manage the database schema (Alembic)")
@@ -204,6 +239,11 @@ _SETTING_FLAGS = (
     "tls_verify_peer",
     "tls_fail_if_no_peer_cert",
     "plain_listener",
+    "management",
+    "management_port",
+    "management_host",
+    "management_tls",
+    "stats_interval",
 )
 
 
@@ -238,6 +278,8 @@ def build_settings(args: argparse.Namespace) -> Settings:
         raise CommandError("--workers must be at least 1")
     if not 0 <= settings.port <= 65535:
         raise CommandError(f"--port {settings.port} is not a TCP port")
+    if not 0 <= settings.management_port <= 65535:
+        raise CommandError(f"--management-port {settings.management_port} is not a TCP port")
     return settings
 
 
@@ -396,7 +438,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- serve
 
 
-def bind_socket(host: str, port: int) -> socket.socket:
+def bind_socket(host: str, port: int, flag: str = "--port") -> socket.socket:
     """Bind (not yet listen) the AMQP socket: SO_REUSEADDR, never SO_REUSEPORT."""
     try:
         infos = socket.getaddrinfo(
@@ -416,13 +458,13 @@ def bind_socket(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EADDRINUSE:
             raise CommandError(
                 f"port {port} is already in use on {host or '*'}: stop what holds it or "
-                "choose another with --port"
+                f"choose another with {flag}"
             ) from exc
         if exc.errno == errno.EACCES:
             raise CommandError(
-                f"no permission to listen on port {port}: choose another with --port"
+                f"no permission to listen on port {port}: choose another with {flag}"
             ) from exc
-        raise CommandError(f"cannot listen on {host}:{port} (--host/--port): {exc}") from exc
+        raise CommandError(f"cannot listen on {host}:{port} ({flag}): {exc}") from exc
     sock.set_inheritable(True)
     return sock
 
@@ -451,8 +493,31 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return uvloop.new_event_loop
 
 
+def bind_management_socket(settings: Settings) -> socket.socket | None:
+    """The management listener's socket, bound in the parent like the AMQP one (workers
+    share it). A port given explicitly that is taken is an error; the default port
+    (15672) taken by something else only logs a warning and runs without it."""
+    if not settings.management:
+        return None
+    host = settings.effective_management_host()
+    try:
+        sock = bind_socket(host, settings.management_port, "--management-port")
+    except CommandError as exc:
+        explicit = "management_port" in settings.model_fields_set
+        if explicit or os.environ.get("CAVALCADE_MANAGEMENT_PORT"):
+            raise
+        log.warning("%s; running without the management listener", exc)
+        return None
+    sock.listen(128)
+    return sock
+
+
 def _run_node_process(
-    settings: Settings, dsn: str, sock: socket.socket, tls_sock: socket.socket | None = None
+    settings: Settings,
+    dsn: str,
+    sock: socket.socket,
+    tls_sock: socket.socket | None = None,
+    http_sock: socket.socket | None = None,
 ) -> None:
     """Run one node in this process until SIGTERM/SIGINT."""
     from cavalcade import app
@@ -476,7 +541,7 @@ def _run_node_process(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, on_signal, sig)
         try:
-            await app.run_node(settings, dsn, sock, stop, tls_sock)
+            await app.run_node(settings, dsn, sock, stop, tls_sock, http_sock)
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
@@ -494,6 +559,7 @@ def _fork_workers(
     dsn: str,
     sock: socket.socket,
     tls_sock: socket.socket | None = None,
+    http_sock: socket.socket | None = None,
 ) -> list[int]:
     """Fork ``count`` sibling nodes sharing ``sock``; each runs until SIGTERM/SIGINT."""
     children: list[int] = []
@@ -502,7 +568,7 @@ def _fork_workers(
         if pid == 0:  # child
             code = 0
             try:
-                _run_node_process(settings, dsn, sock, tls_sock)
+                _run_node_process(settings, dsn, sock, tls_sock, http_sock)
             except BaseException:  # last resort in a forked child
                 log.exception("worker node failed")
                 code = 1
@@ -559,6 +625,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     else:
         assert tls_sock is not None
         sock, tls_sock = tls_sock, None
+    try:
+        http_sock = bind_management_socket(settings)
+    except CommandError:
+        sock.close()
+        if tls_sock is not None:
+            tls_sock.close()
+        raise
     embedded = None
     try:
         with _signals_interrupt():
@@ -601,9 +674,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
             settings.workers,
             "" if settings.workers == 1 else "s",
         )
-        children = _fork_workers(settings.workers - 1, settings, dsn, sock, tls_sock)
+        if http_sock is not None:
+            log.info(
+                "management listener on %s:%d",
+                settings.effective_management_host(),
+                http_sock.getsockname()[1],
+            )
+        children = _fork_workers(settings.workers - 1, settings, dsn, sock, tls_sock, http_sock)
         try:
-            _run_node_process(settings, dsn, sock, tls_sock)
+            _run_node_process(settings, dsn, sock, tls_sock, http_sock)
         finally:
             _reap(children)
     except _Interrupted:
@@ -612,6 +691,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         sock.close()
         if tls_sock is not None:
             tls_sock.close()
+        if http_sock is not None:
+            http_sock.close()
         if embedded is not None:
             try:
                 embedded.stop()

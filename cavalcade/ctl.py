@@ -773,3 +773,7 @@ def run(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     raise SystemExit(run(sys.argv[1:] if argv is None else argv))
+
+
+# Verbs kept in modules of their own register themselves on import.
+from cavalcade import ctl_definitions  # noqa: E402, F401

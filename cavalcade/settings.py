@@ -54,6 +54,17 @@ class Settings(BaseSettings):
     tls_fail_if_no_peer_cert: bool = False
     plain_listener: bool = True
 
+    # The management HTTP API, /metrics and the dashboard (cavalcade.management).
+    management: bool = True
+    management_port: int = 15672
+    management_host: str | None = None  # default: ``host``
+    management_tls: bool = False  # serve it over HTTPS with the --tls-cert/--tls-key pair
+    stats_interval: float = 5.0  # how often each node publishes its counters
+
+    def effective_management_host(self) -> str:
+        """Where the management listener binds: ``--management-host`` or ``--host``."""
+        return self.management_host if self.management_host is not None else self.host
+
     def effective_node_name(self) -> str:
         """The node label: ``--node-name`` or ``cavalcade@HOST:PORT``."""
         if self.node_name:

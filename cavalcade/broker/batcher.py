@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -23,6 +24,7 @@ from .alarms import ResourceAlarm
 from .isolation import isolate
 from .memory import MemoryWatermark, publish_cost
 from .outage import Outage
+from .stats import NodeStats
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -98,6 +100,7 @@ class WriteBatcher:
         self.outage: Outage | None = None  # database outages are logged there, once
         self.alarm = ResourceAlarm(self._update_blocked)
         self.memory = MemoryWatermark(memory_limit, self._update_blocked)
+        self.stats = NodeStats()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -232,9 +235,11 @@ class WriteBatcher:
         """Route and write one transaction: (each op's span of rows, refused, touched)."""
         messages, spans = await self._route(ops)
         rules = self._rules_for(messages, wake)
+        started = time.perf_counter()
         outcome = await self._repo.write_batch(
             messages, acks, requeues, rejects, node_id=self._node_id, wake=wake, rules=rules
         )
+        self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, outcome.touched | wake
 
     async def _write_one(self) -> None:
@@ -255,6 +260,7 @@ class WriteBatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may come back
+                self.stats.timings.batch_failures += 1
                 if is_data_error(exc):
                     # Refused rows: never retry them, and never fail anyone else's work.
                     touched = await isolate(
@@ -289,3 +295,26 @@ class WriteBatcher:
                 fut.exception()
         if touched:
             self._on_committed(touched)
+
+    def _count(
+        self,
+        ops: list[tuple[Work, asyncio.Future[int], int]],
+        spans: list[tuple[int, int, asyncio.Future[int]]],
+        messages: list[NewMessage],
+        refused: set[int],
+        acks: int,
+        started: float,
+    ) -> None:
+        """Statistics of a committed batch (client publishes, unroutable, rows per queue)."""
+        publishes = unroutable = 0
+        for (work, _, _), (start, end, _) in zip(ops, spans, strict=True):
+            if isinstance(work, PendingPublish):
+                publishes += 1
+                unroutable += start == end
+        self.stats.committed(
+            time.perf_counter() - started,
+            publishes,
+            unroutable,
+            (m.queue_id for i, m in enumerate(messages) if i not in refused),
+            acks,
+        )

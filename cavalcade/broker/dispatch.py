@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Protocol
 from uuid import UUID
 
@@ -18,6 +19,7 @@ from cavalcade.domain.deadletter import with_delivery_count
 from cavalcade.storage.repository import ClaimedMessage, Repository
 
 from .outage import Outage
+from .stats import NodeStats
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +63,10 @@ class QueueDispatcher:
         single_active: bool = False,
         quorum: bool = False,
         outage: Outage | None = None,
+        stats: NodeStats | None = None,
     ) -> None:
         self.queue_id = queue_id
+        self.stats = stats or NodeStats()
         self.single_active = single_active
         self.quorum = quorum
         self.consumers: list[DeliveryTarget] = []
@@ -184,12 +188,14 @@ class QueueDispatcher:
             want = min(sum(credit.values()), CLAIM_CAP)
             all_no_ack = all(c.no_ack for c in eligible)
             self._settled.clear()
+            started = time.perf_counter()
             try:
                 rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
             except BaseException:
                 self._settled.set()
                 raise
             finally:
+                self.stats.claimed(time.perf_counter() - started)
                 # No await from here to the deliveries: the reservation becomes unacked.
                 for c in eligible:
                     c.release(credit[id(c)])
@@ -237,7 +243,11 @@ class QueueDispatcher:
             if not c.deliver(batch):
                 if not all_no_ack:
                     requeue.extend(m.id for m in batch)
-            elif c.no_ack and not all_no_ack:
+                continue
+            if c.no_ack and not all_no_ack:
                 consumed.extend(m.id for m in batch)
+            self.stats.delivered(
+                self.queue_id, len(batch), c.no_ack, sum(m.redelivered for m in batch)
+            )
         await self._repo.requeue(requeue, self._node_id)
         await self._repo.delete_messages(consumed, self._node_id)

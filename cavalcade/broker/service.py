@@ -59,6 +59,7 @@ from .limits import check_connection_limits, check_queue_limit
 from .liveness import Liveness
 from .outage import Outage
 from .poller import ReadyPoller
+from .stats import NodeStats
 from .topology import VhostTopology
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,7 @@ class Broker:
         )
         self.outage = Outage()
         self.batcher.outage = self.outage
+        self.stats: NodeStats = self.batcher.stats
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
@@ -939,6 +941,7 @@ class Broker:
                 single_active=bool(q.arguments.get("x-single-active-consumer")),
                 quorum=_is_quorum(q),
                 outage=self.outage,
+                stats=self.stats,
             )
             self._dispatchers[q.id] = d
         d.add(target)
@@ -995,6 +998,7 @@ class Broker:
         if d is not None:
             await d.caught_up()  # as on RabbitMQ, waiting consumers get new messages first
         rows = await self.repo.claim(q.id, self.node_id, channel_key, 1, no_ack)
+        self.stats.got(q.id, bool(rows), no_ack, bool(rows) and rows[0].redelivered)
         if not rows:
             return None
         if _is_quorum(q):
@@ -1002,8 +1006,10 @@ class Broker:
         remaining = await self.repo.ready_count(q.id)
         return rows[0], remaining
 
-    def ack(self, ids: Sequence[int]) -> None:
+    def ack(self, ids: Sequence[int], queue_ids: Sequence[int] = ()) -> None:
+        """Acked message ids (and, for the statistics, the queue of each)."""
         self.batcher.ack(ids)
+        self.stats.acked(queue_ids)
 
     def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
         """Return (queue id, message id) pairs to their queues as redelivered (next commit)."""

@@ -611,6 +611,7 @@ class Channel:
         if self.state != "open" or self._confirm_upto <= self._confirm_sent:
             return
         multiple = self._confirm_upto - self._confirm_sent > 1
+        self.broker.stats.confirmed(self._confirm_upto - self._confirm_sent)
         self._confirm_sent = self._confirm_upto
         self.conn.send_method(
             self.number, commands.Basic.Ack(delivery_tag=self._confirm_upto, multiple=multiple)
@@ -803,7 +804,7 @@ class Channel:
         if self.tx:
             self._tx_acks.extend(taken)
         else:
-            self.broker.ack([e[0] for _, e in taken])
+            self.broker.ack([e[0] for _, e in taken], [e[1] for _, e in taken])
         await self._release_lingering()
 
     async def _release_lingering(self) -> None:
@@ -869,7 +870,7 @@ class Channel:
                 fut.add_done_callback(partial(self._on_stored, pm, props.raw, body, 0))
             futures.append(fut)
         # Everything is queued before the first await: it commits in one batch.
-        self.broker.ack([e[0] for _, e in acks])
+        self.broker.ack([e[0] for _, e in acks], [e[1] for _, e in acks])
         self.broker.requeue([(e[1], e[0]) for _, e, r in rejects if r])
         self.broker.discard([(e[1], e[0]) for _, e, r in rejects if not r])
         await self.broker.batcher.flush()

@@ -10,6 +10,7 @@ from cavalcade.broker.service import Broker, Session
 from cavalcade.settings import Settings
 
 from .connection import AMQPConnection
+from .describe import blocked_count, describe_connections
 
 
 class AMQPServer:
@@ -23,6 +24,8 @@ class AMQPServer:
         self._servers: list[asyncio.base_events.Server] = []
         broker.batcher.on_blocked = self._blocked
         broker.held = self._held
+        broker.stats.describe_connections = lambda: describe_connections(self.connections)
+        broker.stats.blocked_connections = lambda: blocked_count(self.connections)
 
     def _held(self) -> set[int]:
         """Every message id a channel of this node holds unacked."""

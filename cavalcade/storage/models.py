@@ -171,6 +171,18 @@ class ConnectionRequest(Base):
     )
 
 
+class NodeStats(Base):
+    """The counters, rates, connections and channels a node last published (0006)."""
+
+    __tablename__ = "node_stats"
+
+    node_id: Mapped[uuid.UUID] = mapped_column(
+        UUID(as_uuid=True), ForeignKey("nodes.id", ondelete="CASCADE"), primary_key=True
+    )
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    stats: Mapped[dict[str, Any]] = mapped_column(JSONB)
+
+
 class Exchange(Base):
     __tablename__ = "exchanges"
     __table_args__ = (UniqueConstraint("vhost_id", "name"),)

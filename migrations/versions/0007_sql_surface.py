@@ -3,10 +3,10 @@ node maintenance mode, and the schema-compatibility table of rolling upgrades.
 
 Expand only: new tables, one new column with a default (``nodes.draining``), functions
 and views. Nodes of the previous release never read them, so they keep running on
-this schema (``oldest_node = "0005"``).
+this schema (``oldest_node = "0006"``).
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-02 07:40:00
 
 """
@@ -19,13 +19,13 @@ import sqlalchemy as sa
 from alembic import context, op
 
 revision: str = "0007"
-down_revision: str | Sequence[str] | None = "0005"
+down_revision: str | Sequence[str] | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 # Rolling upgrades (see cavalcade/storage/window.py): the oldest code revision that can
 # keep running on this schema, and which phase of expand/migrate/contract this is.
-oldest_node: str = "0005"
+oldest_node: str = "0006"
 phase: str = "expand"
 
 
