@@ -36,6 +36,10 @@ class _Broker:
     async def check_exchange(self, _s: Any, _exchange: str) -> None:
         return None
 
+    @staticmethod
+    def check_message(_props: Any) -> None:
+        return None
+
     def publish(self, *_a: Any) -> asyncio.Future[int]:
         # Slow routing (e.g. many bindings): about 0.1 ms of CPU per publish.
         end = time.perf_counter() + 0.0001
