@@ -92,3 +92,25 @@ def accepts(head: str, revision: str, steps: dict[str, Step], ours: list[str]) -
         seen.add(current)
         current = step.down_revision
     return current == head
+
+
+def record_step(op: ModuleType, module_globals: dict[str, object], add: bool = True) -> None:
+    """In a migration's upgrade (``add``) or downgrade: keep its row of ``schema_compat``
+    (the table revision 0007 creates) in step with its markers."""
+    import sqlalchemy as sa
+
+    revision = module_globals["revision"]
+    if not add:
+        op.execute(sa.text("DELETE FROM schema_compat WHERE revision = :r").bindparams(r=revision))
+        return
+    op.execute(
+        sa.text(
+            "INSERT INTO schema_compat (revision, down_revision, oldest_node, phase) "
+            "VALUES (:r, :d, :o, :p)"
+        ).bindparams(
+            r=revision,
+            d=module_globals["down_revision"],
+            o=module_globals["oldest_node"],
+            p=module_globals["phase"],
+        )
+    )

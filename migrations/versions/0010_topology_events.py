@@ -21,6 +21,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from cavalcade.storage import window
+
 revision: str = "0010"
 down_revision: str | Sequence[str] | None = "0008"
 branch_labels: str | Sequence[str] | None = None
@@ -34,15 +36,7 @@ phase: str = "expand"
 
 def _record_window(add: bool) -> None:
     """Keep ``schema_compat`` (revision 0007's table of rolling-upgrade windows) in step."""
-    if add:
-        op.execute(
-            sa.text(
-                "INSERT INTO schema_compat (revision, down_revision, oldest_node, phase) "
-                "VALUES (:r, :d, :o, :p)"
-            ).bindparams(r=revision, d=down_revision, o=oldest_node, p=phase)
-        )
-    else:
-        op.execute(sa.text("DELETE FROM schema_compat WHERE revision = :r").bindparams(r=revision))
+    window.record_step(op, globals(), add)
 
 
 def upgrade() -> None:
