@@ -309,7 +309,7 @@ async def _stats_publisher(broker: Broker, settings: Settings) -> None:
             raise
         except Exception as exc:  # noqa: BLE001 - the database may be away for a while
             broker.stats.database_up = False
-            if not failing:
+            if not failing and not broker.outage.report(exc):
                 log.warning("publishing statistics failed: %s", exc)
             failing = True
         await asyncio.sleep(settings.stats_interval)

@@ -61,7 +61,7 @@ class NodeControl:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away for a while
-                if not failing:
+                if not failing and not self.broker.outage.report(exc):
                     log.warning("applying operator changes failed: %s", exc)
                 failing = True
 

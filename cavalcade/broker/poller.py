@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from cavalcade.storage.repository import Repository
 
 from .dispatch import QueueDispatcher
+from .outage import Outage
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +27,14 @@ class ReadyPoller:
     """Wakes the dispatchers whose queues have ready messages; arms delayed timers."""
 
     def __init__(
-        self, repo: Repository, dispatchers: Mapping[int, QueueDispatcher], interval: float
+        self,
+        repo: Repository,
+        dispatchers: Mapping[int, QueueDispatcher],
+        interval: float,
+        outage: Outage | None = None,
     ) -> None:
         self.repo = repo
+        self.outage = outage  # database outages are logged there, once
         self.dispatchers = dispatchers
         self.interval = interval
         self.polls = 0
@@ -69,6 +75,7 @@ class ReadyPoller:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away for a while
-                if not failing:
+                quiet = self.outage is not None and self.outage.report(exc)
+                if not failing and not quiet:
                     log.warning("ready poll failed: %s", exc)
                 failing = True

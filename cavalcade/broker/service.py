@@ -121,7 +121,7 @@ class Broker:
         self._vhosts: dict[str, VhostTopology] = {}
         self._vhosts_by_id: dict[int, VhostTopology] = {}
         self._dispatchers: dict[int, QueueDispatcher] = {}
-        self.poller = ReadyPoller(repo, self._dispatchers, poll_interval)
+        self.poller = ReadyPoller(repo, self._dispatchers, poll_interval, self.outage)
         self._closing: dict[int, asyncio.Event] = {}
         # Message ids the protocol layer holds as unacked (set by the server).
         self.held: Callable[[], set[int]] = set
