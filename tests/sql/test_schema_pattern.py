@@ -7,6 +7,7 @@ import subprocess
 import sys
 import uuid
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import pika
@@ -25,7 +26,7 @@ async def test_broker_schema_and_application_role(
 ) -> None:
     tag = uuid.uuid4().hex[:8]
     broker_role, app_role = f"cav_broker_{tag}", f"cav_app_{tag}"
-    db = empty_database_url.rsplit("/", 1)[1]
+    db = urlsplit(empty_database_url).path.lstrip("/")
     base = empty_database_url.split("@", 1)[1]
     broker_url = f"postgresql://{broker_role}:pw@{base}"
     app_dsn = f"postgresql://{app_role}:pw@{base}"
