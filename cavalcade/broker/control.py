@@ -4,8 +4,8 @@ LISTEN/NOTIFY) a node applies what operators changed in the database.
 * ``connection_requests`` for this node: the connection is closed with 320 and the reason.
 * Topology versions that moved (policies, limits, a queue deleted by ``ctl``): the cached
   vhost is reloaded, consumers on queues that are gone are cancelled.
-* Permissions, tags and limits of every open connection are re-read, so a cleared
-  permission refuses the next operation (403), as on RabbitMQ.
+* The user limits of every open connection are re-read (permissions are re-read by the
+  broker itself before each check, see ``Broker._grants``).
 * Each connection's channel count is written back (``list_connections``, ``max-channels``
   across nodes).
 """
@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import uuid
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from cavalcade.domain.limits import limit_of
 from cavalcade.storage.admin import AdminStore
@@ -25,8 +23,6 @@ from cavalcade.storage.admin import AdminStore
 from .service import Broker, Session
 
 log = logging.getLogger(__name__)
-
-_NOTHING = re.compile(r"(?!)")  # a cleared permission matches no name
 
 SessionsFn = Callable[[], Sequence[tuple[Session, int]]]  # (session, open channels)
 CloseFn = Callable[[int, str], bool]  # (connection id, reason) -> found
@@ -48,7 +44,6 @@ class NodeControl:
         self.node_id = node_id
         self.sessions = sessions
         self.close = close
-        self._grants: dict[int, tuple[Any, ...]] = {}
         self._channels: dict[int, int] = {}
 
     async def run(self, interval: float = 1.0) -> None:
@@ -72,7 +67,7 @@ class NodeControl:
         await self._topology()
         sessions = list(self.sessions())
         if sessions:
-            await self._grants_of(sessions)
+            await self._limits_of(sessions)
             counts = {s.id: n for s, n in sessions}
             changed = {i: n for i, n in counts.items() if self._channels.get(i) != n}
             await self.store.set_channel_counts(self.node_id, changed)
@@ -92,18 +87,13 @@ class NodeControl:
                 if qid not in alive:
                     self.broker.queue_deleted_elsewhere(qid)
 
-    async def _grants_of(self, sessions: list[tuple[Session, int]]) -> None:
+    async def _limits_of(self, sessions: list[tuple[Session, int]]) -> None:
         rows = {r["id"]: r for r in await self.store.session_grants(self.node_id)}
         limited: set[str] = set()
         for s, _ in sessions:
             r = rows.get(s.id)
             if r is None:
                 continue  # not listed yet (or already gone)
-            key = (r["user_id"], r["configure"], r["write"], r["read"])
-            if self._grants.get(s.id) != key:
-                if self._grants.get(s.id) is not None or key[1:] != _current(s):
-                    s.permissions = _compile(r)  # type: ignore[assignment]
-                self._grants[s.id] = key
             s.max_channels = limit_of(r["limits"], "max-channels")
             if s.max_channels is not None:
                 limited.add(s.user)
@@ -112,16 +102,3 @@ class NodeControl:
             for s, _ in sessions:
                 if s.user == user:
                     s.channels_elsewhere = elsewhere
-        gone = set(self._grants) - {s.id for s, _ in sessions}
-        for sid in gone:
-            self._grants.pop(sid, None)
-
-
-def _current(s: Session) -> tuple[str, str, str]:
-    return (s.permissions[0].pattern, s.permissions[1].pattern, s.permissions[2].pattern)
-
-
-def _compile(r: dict[str, Any]) -> tuple[re.Pattern[str], re.Pattern[str], re.Pattern[str]]:
-    if r["user_id"] is None or r["configure"] is None:
-        return (_NOTHING, _NOTHING, _NOTHING)  # user deleted or permissions cleared
-    return tuple(re.compile(p or "^$") for p in (r["configure"], r["write"], r["read"]))  # type: ignore[return-value]

@@ -316,30 +316,11 @@ class Repository:
                 " arguments FROM queues WHERE vhost_id = $1",
                 vhost_id,
             )
-        exchanges = {
-            r["id"]: ExchangeInfo(
-                id=r["id"],
-                name=r["name"],
-                type=r["type"],
-                durable=r["durable"],
-                auto_delete=r["auto_delete"],
-                internal=r["internal"],
-                arguments=_args(r["arguments"]),
-            )
-            for r in ex_rows
-        }
+        exchanges = {r["id"]: _exchange_info(r) for r in ex_rows}
         for r in b_rows:
             ex = exchanges.get(r["source_id"])
             if ex is not None:
-                ex.bindings.append(
-                    BindingInfo(
-                        source_id=r["source_id"],
-                        routing_key=r["routing_key"],
-                        arguments=_args(r["arguments"]),
-                        queue_id=r["queue_id"],
-                        exchange_id=r["exchange_id"],
-                    )
-                )
+                ex.bindings.append(_binding_info(r))
         queues = {r["name"]: _queue_row(r) for r in q_rows}
         return int(version or 0), exchanges, queues
 
@@ -731,6 +712,30 @@ class Repository:
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
             await self.pool.execute(ACK, list(ids), node_id)
+
+
+def _exchange_info(r: asyncpg.Record) -> ExchangeInfo:
+    """An exchange (without its bindings) from a row of ``exchanges``."""
+    return ExchangeInfo(
+        id=r["id"],
+        name=r["name"],
+        type=r["type"],
+        durable=r["durable"],
+        auto_delete=r["auto_delete"],
+        internal=r["internal"],
+        arguments=_args(r["arguments"]),
+    )
+
+
+def _binding_info(r: asyncpg.Record) -> BindingInfo:
+    """A binding from a row of ``bindings``."""
+    return BindingInfo(
+        source_id=r["source_id"],
+        routing_key=r["routing_key"],
+        arguments=_args(r["arguments"]),
+        queue_id=r["queue_id"],
+        exchange_id=r["exchange_id"],
+    )
 
 
 def _queue_row(r: asyncpg.Record) -> QueueRow:

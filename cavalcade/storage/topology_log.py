@@ -120,7 +120,7 @@ class TopologyLog:
     ) -> TopologyRows:
         """Current rows of the changed queues, exchanges (``full_exchanges`` with all
         their bindings as a source) and binding edges."""
-        from .repository import _args, _queue_row  # one definition of the row shapes
+        from .repository import _binding_info, _exchange_info, _queue_row  # one row shape each
 
         full = sorted(set(full_exchanges))
         async with self.pool.acquire() as conn:
@@ -150,28 +150,11 @@ class TopologyLog:
                     full,
                 )
         queues = {r["id"]: _queue_row(r) for r in q_rows}
-        exchanges = {
-            r["id"]: ExchangeInfo(
-                id=r["id"],
-                name=r["name"],
-                type=r["type"],
-                durable=r["durable"],
-                auto_delete=r["auto_delete"],
-                internal=r["internal"],
-                arguments=_args(r["arguments"]),
-            )
-            for r in x_rows
-        }
+        exchanges = {r["id"]: _exchange_info(r) for r in x_rows}
         by_edge: dict[Edge, list[BindingInfo]] = {e: [] for e in edges}
         full_set = set(full)
         for r in b_rows:
-            b = BindingInfo(
-                source_id=r["source_id"],
-                routing_key=r["routing_key"],
-                arguments=_args(r["arguments"]),
-                queue_id=r["queue_id"],
-                exchange_id=r["exchange_id"],
-            )
+            b = _binding_info(r)
             edge = (b.source_id, b.queue_id or 0, b.exchange_id or 0)
             if edge in by_edge:
                 by_edge[edge].append(b)
