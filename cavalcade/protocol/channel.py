@@ -6,7 +6,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from pamqp import commands
 from pamqp.base import Frame
@@ -32,6 +32,7 @@ from cavalcade.errors import (
 )
 from cavalcade.storage.repository import ClaimedMessage
 
+from .closing import close_frame
 from .framing import (
     FRAME_BODY,
     FRAME_HEADER,
@@ -45,10 +46,8 @@ from .framing import (
     return_payload,
     unchecked,
 )
-from .tasks import keep
-
-if TYPE_CHECKING:
-    from .connection import AMQPConnection
+from .link import ChannelState, Link
+from .tasks import keep, spawn
 
 log = logging.getLogger(__name__)
 
@@ -110,12 +109,12 @@ class Consumer:
 class Channel:
     """Frames in, in order, through one task; deliveries and confirms out."""
 
-    def __init__(self, conn: AMQPConnection, number: int) -> None:
-        self.conn = conn
-        self.broker = conn.broker
+    def __init__(self, link: Link, number: int) -> None:
+        self.link = link
+        self.broker = link.broker
         self.number = number
-        self.key = conn.broker.next_id()
-        self.state = "open"
+        self.key = link.broker.next_id()
+        self.state = ChannelState.OPEN
         self.consumers: dict[str, Consumer] = {}
         self._lingering: list[Consumer] = []  # cancelled, still holding unacked messages
         self._held_cancels: list[str] | None = None  # server cancels waiting for delete-ok
@@ -176,76 +175,135 @@ class Channel:
             commands.Tx.Commit: self.on_tx_commit,
             commands.Tx.Rollback: self.on_tx_rollback,
         }
+        self._frame_handlers: dict[int, Callable[[RawFrame], None]] = {
+            FRAME_METHOD: self._on_method_frame,
+            FRAME_HEADER: self._on_header_frame,
+            FRAME_BODY: self._on_body_frame,
+        }
         self._task = asyncio.create_task(self._run(), name=f"channel-{number}")
+
+    # -- as the connection sees it ------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self.state is ChannelState.OPEN
+
+    @property
+    def _torn_down(self) -> bool:
+        return self.state is ChannelState.CLOSED
+
+    @property
+    def needs_teardown(self) -> bool:
+        """Open, or still holding consumers or unacked deliveries."""
+        return self.state is ChannelState.OPEN or bool(self.consumers) or bool(self.unacked)
+
+    @property
+    def unconfirmed(self) -> int:
+        """Publishes not yet confirmed (confirm mode), for the statistics."""
+        return max(0, self.publish_seq - self._confirm_sent) if self.confirm else 0
+
+    def wake_queues(self) -> None:
+        """The socket takes writes again: let every consumer's queue deliver."""
+        for c in self.consumers.values():
+            self.broker.wake(c.queue_id)
+
+    def fail(self, exc: BaseException) -> None:
+        """Close this channel (soft error) or, through the link, the connection (hard)."""
+        if self.link.closed:
+            return
+        closing = close_frame(self.broker.amqp_error(exc), self.number)
+        if closing.closes_connection:
+            self.link.fail(closing.error)
+            return
+        if self.state is not ChannelState.OPEN:
+            return
+        self.state = ChannelState.CLOSING
+        self.link.send_method(self.number, closing.method)
+        spawn(self.teardown_logged())
+
+    async def teardown_logged(self) -> None:
+        """``teardown``, its failure logged (once per outage if the database is away)."""
+        try:
+            await self.teardown()
+        except Exception as exc:  # noqa: BLE001
+            if not self.broker.outage.report(exc):
+                log.exception("channel teardown failed")
+
+    def _forget(self) -> None:
+        self.link.forget_channel(self.number, self)
+        self.stop()
 
     # -- frames in (synchronous, from data_received) ---------------------------
 
     def on_frame(self, f: RawFrame) -> None:
-        if self.state != "open":
+        if self.state is not ChannelState.OPEN:
             self._on_frame_while_closing(f)
             return
-        if f.type == FRAME_METHOD:
-            if self._method is not None:
-                raise UnexpectedFrame(
-                    "expected content header for class 60, got non content header frame instead",
+        handler = self._frame_handlers.get(f.type)
+        if handler is not None:
+            handler(f)
+
+    def _on_method_frame(self, f: RawFrame) -> None:
+        if self._method is not None:
+            raise UnexpectedFrame(
+                "expected content header for class 60, got non content header frame instead",
+                60,
+                40,
+            )
+        method = decode_method(f.payload)
+        if isinstance(method, commands.Basic.Publish):
+            self._method = method
+            self.link.mark_publisher()
+            return
+        if isinstance(method, commands.Channel.CloseOk):
+            return
+        self._enqueue(method, None)
+
+    def _on_header_frame(self, f: RawFrame) -> None:
+        if self._method is None:
+            raise UnexpectedFrame("expected method frame, got non method frame instead")
+        class_id, size, props = parse_content_header(f.payload)
+        if class_id != 60:
+            raise UnexpectedFrame(
+                f"expected content header for class 60, got one for class {class_id} instead",
+                60,
+                40,
+            )
+        limit = self.link.max_message_size
+        if size > limit:
+            self._method = None
+            self._discarding = True
+            self._fail_soon(
+                PreconditionFailed(
+                    f"message size {size} is larger than configured max size {limit}",
                     60,
                     40,
                 )
-            method = decode_method(f.payload)
-            if isinstance(method, commands.Basic.Publish):
-                self._method = method
-                if not self.conn.publisher:
-                    self.conn.publisher = True
-                    if self.broker.batcher.blocked:
-                        self.conn.set_blocked(True)
-                return
-            if isinstance(method, commands.Channel.CloseOk):
-                return
-            self._enqueue(method, None)
-        elif f.type == FRAME_HEADER:
-            if self._method is None:
-                raise UnexpectedFrame("expected method frame, got non method frame instead")
-            class_id, size, props = parse_content_header(f.payload)
-            if class_id != 60:
-                raise UnexpectedFrame(
-                    f"expected content header for class 60, got one for class {class_id} instead",
-                    60,
-                    40,
-                )
-            limit = self.conn.settings.max_message_size
-            if size > limit:
-                self._method = None
-                self._discarding = True
-                self._fail_soon(
-                    PreconditionFailed(
-                        f"message size {size} is larger than configured max size {limit}",
-                        60,
-                        40,
-                    )
-                )
-                return
-            self._props, self._body_size, self._body, self._body_got = props, size, [], 0
-            if size == 0:
-                self._complete_publish()
-            else:
-                self._body_size = size
-        elif f.type == FRAME_BODY:
-            if self._discarding:
-                return  # the body of a refused message: the channel is about to close
-            if self._method is None:
-                raise UnexpectedFrame("expected method frame, got non method frame instead")
-            if self._body_size == 0:
-                raise UnexpectedFrame(
-                    "expected content header for class 60, got non content header frame instead",
-                    60,
-                    40,
-                )
-            self._body.append(f.payload)
-            self._body_got += len(f.payload)
-            if self._body_got >= self._body_size:
-                if self._body_got > self._body_size:
-                    raise UnexpectedFrame("content body larger than announced in its header")
-                self._complete_publish()
+            )
+            return
+        self._props, self._body_size, self._body, self._body_got = props, size, [], 0
+        if size == 0:
+            self._complete_publish()
+        else:
+            self._body_size = size
+
+    def _on_body_frame(self, f: RawFrame) -> None:
+        if self._discarding:
+            return  # the body of a refused message: the channel is about to close
+        if self._method is None:
+            raise UnexpectedFrame("expected method frame, got non method frame instead")
+        if self._body_size == 0:
+            raise UnexpectedFrame(
+                "expected content header for class 60, got non content header frame instead",
+                60,
+                40,
+            )
+        self._body.append(f.payload)
+        self._body_got += len(f.payload)
+        if self._body_got >= self._body_size:
+            if self._body_got > self._body_size:
+                raise UnexpectedFrame("content body larger than announced in its header")
+            self._complete_publish()
 
     def _on_frame_while_closing(self, f: RawFrame) -> None:
         """After we sent Channel.Close, drop everything but Close / CloseOk."""
@@ -256,10 +314,10 @@ class Channel:
         except Exception:  # noqa: BLE001
             return
         if isinstance(method, commands.Channel.CloseOk):
-            self.conn.forget_channel(self)
+            self._forget()
         elif isinstance(method, commands.Channel.Close):
-            self.conn.send_method(self.number, commands.Channel.CloseOk())
-            self.conn.forget_channel(self)
+            self.link.send_method(self.number, commands.Channel.CloseOk())
+            self._forget()
 
     def _complete_publish(self) -> None:
         method = self._method
@@ -272,7 +330,7 @@ class Channel:
         self._inbox.put_nowait((method, content))
         if not self._reading_paused and self._inbox.qsize() > INBOX_HIGH:
             self._reading_paused = True
-            self.conn.pause_reading(self.number)
+            self.link.pause_reading(self.number)
 
     def _fail_soon(self, exc: AMQPError) -> None:
         """A soft error found while framing: close the channel once earlier work is done."""
@@ -296,8 +354,8 @@ class Channel:
                 method, content = self._inbox.get_nowait()
             if self._reading_paused and self._inbox.qsize() < INBOX_LOW:
                 self._reading_paused = False
-                self.conn.resume_reading(self.number)
-            if self.state != "open":
+                self.link.resume_reading(self.number)
+            if self.state is not ChannelState.OPEN:
                 continue
             try:
                 if isinstance(method, _Fail):
@@ -313,17 +371,17 @@ class Channel:
                 if not isinstance(method, _ASYNC_METHODS):
                     _strip_cr_lf(method)
                 await self._handle(handler, method, content)
-                if self.state == "closed":
+                if self._torn_down:
                     return
             except asyncio.CancelledError:
                 raise
             except AMQPError as exc:
                 if not exc.class_id and not isinstance(method, _Fail):
                     exc.class_id, exc.method_id = _ids(method)
-                self.conn.fail(exc, self)
+                self.fail(exc)
             except Exception as exc:  # noqa: BLE001 - never take the node down
                 log.exception("channel %s: %s failed", self.number, type(method).__name__)
-                self.conn.fail(exc, self)
+                self.fail(exc)
 
     async def _handle(
         self, handler: Callable[[Any, Any], Awaitable[None]], method: Frame, content: Any
@@ -338,7 +396,7 @@ class Channel:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not self.broker.database_unavailable(exc) or waited >= self.conn.database_wait:
+                if not self.broker.database_unavailable(exc) or waited >= self.link.database_wait:
                     raise
                 self.broker.outage.report(exc)  # logged once per outage, not per channel
                 await asyncio.sleep(delay)
@@ -366,8 +424,8 @@ class Channel:
 
     async def teardown(self) -> None:
         """Cancel consumers and requeue unacked deliveries (close, error, EOF, heartbeat)."""
-        self.state = "closed"
-        session = self.conn.session
+        self.state = ChannelState.CLOSED
+        session = self.link.session
         consumers = list(self.consumers.values()) + self._lingering
         self.consumers.clear()
         self._lingering.clear()
@@ -390,19 +448,19 @@ class Channel:
 
     async def on_channel_close(self, m: commands.Channel.Close, _: None) -> None:
         await self.teardown()
-        self.conn.forget_channel(self)
-        self.conn.send_method(self.number, commands.Channel.CloseOk())
+        self._forget()
+        self.link.send_method(self.number, commands.Channel.CloseOk())
 
     async def on_channel_flow(self, m: commands.Channel.Flow, _: None) -> None:
         if not m.active:
             raise NotImplemented_("active=false", 20, 20)  # as RabbitMQ
-        self.conn.send_method(self.number, commands.Channel.FlowOk(active=m.active))
+        self.link.send_method(self.number, commands.Channel.FlowOk(active=m.active))
 
     # -- exchanges --------------------------------------------------------------
 
     async def on_exchange_declare(self, m: commands.Exchange.Declare, _: None) -> None:
         await self.broker.declare_exchange(
-            self.conn.session,
+            self.link.session,
             m.exchange,
             m.exchange_type,
             m.passive,
@@ -412,23 +470,23 @@ class Channel:
             dict(m.arguments or {}),
         )
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Exchange.DeclareOk())
+            self.link.send_method(self.number, commands.Exchange.DeclareOk())
 
     async def on_exchange_delete(self, m: commands.Exchange.Delete, _: None) -> None:
-        await self.broker.delete_exchange(self.conn.session, m.exchange, m.if_unused)
+        await self.broker.delete_exchange(self.link.session, m.exchange, m.if_unused)
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Exchange.DeleteOk())
+            self.link.send_method(self.number, commands.Exchange.DeleteOk())
 
     async def on_exchange_bind(self, m: commands.Exchange.Bind, _: None) -> None:
         await self.broker.bind_exchange(
-            self.conn.session, m.destination, m.source, m.routing_key, dict(m.arguments or {})
+            self.link.session, m.destination, m.source, m.routing_key, dict(m.arguments or {})
         )
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Exchange.BindOk())
+            self.link.send_method(self.number, commands.Exchange.BindOk())
 
     async def on_exchange_unbind(self, m: commands.Exchange.Unbind, _: None) -> None:
         await self.broker.bind_exchange(
-            self.conn.session,
+            self.link.session,
             m.destination,
             m.source,
             m.routing_key,
@@ -436,7 +494,7 @@ class Channel:
             unbind=True,
         )
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Exchange.UnbindOk())
+            self.link.send_method(self.number, commands.Exchange.UnbindOk())
 
     # -- queues -----------------------------------------------------------------
 
@@ -456,7 +514,7 @@ class Channel:
         if m.passive and not name:
             name = self._queue_name(name)
         result = await self.broker.declare_queue(
-            self.conn.session,
+            self.link.session,
             name,
             m.passive,
             m.durable,
@@ -466,7 +524,7 @@ class Channel:
         )
         self.last_queue = result.name
         if not m.nowait:
-            self.conn.send_method(
+            self.link.send_method(
                 self.number,
                 unchecked(
                     commands.Queue.DeclareOk,
@@ -478,40 +536,40 @@ class Channel:
 
     async def on_queue_bind(self, m: commands.Queue.Bind, _: None) -> None:
         await self.broker.bind_queue(
-            self.conn.session,
+            self.link.session,
             self._queue_name(m.queue),
             m.exchange,
             self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
         )
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Queue.BindOk())
+            self.link.send_method(self.number, commands.Queue.BindOk())
 
     async def on_queue_unbind(self, m: commands.Queue.Unbind, _: None) -> None:
         await self.broker.bind_queue(
-            self.conn.session,
+            self.link.session,
             self._queue_name(m.queue),
             m.exchange,
             self._binding_key(m.queue, m.routing_key),
             dict(m.arguments or {}),
             unbind=True,
         )
-        self.conn.send_method(self.number, commands.Queue.UnbindOk())
+        self.link.send_method(self.number, commands.Queue.UnbindOk())
 
     async def on_queue_purge(self, m: commands.Queue.Purge, _: None) -> None:
-        count = await self.broker.purge_queue(self.conn.session, self._queue_name(m.queue))
+        count = await self.broker.purge_queue(self.link.session, self._queue_name(m.queue))
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Queue.PurgeOk(message_count=count))
+            self.link.send_method(self.number, commands.Queue.PurgeOk(message_count=count))
 
     async def on_queue_delete(self, m: commands.Queue.Delete, _: None) -> None:
         # As on RabbitMQ, delete-ok comes before the basic.cancel of our own consumers.
         self._held_cancels = []
         try:
             count = await self.broker.delete_queue(
-                self.conn.session, self._queue_name(m.queue), m.if_unused, m.if_empty
+                self.link.session, self._queue_name(m.queue), m.if_unused, m.if_empty
             )
             if not m.nowait:
-                self.conn.send_method(self.number, commands.Queue.DeleteOk(message_count=count))
+                self.link.send_method(self.number, commands.Queue.DeleteOk(message_count=count))
         finally:
             held, self._held_cancels = self._held_cancels, None
             for tag in held:
@@ -529,7 +587,7 @@ class Channel:
             props = parse_properties(raw)
         except MalformedProperties as exc:
             raise SyntaxError_(f"malformed content header properties: {exc}", 60, 40) from exc
-        session = self.conn.session
+        session = self.link.session
         if props.reply_to == DIRECT_REPLY_TO:
             if self.reply_to is None:
                 raise PreconditionFailed("fast reply consumer does not exist", 60, 40)
@@ -575,17 +633,17 @@ class Channel:
     ) -> None:
         """A publish was routed and committed: basic.return if it reached no queue and
         was mandatory, then (in confirm mode) its basic.ack or basic.nack."""
-        if self.state != "open":
+        if self.state is not ChannelState.OPEN:
             return
         stored = not fut.cancelled() and fut.exception() is None
         if stored and m.mandatory and fut.result() == 0:
-            self.conn.write_frames(
+            self.link.write_frames(
                 content_frames(
                     self.number,
                     return_payload(312, "NO_ROUTE", m.exchange, m.routing_key),
                     raw,
                     body,
-                    self.conn.frame_max,
+                    self.link.frame_max,
                 )
             )
         if seq:
@@ -596,7 +654,7 @@ class Channel:
             # Not stored: confirm what came before, then nack this one (in order).
             self._send_confirms()
             self._confirm_upto = self._confirm_sent = seq
-            self.conn.send_method(
+            self.link.send_method(
                 self.number, commands.Basic.Nack(delivery_tag=seq, multiple=False, requeue=False)
             )
             return
@@ -608,19 +666,19 @@ class Channel:
 
     def _send_confirms(self) -> None:
         self._confirm_scheduled = False
-        if self.state != "open" or self._confirm_upto <= self._confirm_sent:
+        if self.state is not ChannelState.OPEN or self._confirm_upto <= self._confirm_sent:
             return
         multiple = self._confirm_upto - self._confirm_sent > 1
         self.broker.stats.confirmed(self._confirm_upto - self._confirm_sent)
         self._confirm_sent = self._confirm_upto
-        self.conn.send_method(
+        self.link.send_method(
             self.number, commands.Basic.Ack(delivery_tag=self._confirm_upto, multiple=multiple)
         )
 
     # -- consume ----------------------------------------------------------------
 
     def credit_for(self, c: Consumer) -> int:
-        if self.state != "open" or self.conn.write_paused or c.tag not in self.consumers:
+        if not self.is_open or self.link.write_paused or c.tag not in self.consumers:
             return 0
         if c.no_ack:
             # As RabbitMQ's limiter: no-ack deliveries do not count against the channel's
@@ -636,10 +694,10 @@ class Channel:
         return max(credit, 0)
 
     def deliver(self, c: Consumer, messages: list[ClaimedMessage]) -> bool:
-        if self.state != "open" or self.consumers.get(c.tag) is not c or self.conn.closed:
+        if not self.is_open or self.consumers.get(c.tag) is not c or self.link.closed:
             return False
         frames: list[bytes] = []
-        fmax = self.conn.frame_max
+        fmax = self.link.frame_max
         for msg in messages:
             self.next_tag += 1
             tag = self.next_tag
@@ -654,7 +712,7 @@ class Channel:
                 msg.body,
                 fmax,
             )
-        self.conn.write_frames(frames)
+        self.link.write_frames(frames)
         return True
 
     def cancel_by_server(self, c: Consumer) -> None:
@@ -667,8 +725,8 @@ class Channel:
                 self._send_cancel(c.tag)
 
     def _send_cancel(self, tag: str) -> None:
-        if self.state == "open" and self.conn.cancel_notify:
-            self.conn.send_method(self.number, commands.Basic.Cancel(consumer_tag=tag, nowait=True))
+        if self.state is ChannelState.OPEN and self.link.cancel_notify:
+            self.link.send_method(self.number, commands.Basic.Cancel(consumer_tag=tag, nowait=True))
 
     async def on_basic_qos(self, m: commands.Basic.Qos, _: None) -> None:
         if m.prefetch_size:
@@ -678,7 +736,7 @@ class Channel:
         else:
             self.consumer_prefetch = m.prefetch_count
         self._wake_consumers()
-        self.conn.send_method(self.number, commands.Basic.QosOk())
+        self.link.send_method(self.number, commands.Basic.QosOk())
 
     def _wake_consumers(self) -> None:
         """Wake the queues of every consumer, starting one further each time: the first
@@ -701,14 +759,14 @@ class Channel:
                 raise PreconditionFailed("reply consumer cannot acknowledge", 60, 20)
             if self.reply_to is not None:
                 raise PreconditionFailed("reply consumer already set", 60, 20)
-            queue = self.reply_to = await self.broker.reply_queue(self.conn.session)
+            queue = self.reply_to = await self.broker.reply_queue(self.link.session)
             self._reply_tag = tag
         args = dict(m.arguments or {})
         priority = args.get("x-priority", 0)
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise PreconditionFailed(
                 f"invalid arg 'x-priority' for queue '{queue}' in vhost "
-                f"'{self.conn.session.vhost.name}': \"expected integer, got "
+                f"'{self.link.session.vhost.name}': \"expected integer, got "
                 f'{_field_type(priority)}"',
                 60,
                 20,
@@ -716,12 +774,12 @@ class Channel:
         c = Consumer(self, tag, m.no_ack, m.exclusive, priority)
         self.consumers[tag] = c
         try:
-            c.queue_id = await self.broker.consume(self.conn.session, queue, c, m.exclusive)
+            c.queue_id = await self.broker.consume(self.link.session, queue, c, m.exclusive)
         except BaseException:
             self.consumers.pop(tag, None)
             raise
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Basic.ConsumeOk(consumer_tag=tag))
+            self.link.send_method(self.number, commands.Basic.ConsumeOk(consumer_tag=tag))
 
     async def on_basic_cancel(self, m: commands.Basic.Cancel, _: None) -> None:
         if m.consumer_tag == self._reply_tag:
@@ -730,7 +788,7 @@ class Channel:
         if c is not None:
             # The consumer stays registered until the broker has stopped dispatching to
             # it: deliveries of a claim in flight reach it (and are tracked) first.
-            if c.unacked and self.broker.is_single_active(self.conn.session, c.queue_id):
+            if c.unacked and self.broker.is_single_active(self.link.session, c.queue_id):
                 # As on RabbitMQ, a single active consumer stays active until what it
                 # holds is settled: the next one must not overtake those messages.
                 await self.broker.detach(c.queue_id, c)
@@ -739,9 +797,9 @@ class Channel:
             else:
                 await self.broker.detach(c.queue_id, c)
                 self._forget_consumer(c)
-                await self.broker.cancel(self.conn.session, c.queue_id, c)
+                await self.broker.cancel(self.link.session, c.queue_id, c)
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
+            self.link.send_method(self.number, commands.Basic.CancelOk(consumer_tag=m.consumer_tag))
 
     def _forget_consumer(self, c: Consumer) -> None:
         if self.consumers.get(c.tag) is c:
@@ -749,23 +807,23 @@ class Channel:
 
     async def on_basic_get(self, m: commands.Basic.Get, _: None) -> None:
         result = await self.broker.get(
-            self.conn.session, self._queue_name(m.queue), m.no_ack, self.key
+            self.link.session, self._queue_name(m.queue), m.no_ack, self.key
         )
         if result is None:
-            self.conn.send_method(self.number, commands.Basic.GetEmpty())
+            self.link.send_method(self.number, commands.Basic.GetEmpty())
             return
         msg, remaining = result
         self.next_tag += 1
         tag = self.next_tag
         if not m.no_ack:
             self.unacked[tag] = (msg.id, msg.queue_id, None)
-        self.conn.write_frames(
+        self.link.write_frames(
             content_frames(
                 self.number,
                 get_ok_payload(tag, msg.redelivered, msg.exchange, msg.routing_key, remaining),
                 msg.properties,
                 msg.body,
-                self.conn.frame_max,
+                self.link.frame_max,
             )
         )
 
@@ -815,7 +873,7 @@ class Channel:
         self._lingering = [c for c in self._lingering if c.unacked > 0]
         await self.broker.batcher.flush()
         for c in done:
-            await self.broker.cancel(self.conn.session, c.queue_id, c)
+            await self.broker.cancel(self.link.session, c.queue_id, c)
 
     async def on_basic_reject(self, m: commands.Basic.Reject, _: None) -> None:
         await self._settle_negative(self._take(m.delivery_tag or 0, False, 90), m.requeue)
@@ -840,7 +898,7 @@ class Channel:
         taken = self._take(0, True, 110)
         self.broker.requeue([(e[1], e[0]) for _, e in taken])
         if isinstance(m, commands.Basic.Recover):
-            self.conn.send_method(self.number, commands.Basic.RecoverOk())
+            self.link.send_method(self.number, commands.Basic.RecoverOk())
 
     # -- confirms and transactions -----------------------------------------------
 
@@ -849,20 +907,20 @@ class Channel:
             raise PreconditionFailed("cannot switch from tx to confirm mode", 85, 10)
         self.confirm = True
         if not m.nowait:
-            self.conn.send_method(self.number, commands.Confirm.SelectOk())
+            self.link.send_method(self.number, commands.Confirm.SelectOk())
 
     async def on_tx_select(self, m: commands.Tx.Select, _: None) -> None:
         if self.confirm:
             raise PreconditionFailed("cannot switch from confirm to tx mode", 90, 10)
         self.tx = True
-        self.conn.send_method(self.number, commands.Tx.SelectOk())
+        self.link.send_method(self.number, commands.Tx.SelectOk())
 
     async def on_tx_commit(self, m: commands.Tx.Commit, _: None) -> None:
         if not self.tx:
             raise PreconditionFailed("channel is not transactional", 90, 20)
         publishes, acks, rejects = self._tx_publishes, self._tx_acks, self._tx_rejects
         self._tx_publishes, self._tx_acks, self._tx_rejects = [], [], []
-        session = self.conn.session
+        session = self.link.session
         futures = []
         for pm, props, body in publishes:
             fut = self.broker.publish(session, pm.exchange, pm.routing_key, props, body)
@@ -876,7 +934,7 @@ class Channel:
         await self.broker.batcher.flush()
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
-        self.conn.send_method(self.number, commands.Tx.CommitOk())
+        self.link.send_method(self.number, commands.Tx.CommitOk())
 
     async def on_tx_rollback(self, m: commands.Tx.Rollback, _: None) -> None:
         if not self.tx:
@@ -891,7 +949,7 @@ class Channel:
         self.unacked = dict(sorted(self.unacked.items()))
         self._tx_acks.clear()
         self._tx_rejects.clear()
-        self.conn.send_method(self.number, commands.Tx.RollbackOk())
+        self.link.send_method(self.number, commands.Tx.RollbackOk())
 
 
 # Client methods that expect no reply: they need not wait for earlier publishes' replies.

@@ -27,7 +27,8 @@ from cavalcade.errors import (
 from cavalcade.settings import Settings
 
 from .channel import Channel
-from .closing import as_amqp_error, close_method
+from .closing import close_frame
+from .flow import BLOCKED, FlowControl
 from .framing import (
     FRAME_BODY,
     FRAME_HEADER,
@@ -41,6 +42,7 @@ from .framing import (
     heartbeat_frame,
     method_ids,
 )
+from .link import ConnectionState
 from .sasl import MECHANISMS, parse_response
 from .tasks import keep, spawn
 from .tls import peer_common_name
@@ -59,13 +61,9 @@ CAPABILITIES = {
     "direct_reply_to": True,
 }
 
-BLOCKED = -1  # pause_reading reason: the node's publish backlog is full
-WRITE_HIGH = 4 * 1024 * 1024
-WRITE_LOW = 1024 * 1024
-
 
 class AMQPConnection(asyncio.Protocol):
-    """The asyncio protocol of one client socket."""
+    """The asyncio protocol of one client socket; the ``Link`` its channels use."""
 
     def __init__(
         self,
@@ -84,6 +82,7 @@ class AMQPConnection(asyncio.Protocol):
         self.settings = settings
         self.registry = registry
         self.transport: asyncio.Transport | None = None
+        self.flow: FlowControl | None = None
         self.peer: str | None = None
         self.session: Session = None  # type: ignore[assignment]  # set by connection.open
         self.database_wait = settings.database_wait
@@ -92,17 +91,15 @@ class AMQPConnection(asyncio.Protocol):
         self.heartbeat = 0
         self.channels: dict[int, Channel] = {}
         self.closed = False
-        self.write_paused = False
         self.cancel_notify = False
         self.blocked_notify = False
         self.publisher = False
         self._reader = FrameReader(settings.frame_max)
         self._header_seen = False
         self._buf = b""
-        self._state = "start"  # start -> tune -> open -> opened -> closing
+        self._state = ConnectionState.START
         self._user: tuple[int, str] | None = None
         self._client_properties: dict[str, Any] = {}
-        self._paused_by: set[int] = set()
         self._last_recv = time.monotonic()
         self._last_sent = time.monotonic()
         self._timers: list[asyncio.TimerHandle] = []
@@ -116,7 +113,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
-        transport.set_write_buffer_limits(high=WRITE_HIGH, low=WRITE_LOW)  # type: ignore[attr-defined]
+        self.flow = FlowControl(transport)
         peer = transport.get_extra_info("peername")
         self.peer = peer[0] if isinstance(peer, tuple) else None
         self.peer_port = peer[1] if isinstance(peer, tuple) else None
@@ -139,53 +136,55 @@ class AMQPConnection(asyncio.Protocol):
             return
         self._last_recv = time.monotonic()
         if not self._header_seen:
-            self._buf += data
-            if len(self._buf) < 8:
-                if not PROTOCOL_HEADER.startswith(self._buf[: len(PROTOCOL_HEADER)]):
-                    self._reject_header()
+            rest = self._read_header(data)
+            if not rest:
                 return
-            if self._buf[:8] != PROTOCOL_HEADER:
-                self._reject_header()
-                return
-            self._header_seen = True
-            data, self._buf = self._buf[8:], b""
-            self._send_start()
-            if not data:
-                return
+            data = rest
         try:
             for f in self._reader.feed(data):
                 if self.closed:
                     return
                 self._on_frame(f)
         except AMQPError as exc:
-            self.fail(exc, None)
+            self.fail(exc)
         except Exception as exc:  # noqa: BLE001 - bad input never takes the node down
             log.exception("error handling frames")
-            self.fail(exc, None)
+            self.fail(exc)
+
+    def _read_header(self, data: bytes) -> bytes | None:
+        """Collect the protocol header: the bytes after it, or None while it is incomplete
+        (or was refused)."""
+        self._buf += data
+        if len(self._buf) < 8:
+            if not PROTOCOL_HEADER.startswith(self._buf[: len(PROTOCOL_HEADER)]):
+                self._reject_header()
+            return None
+        if self._buf[:8] != PROTOCOL_HEADER:
+            self._reject_header()
+            return None
+        self._header_seen = True
+        rest, self._buf = self._buf[8:], b""
+        self._send_start()
+        return rest
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._shutdown()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        if self.flow is not None:
+            self.flow.pause_writing()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        if self.flow is not None:
+            self.flow.resume_writing()
         for ch in self.channels.values():
-            for c in ch.consumers.values():
-                self.broker.wake(c.queue_id)
+            ch.wake_queues()
 
     # -- inbound frames -------------------------------------------------------------
 
     def _on_frame(self, f: RawFrame) -> None:
-        if self._state == "closing":
-            # Waiting for Connection.CloseOk: everything else is dropped.
-            if f.type == FRAME_METHOD and f.channel == 0:
-                m = decode_method(f.payload)
-                if isinstance(m, commands.Connection.CloseOk | commands.Connection.Close):
-                    if isinstance(m, commands.Connection.Close):
-                        self.send_method(0, commands.Connection.CloseOk())
-                    self._abort()
+        if self._state is ConnectionState.CLOSING:
+            self._on_frame_closing(f)
             return
         if f.type == FRAME_HEARTBEAT:
             if f.channel != 0:
@@ -194,43 +193,66 @@ class AMQPConnection(asyncio.Protocol):
         if f.type not in (FRAME_METHOD, FRAME_HEADER, FRAME_BODY):
             raise FrameError(f"unknown frame type {f.type}")
         if f.channel == 0:
-            if f.type != FRAME_METHOD:
-                raise UnexpectedFrame(f"content frame of type {f.type} on channel 0")
-            cls, meth = method_ids(f.payload)
-            if cls != 10:
-                raise ChannelErrorHard("expected a connection method on channel 0", cls, meth)
-            self._conn_inbox.put_nowait(decode_method(f.payload))
+            self._on_channel0_frame(f)
             return
-        if self._state != "opened":
+        if self._state is not ConnectionState.OPENED:
             raise ChannelErrorHard("channel frame before the connection is open")
         ch = self.channels.get(f.channel)
         if ch is None:
-            if f.type != FRAME_METHOD:
-                raise ChannelErrorHard(f"expected 'channel.open' on channel {f.channel}")
-            m = decode_method(f.payload)
-            if isinstance(m, commands.Channel.CloseOk):
-                return  # both sides closed it at once: we already forgot it (as RabbitMQ)
-            if not isinstance(m, commands.Channel.Open):
-                cls, meth = method_ids(f.payload)
-                raise ChannelErrorHard("expected 'channel.open'", cls, meth)
-            if self.session.max_channels is not None and self.server is not None:
-                check_channel_limit(
-                    self.session.user,
-                    self.session.max_channels,
-                    self.server.user_channels(self.session.user) + self.session.channels_elsewhere,
-                )
-            if len(self.channels) >= self.channel_max:  # a count, as on RabbitMQ
-                raise NotAllowed(
-                    f"number of channels opened ({len(self.channels)}) has reached the "
-                    f"negotiated channel_max ({self.channel_max})"
-                )
-            self.channels[f.channel] = Channel(self, f.channel)
-            self.send_method(f.channel, commands.Channel.OpenOk())
+            self._on_unknown_channel(f)
             return
-        if f.type == FRAME_METHOD and ch.state == "open":
+        if f.type == FRAME_METHOD and ch.is_open:
             if f.payload[:4] == b"\x00\x14\x00\x0a":  # channel.open again
                 raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
         ch.on_frame(f)
+
+    def _on_frame_closing(self, f: RawFrame) -> None:
+        """Waiting for Connection.CloseOk: everything else is dropped."""
+        if f.type == FRAME_METHOD and f.channel == 0:
+            m = decode_method(f.payload)
+            if isinstance(m, commands.Connection.CloseOk | commands.Connection.Close):
+                if isinstance(m, commands.Connection.Close):
+                    self.send_method(0, commands.Connection.CloseOk())
+                self._abort()
+
+    def _on_channel0_frame(self, f: RawFrame) -> None:
+        if f.type != FRAME_METHOD:
+            raise UnexpectedFrame(f"content frame of type {f.type} on channel 0")
+        cls, meth = method_ids(f.payload)
+        if cls != 10:
+            raise ChannelErrorHard("expected a connection method on channel 0", cls, meth)
+        self._conn_inbox.put_nowait(decode_method(f.payload))
+
+    def _on_unknown_channel(self, f: RawFrame) -> None:
+        """A frame on a channel number not in use: only channel.open may come."""
+        if f.type != FRAME_METHOD:
+            raise ChannelErrorHard(f"expected 'channel.open' on channel {f.channel}")
+        m = decode_method(f.payload)
+        if isinstance(m, commands.Channel.CloseOk):
+            return  # both sides closed it at once: we already forgot it (as RabbitMQ)
+        if not isinstance(m, commands.Channel.Open):
+            cls, meth = method_ids(f.payload)
+            raise ChannelErrorHard("expected 'channel.open'", cls, meth)
+        self._open_channel(f.channel)
+
+    def _open_channel(self, number: int) -> None:
+        if self.session.max_channels is not None and self.server is not None:
+            check_channel_limit(
+                self.session.user,
+                self.session.max_channels,
+                self.server.user_channels(self.session.user) + self.session.channels_elsewhere,
+            )
+        if len(self.channels) >= self.channel_max:  # a count, as on RabbitMQ
+            raise NotAllowed(
+                f"number of channels opened ({len(self.channels)}) has reached the "
+                f"negotiated channel_max ({self.channel_max})"
+            )
+        self.channels[number] = Channel(self, number)
+        self.send_method(number, commands.Channel.OpenOk())
+
+    @property
+    def _opened(self) -> bool:
+        return self._state is ConnectionState.OPENED
 
     # -- channel 0 --------------------------------------------------------------------
 
@@ -269,10 +291,7 @@ class AMQPConnection(asyncio.Protocol):
             except Exception as exc:  # noqa: BLE001
                 if not isinstance(exc, AMQPError):
                     log.warning("%s: %s failed: %r", self.peer, type(m).__name__, exc)
-                err = as_amqp_error(self.broker.amqp_error(exc))
-                if not isinstance(err, AMQPError) or not err.hard:
-                    err = CommandInvalid(err.text)
-                self.fail(err, None)
+                self.fail(exc)
 
     async def _with_database(self, m: Frame) -> None:
         """Login and open need the database: while it is away, retry until shortly before
@@ -292,15 +311,15 @@ class AMQPConnection(asyncio.Protocol):
                 delay = min(delay * 2, 1.0)
 
     async def _on_connection_method(self, m: Frame) -> None:
-        if isinstance(m, commands.Connection.StartOk) and self._state == "start":
+        if isinstance(m, commands.Connection.StartOk) and self._state is ConnectionState.START:
             await self._on_start_ok(m)
-        elif isinstance(m, commands.Connection.TuneOk) and self._state == "tune":
+        elif isinstance(m, commands.Connection.TuneOk) and self._state is ConnectionState.TUNE:
             self._on_tune_ok(m)
-        elif isinstance(m, commands.Connection.Open) and self._state == "open":
+        elif isinstance(m, commands.Connection.Open) and self._state is ConnectionState.OPEN:
             await self._on_open(m)
         elif isinstance(m, commands.Connection.Close):
             self.close_reason = f"client closed it ({m.reply_code} {m.reply_text})"
-            self._state = "closing"
+            self._state = ConnectionState.CLOSING
             await self._teardown_channels()
             self.send_method(0, commands.Connection.CloseOk())
             self._abort()
@@ -308,7 +327,7 @@ class AMQPConnection(asyncio.Protocol):
             self._abort()
         elif isinstance(m, commands.Connection.Blocked | commands.Connection.Unblocked):
             return
-        elif isinstance(m, commands.Connection.UpdateSecret) and self._state == "opened":
+        elif isinstance(m, commands.Connection.UpdateSecret) and self._opened:
             # Credentials are checked at login; a refreshed secret (e.g. a new OAuth
             # token) is accepted as RabbitMQ does for its PLAIN users.
             self.send_method(0, commands.Connection.UpdateSecretOk())
@@ -355,7 +374,7 @@ class AMQPConnection(asyncio.Protocol):
                 self._abort()
                 return
             raise refused from exc
-        self._state = "tune"
+        self._state = ConnectionState.TUNE
         self.send_method(
             0,
             commands.Connection.Tune(
@@ -380,7 +399,7 @@ class AMQPConnection(asyncio.Protocol):
         self._reader.frame_max = self.frame_max
         self.channel_max = m.channel_max
         self.heartbeat = m.heartbeat
-        self._state = "open"
+        self._state = ConnectionState.OPEN
 
     async def _on_open(self, m: commands.Connection.Open) -> None:
         assert self._user is not None
@@ -406,7 +425,7 @@ class AMQPConnection(asyncio.Protocol):
         except AMQPError as exc:
             exc.class_id, exc.method_id = 10, 40
             raise
-        self._state = "opened"
+        self._state = ConnectionState.OPENED
         log.info(
             "connection %s: user '%s' authenticated and granted access to vhost '%s'%s",
             self.name,
@@ -428,7 +447,7 @@ class AMQPConnection(asyncio.Protocol):
         while not self.closed:
             await asyncio.sleep(interval)
             now = time.monotonic()
-            if BLOCKED in self._paused_by:
+            if self.flow is not None and self.flow.blocked:
                 self._last_recv = now  # we stopped reading: silence is ours, not the peer's
             if now - self._last_recv > 2 * self.heartbeat:
                 log.info("missed heartbeats from %s; closing", self.peer)
@@ -439,7 +458,7 @@ class AMQPConnection(asyncio.Protocol):
                 self._last_sent = now
 
     def _handshake_timeout(self) -> None:
-        if self._state != "opened":
+        if self._state is not ConnectionState.OPENED:
             self._abort()
 
     def _reject_header(self) -> None:
@@ -465,79 +484,76 @@ class AMQPConnection(asyncio.Protocol):
 
     def pause_reading(self, reason: int) -> None:
         """Stop reading the socket; ``reason`` is a channel number, or BLOCKED."""
-        if not self._paused_by and self.transport is not None:
-            self.transport.pause_reading()
-        self._paused_by.add(reason)
+        if self.flow is not None:
+            self.flow.pause_reading(reason)
 
     def resume_reading(self, reason: int) -> None:
-        self._paused_by.discard(reason)
-        if not self._paused_by and self.transport is not None and not self.closed:
+        if self.flow is not None and self.flow.resume_reading(reason):
             self._last_recv = time.monotonic()
-            self.transport.resume_reading()
+
+    # -- the rest of the channels' link ------------------------------------------------
+
+    @property
+    def write_paused(self) -> bool:
+        return self.flow is not None and self.flow.write_paused
+
+    @property
+    def max_message_size(self) -> int:
+        return self.settings.max_message_size
+
+    def mark_publisher(self) -> None:
+        if not self.publisher:
+            self.publisher = True
+            if self.broker.batcher.blocked:
+                self.set_blocked(True)
 
     def set_blocked(self, blocked: bool) -> None:
         """Publish backlog over its limit (the database is away or slow): hold publishers.
 
         Only connections that publish are paused, and those that asked for it are
         told with connection.blocked / unblocked, as RabbitMQ does."""
-        if self.closed or not self.publisher or self._state != "opened":
+        if self.closed or not self.publisher or self._state is not ConnectionState.OPENED:
             return
-        if blocked and BLOCKED not in self._paused_by:
+        assert self.flow is not None
+        if blocked and not self.flow.blocked:
             if self.blocked_notify:
                 self.send_method(
                     0, commands.Connection.Blocked(reason="publish backlog: database unavailable")
                 )
             self.pause_reading(BLOCKED)
-        elif not blocked and BLOCKED in self._paused_by:
+        elif not blocked and self.flow.blocked:
             if self.blocked_notify:
                 self.send_method(0, commands.Connection.Unblocked())
             self.resume_reading(BLOCKED)
 
     # -- errors and closing ---------------------------------------------------------------
 
-    def fail(self, exc: BaseException, ch: Channel | None) -> None:
-        """Close the channel (soft error) or the whole connection (hard error)."""
-        err = as_amqp_error(self.broker.amqp_error(exc))
-        if self.closed:
+    def fail(self, exc: BaseException) -> None:
+        """Close the whole connection with the error (a soft one escalates to 503)."""
+        closing = close_frame(self.broker.amqp_error(exc), 0)
+        if self.closed or self._state is ConnectionState.CLOSING:
             return
-        if not err.hard and ch is not None:
-            if ch.state != "open":
-                return
-            ch.state = "closing"
-            self.send_method(ch.number, close_method(err))
-            spawn(self._teardown(ch))
-            return
-        if self._state == "closing":
-            return
-        self._state = "closing"
-        self.close_reason = f"the broker closed it: {err.reply_text}"
-        self.send_method(0, close_method(err))
+        self._state = ConnectionState.CLOSING
+        self.close_reason = f"the broker closed it: {closing.error.reply_text}"
+        self.send_method(0, closing.method)
         loop = asyncio.get_running_loop()
         spawn(self._teardown_channels())
         self._close_timer = loop.call_later(1.0, self._abort)
 
-    async def _teardown(self, ch: Channel) -> None:
-        try:
-            await ch.teardown()
-        except Exception as exc:  # noqa: BLE001
-            if not self.broker.outage.report(exc):
-                log.exception("channel teardown failed")
-
     async def _teardown_channels(self) -> None:
         for ch in list(self.channels.values()):
-            if ch.state == "open" or ch.consumers or ch.unacked:
-                await self._teardown(ch)
+            if ch.needs_teardown:
+                await ch.teardown_logged()
             ch.stop()
 
-    def forget_channel(self, ch: Channel) -> None:
-        if self.channels.get(ch.number) is ch:
-            del self.channels[ch.number]
-        ch.stop()
+    def forget_channel(self, number: int, channel: object) -> None:
+        if self.channels.get(number) is channel:
+            del self.channels[number]
 
     def close_forced(self, text: str = "broker shutdown") -> None:
         """Graceful node shutdown: 320 CONNECTION_FORCED so clients fail over."""
-        if self._state == "opened":
-            self.fail(ConnectionForced(text), None)
+        if self._state is ConnectionState.OPENED:
+            self.fail(ConnectionForced(text))
         else:
             self._abort()
 
@@ -551,6 +567,8 @@ class AMQPConnection(asyncio.Protocol):
         if self.closed and self._cleanup_task is not None:
             return
         self.closed = True
+        if self.flow is not None:
+            self.flow.closed = True
         if self.session is not None:
             log.info(
                 "closing AMQP connection %s (vhost '%s', user '%s'): %s",
@@ -573,10 +591,7 @@ class AMQPConnection(asyncio.Protocol):
 
     async def _cleanup(self) -> None:
         try:
-            for ch in list(self.channels.values()):
-                if ch.state == "open" or ch.consumers or ch.unacked:
-                    await self._teardown(ch)
-                ch.stop()
+            await self._teardown_channels()
             self.channels.clear()
             if self.session is not None:
                 await self.broker.close_session(self.session)

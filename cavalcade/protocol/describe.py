@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .connection import BLOCKED, AMQPConnection
+from .connection import AMQPConnection
 
 
 def _address(value: object) -> tuple[str | None, int | None]:
     if isinstance(value, tuple) and len(value) >= 2:
         return str(value[0]), int(value[1])
     return None, None
+
+
+def _blocked(conn: AMQPConnection) -> bool:
+    return conn.flow is not None and conn.flow.blocked
 
 
 def describe_connection(conn: AMQPConnection) -> dict[str, Any] | None:
@@ -33,9 +37,7 @@ def describe_connection(conn: AMQPConnection) -> dict[str, Any] | None:
                 "global_prefetch_count": ch.global_prefetch,
                 "consumer_count": len(ch.consumers),
                 "messages_unacknowledged": len(ch.unacked),
-                "messages_unconfirmed": max(0, ch.publish_seq - ch._confirm_sent)
-                if ch.confirm
-                else 0,
+                "messages_unconfirmed": ch.unconfirmed,
                 "confirm": ch.confirm,
                 "transactional": ch.tx,
                 "consumers": {
@@ -55,7 +57,7 @@ def describe_connection(conn: AMQPConnection) -> dict[str, Any] | None:
         "frame_max": conn.frame_max,
         "channel_max": conn.channel_max,
         "timeout": conn.heartbeat,
-        "blocked": BLOCKED in conn._paused_by,
+        "blocked": _blocked(conn),
         "channels": channels,
     }
 
@@ -65,4 +67,4 @@ def describe_connections(connections: Iterable[AMQPConnection]) -> list[dict[str
 
 
 def blocked_count(connections: Iterable[AMQPConnection]) -> int:
-    return sum(1 for c in list(connections) if BLOCKED in c._paused_by)
+    return sum(1 for c in list(connections) if _blocked(c))
