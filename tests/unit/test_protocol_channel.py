@@ -54,7 +54,7 @@ async def test_channel_open_and_close() -> None:
     # channel.close-ok
     assert await c.reply() == bytes.fromhex("0100010000000400140029ce")
     assert c.conn.channels == {}
-    assert ch.state is ChannelState.CLOSED
+    assert not ch.is_open and not ch.needs_teardown  # torn down
     await c.close()
 
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 import asyncio
 
-from pamqp import commands
+from pamqp import commands, common
 
 from cavalcade import __version__
 from cavalcade.protocol.connection import CAPABILITIES
+from cavalcade.protocol.framing import PROTOCOL_HEADER
 from cavalcade.protocol.link import ConnectionState
 from cavalcade.settings import Settings
 
-from .fakes import PROTOCOL_HEADER, Client, method_bytes, until
+from .fakes import Client, method_bytes, until
 
 
 def _close(code: int, text: str, class_id: int = 0, method_id: int = 0) -> bytes:
@@ -75,7 +76,7 @@ async def test_refused_login_with_close_capability_gets_403() -> None:
     c = Client()
     c.send(PROTOCOL_HEADER)
     c.transport.take()
-    caps = {"capabilities": {"authentication_failure_close": True}}
+    caps: common.FieldTable = {"capabilities": {"authentication_failure_close": True}}
     c.send_method(
         0,
         commands.Connection.StartOk(client_properties=caps, mechanism="PLAIN", response="\0u\0x"),
