@@ -9,12 +9,15 @@ import asyncio
 from pamqp import commands, common
 
 from cavalcade import __version__
+from cavalcade.errors import FrameError, NotFound
+from cavalcade.protocol.closing import close_frame
 from cavalcade.protocol.connection import CAPABILITIES
+from cavalcade.protocol.flow import BLOCKED, WRITE_HIGH, WRITE_LOW, FlowControl
 from cavalcade.protocol.framing import PROTOCOL_HEADER
 from cavalcade.protocol.link import ConnectionState
 from cavalcade.settings import Settings
 
-from .fakes import Client, method_bytes, until
+from .fakes import Client, FakeTransport, method_bytes, until
 
 
 def _close(code: int, text: str, class_id: int = 0, method_id: int = 0) -> bytes:
@@ -257,3 +260,59 @@ async def test_blocked_publisher_is_told_and_paused() -> None:
     assert c.transport.take() == method_bytes(0, commands.Connection.Unblocked())
     assert c.transport.reading
     await c.close()
+
+
+def test_close_frame_soft_on_a_channel_closes_the_channel() -> None:
+    closing = close_frame(NotFound("no queue 'q' in vhost '/'", 50, 10), 3)
+    assert not closing.closes_connection
+    assert closing.encode() == method_bytes(
+        3,
+        commands.Channel.Close(
+            reply_code=404,
+            reply_text="NOT_FOUND - no queue 'q' in vhost '/'",
+            class_id=50,
+            method_id=10,
+        ),
+    )
+
+
+def test_close_frame_soft_on_channel_0_escalates_to_503() -> None:
+    closing = close_frame(NotFound("no such thing"), 0)
+    assert closing.closes_connection
+    assert closing.encode() == _close(503, "COMMAND_INVALID - no such thing")
+
+
+def test_close_frame_hard_closes_the_connection_and_hides_internal_errors() -> None:
+    assert close_frame(FrameError("bad", 60, 40), 5).encode() == _close(
+        501, "FRAME_ERROR - bad", 60, 40
+    )
+    assert close_frame(ValueError("secret path"), 5).encode() == _close(
+        541, "INTERNAL_ERROR - internal error"
+    )
+
+
+def test_flow_control_resumes_when_the_last_reason_goes() -> None:
+    t = FakeTransport()
+    flow = FlowControl(t)
+    assert t.limits == (WRITE_HIGH, WRITE_LOW)
+    flow.pause_reading(1)
+    flow.pause_reading(BLOCKED)
+    assert (t.pauses, t.reading, flow.blocked) == (1, False, True)
+    assert not flow.resume_reading(BLOCKED)
+    assert not t.reading and not flow.blocked
+    assert flow.resume_reading(1)
+    assert t.reading
+    flow.closed = True
+    flow.pause_reading(2)
+    assert not flow.resume_reading(2) and not t.reading
+
+
+async def test_flow_control_drain_waits_for_resume_writing() -> None:
+    flow = FlowControl(FakeTransport())
+    flow.pause_writing()
+    waiter = asyncio.ensure_future(flow.drain())
+    await asyncio.sleep(0)
+    assert flow.write_paused and not waiter.done()
+    flow.resume_writing()
+    await waiter
+    assert not flow.write_paused
