@@ -207,6 +207,8 @@ class Repository:
         client_properties: dict[str, Any],
         details: dict[str, Any] | None = None,
     ) -> None:
+        """Record an open client connection (async commit: the row only informs listings,
+        and a node's rows go with it when it is reaped)."""
         d = details or {}
         await self.async_commit_pool.execute(
             "INSERT INTO connections (node_id, id, peer, user_name, vhost_id, client_properties,"
@@ -231,6 +233,7 @@ class Repository:
         )
 
     async def remove_connection(self, node_id: uuid.UUID, connection_id: int) -> None:
+        """Drop a closed connection's row (async commit, as :meth:`add_connection`)."""
         await self.async_commit_pool.execute(
             "DELETE FROM connections WHERE node_id = $1 AND id = $2", node_id, connection_id
         )
@@ -285,6 +288,7 @@ class Repository:
         return int(version or 0), exchanges, queues
 
     async def topology_versions(self, vhost_ids: list[int]) -> dict[int, int]:
+        """The current topology version of each vhost (a read: async commit is free)."""
         rows = await self.async_commit_pool.fetch(
             "SELECT id, topology_version FROM vhosts WHERE id = ANY($1::int[])", vhost_ids
         )
@@ -404,7 +408,8 @@ class Repository:
         return _queue_row(r), int(r["ready"]), int(r["consumers"])
 
     async def use_queue(self, queue_id: int) -> tuple[int, int]:
-        """Mark a queue used and count it, in one round trip: (ready, consumers)."""
+        """Mark a queue used and count it, in one round trip: (ready, consumers). Async
+        commit: a lost ``last_used_at`` mark only lets ``x-expires`` fire a little early."""
         row = await self.async_commit_pool.fetchrow(queries.USE_QUEUE, queue_id)
         if row is None:
             return 0, 0
@@ -626,8 +631,8 @@ class Repository:
         self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
     ) -> list[ClaimedMessage]:
         """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them.
-        On the async-commit pool: a claim lost in a crash only makes its messages ready
-        again (and a no-ack delivery is at-most-once anyway)."""
+        On the async-commit pool: a claim (or no-ack delete) lost in a database crash
+        only makes its messages ready again; they are delivered again, never lost."""
         if no_ack:
             rows = await self.async_commit_pool.fetch(queries.CLAIM_DELETE, queue_id, limit)
         else:
