@@ -494,11 +494,6 @@ class Repository:
         if self.notify:
             await notify.send(self.durable_pool, QueuesWoken(node_id, frozenset({queue_id})))
 
-    async def notify_event(self, event: notify.Event) -> None:
-        """NOTIFY any event (nothing with ``--notify poll``)."""
-        if self.notify:
-            await notify.send(self.durable_pool, event)
-
     # -- consumers ---------------------------------------------------------
 
     async def add_consumer(
