@@ -8,9 +8,6 @@ import gc
 import logging
 import socket
 import uuid
-from collections.abc import Callable
-
-import asyncpg
 
 from cavalcade.broker.control import NodeControl
 from cavalcade.broker.liveness import Liveness
@@ -24,7 +21,8 @@ from cavalcade.settings import Settings
 from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.heartbeat import HeartbeatThread
 from cavalcade.storage.liveness import LivenessStore, NodeLock
-from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
+from cavalcade.storage.notify import Listener
+from cavalcade.storage.repository import Repository
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +84,7 @@ async def _run_incarnation(
     )
     liveness = broker.liveness = Liveness(
         repo,
-        LivenessStore(repo.pool),
+        LivenessStore(repo.durable_pool),
         node_id,
         settings.node_heartbeat,
         settings.node_death_threshold,
@@ -97,7 +95,7 @@ async def _run_incarnation(
     services = NodeServices(settings, broker, server, node_id)
     listener = None
     if settings.notify == "listen":
-        listener = Listener(dsn, broker, node_id, services.channels())
+        listener = Listener(dsn, node_id, broker, services.channels())
         await listener.ensure()
     tls = server_context(settings) if settings.tls_port is not None else None
     # closing the server must not close the shared socket; without a plain listener the
@@ -112,7 +110,11 @@ async def _run_incarnation(
         *services.start(),
         asyncio.create_task(
             NodeControl(
-                broker, AdminStore(repo.pool), node_id, server.sessions, server.close_connection
+                broker,
+                AdminStore(repo.durable_pool),
+                node_id,
+                server.sessions,
+                server.close_connection,
             ).run(settings.control_interval)
         ),
         asyncio.create_task(_stats_publisher(broker, settings)),
@@ -159,63 +161,6 @@ async def _run_incarnation(
         await asyncio.to_thread(beating.stop)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(repo.close(), SHUTDOWN_GRACE)
-
-
-class Listener:
-    """A dedicated connection for LISTEN: wake-ups and topology changes from other nodes.
-
-    If the database goes away, ``ensure`` reconnects it; meanwhile the dispatchers'
-    poll timer keeps deliveries going."""
-
-    def __init__(
-        self,
-        dsn: str,
-        broker: Broker,
-        node_id: uuid.UUID,
-        extra: dict[str, Callable[..., None]] | None = None,
-    ) -> None:
-        self.dsn = dsn
-        self.broker = broker
-        self.me = str(node_id)
-        self.conn: asyncpg.Connection | None = None
-        self.extra = extra or {}
-
-    async def ensure(self) -> None:
-        if self.conn is not None and not self.conn.is_closed():
-            return
-        self.conn = await asyncpg.connect(self.dsn)
-        await self.conn.add_listener(NOTIFY_CHANNEL, self._on_wake)
-        await self.conn.add_listener(TOPOLOGY_CHANNEL, self._on_topology)
-        for channel, callback in self.extra.items():
-            await self.conn.add_listener(channel, callback)
-            callback()  # whatever was notified while we were not listening
-        # Anything may have changed while we were not listening.
-        self.broker.topology_changed()
-        self.broker.wake_all()
-
-    async def close(self) -> None:
-        if self.conn is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.conn.close(), SHUTDOWN_GRACE)
-
-    def _on_wake(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        node, _, ids = str(payload).partition(":")
-        if node == self.me or not ids:
-            return
-        if ids == "*":
-            self.broker.wake_all()
-        else:
-            self.broker.wake_queues(int(i) for i in ids.split(","))
-
-    def _on_topology(self, _c: object, _pid: int, _channel: str, payload: object) -> None:
-        parts = str(payload).split(":")
-        if parts[0] == self.me:
-            return
-        self.broker.topology_changed(int(parts[1]) if len(parts) > 1 else None)
-        if parts[0] == "reaper":
-            self.broker.wake_all()
-        if len(parts) > 2:
-            self.broker.queue_deleted_elsewhere(int(parts[2]))
 
 
 async def _node_heartbeat(

@@ -29,7 +29,7 @@ class NodeServices:
         self.broker = broker
         self.server = server
         self.node_id = node_id
-        store = OutboxStore(broker.repo.pool, node_id, notify=settings.notify == "listen")
+        store = OutboxStore(broker.repo.durable_pool, node_id, notify=settings.notify == "listen")
         self.drainer = OutboxDrainer(broker, store, settings.poll_interval)
         self.draining = False
 
@@ -48,7 +48,7 @@ class NodeServices:
         while True:
             await asyncio.sleep(self.settings.node_heartbeat)
             try:
-                wanted = await maintenance.is_draining(self.broker.repo.pool, self.node_id)
+                wanted = await maintenance.is_draining(self.broker.repo.durable_pool, self.node_id)
                 failing = False
             except asyncio.CancelledError:
                 raise

@@ -212,6 +212,6 @@ def admin_for(broker: Broker) -> Admin:
     """The admin use-cases over this node's own pool (created once per broker)."""
     admin = getattr(broker, "_management_admin", None)
     if admin is None:
-        admin = Admin(AdminStore(broker.repo.pool))
+        admin = Admin(AdminStore(broker.repo.durable_pool))
         broker._management_admin = admin  # type: ignore[attr-defined]
     return admin

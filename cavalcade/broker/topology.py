@@ -64,7 +64,7 @@ class VhostTopology:
 
     async def _reload(self, repo: Repository) -> None:
         version, exchanges, queues = await repo.load_topology(self.id)
-        rows, self.limits = await AdminStore(repo.pool).vhost_settings(self.id)
+        rows, self.limits = await AdminStore(repo.durable_pool).vhost_settings(self.id)
         self.policies = _policies(rows)
         _apply_policies(self.policies, exchanges.values(), queues.values())
         self.version = version

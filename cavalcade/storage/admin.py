@@ -17,6 +17,8 @@ import asyncpg
 
 from cavalcade.domain.passwords import hash_password
 
+from . import queries
+
 # The exchanges every vhost has (migration 0001 seeds them for '/').
 DEFAULT_EXCHANGES = (
     ("", "direct"),
@@ -301,9 +303,7 @@ class AdminStore:
 
     async def purge_queue(self, queue_id: int) -> int:
         """Remove the ready messages (unacked ones stay with their consumers)."""
-        status = await self.pool.execute(
-            "DELETE FROM messages WHERE queue_id = $1 AND owner_node IS NULL", queue_id
-        )
+        status = await self.pool.execute(queries.PURGE, queue_id)
         return int(status.split()[-1])
 
     async def delete_queue(self, vhost_id: int, queue_id: int) -> int:

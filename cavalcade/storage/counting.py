@@ -19,14 +19,13 @@ claim and ack would update, which serialises those transactions on it.
 
 from __future__ import annotations
 
-from .batch import READY
-
 CAP = 1000  # index entries read from each end; counts below 2 * CAP are exact
 
 
-def ready_estimate(queue_id: str) -> str:
-    """A scalar SQL expression: ready messages of the queue ``queue_id`` (an SQL term)."""
-    scan = f"SELECT id FROM messages WHERE queue_id = {queue_id} AND {READY}"
+def ready_estimate(queue_id: str, ready: str) -> str:
+    """A scalar SQL expression: messages of the queue ``queue_id`` (an SQL term) that
+    match ``ready`` (:data:`cavalcade.storage.queries.READY`, the one definition)."""
+    scan = f"SELECT id FROM messages WHERE queue_id = {queue_id} AND {ready}"
     return f"""(WITH h AS ({scan} ORDER BY priority DESC, id LIMIT {CAP}),
       t AS ({scan} ORDER BY priority ASC, id DESC LIMIT {CAP}),
       u AS (SELECT count(*) AS n FROM (SELECT id FROM h UNION SELECT id FROM t) x),

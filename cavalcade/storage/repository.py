@@ -1,8 +1,17 @@
-"""Repository: every SQL statement the broker runs, on an asyncpg pool.
+"""Repository: the broker's SQL on two asyncpg pools, named for what a commit on them
+guarantees.
 
-Metadata operations are small statements; the hot path (publish batch, claim,
-ack) uses statements that asyncpg prepares once per connection and runs with
-arrays, so one round trip serves many messages.
+``durable_pool`` runs with ``synchronous_commit = on``: a statement returns once its
+commit is on disk. ``async_commit_pool`` runs with ``synchronous_commit = off`` (and
+the index-walk planner settings below): a commit returns before the flush, and a
+database crash may lose the last few hundred milliseconds of them. Only operations
+whose loss costs nothing but a redelivery or a refresh go there: claims (a lost claim
+makes the message ready again: at-least-once holds), ready counts and polls (reads),
+``last_used_at`` marks, connection rows and topology-version reads. Everything a
+client was told is done (declare-ok, purge-ok, a confirm) goes on the durable pool.
+
+The statements on ``messages`` are named in :mod:`cavalcade.storage.queries`;
+metadata statements (small, on other tables) stay with the method that runs them.
 """
 
 from __future__ import annotations
@@ -15,14 +24,13 @@ import asyncpg
 
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
-from . import batch, textsafe
-from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
-from .counting import ready_estimate
+from . import batch, notify, queries, textsafe
+from .batch import BatchOutcome, BatchRules
+from .notify import NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
-from .topology_log import TOPOLOGY_CHANNEL, TopologyLog
+from .topology_log import TopologyLog
 
 __all__ = [
-    "NOTIFY_CHANNEL",
     "BatchRules",
     "ClaimedMessage",
     "NewMessage",
@@ -31,63 +39,11 @@ __all__ = [
 ]
 
 
-# The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
-# lets every node and dispatcher claim at once without ever sharing a row.
-_HEAD = f"""
-SELECT id FROM messages
- WHERE queue_id = $1 AND {READY}
- ORDER BY priority DESC, id
- LIMIT $2
- FOR UPDATE SKIP LOCKED
-"""
-
-_CLAIMED_COLUMNS = (
-    "m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body, m.priority"
-)
-
-# MATERIALIZED: evaluated once. As a plain subquery the planner may rescan it (the inner
-# side of a nested loop), and every rescan with SKIP LOCKED yields *other* rows: the
-# statement then claims (or deletes) more than LIMIT rows.
-_CLAIM = f"""
-WITH c AS MATERIALIZED ({_HEAD})
-UPDATE messages m
-   SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
-  FROM c
- WHERE m.id = c.id
-RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
-"""
-
-_CLAIM_DELETE = f"""
-WITH c AS MATERIALIZED ({_HEAD})
-DELETE FROM messages m
- USING c
- WHERE m.id = c.id
-RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
-"""
-
-
-_USE_QUEUE = f"""
-WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,
-                  arguments
-             FROM queues WHERE vhost_id = $1 AND name = $2),
-     used AS (UPDATE queues SET last_used_at = now()
-               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires' OR EXISTS
-                           (SELECT 1 FROM policies p WHERE p.vhost_id = $1
-                               AND p.definition ? 'expires'))
-              RETURNING id)
-SELECT q.*,
-       {ready_estimate("q.id")} AS ready,
-       (SELECT count(*) FROM consumers WHERE queue_id = q.id) AS consumers,
-       (SELECT count(*) FROM used) AS touched
-  FROM q
-"""
-
-
 # The claim and the counts must walk the ready index from the queue's head, whatever
 # the statistics say. A queue table churns too fast for them: without a fresh ANALYZE
 # (autovacuum off, or just behind) the planner takes a 200k-message queue for one row,
 # then picks a bitmap scan plus a sort of the whole queue (150 ms per claim instead of
-# under 1 ms: the "slow mode"). Every statement on the claim pool is index-driven.
+# under 1 ms: the "slow mode"). Every statement on the async-commit pool is index-driven.
 INDEX_WALK = {"enable_seqscan": "off", "enable_bitmapscan": "off"}
 
 
@@ -102,25 +58,36 @@ def _args(value: Any) -> dict[str, Any]:
 
 
 class Repository:
-    """All SQL of the broker. One instance per node, over one asyncpg pool."""
+    """All SQL of the broker. One instance per node, over its two pools."""
 
     def __init__(
-        self, pool: asyncpg.Pool, claim_pool: asyncpg.Pool | None = None, notify: bool = True
+        self,
+        durable_pool: asyncpg.Pool,
+        async_commit_pool: asyncpg.Pool | None = None,
+        notify: bool = True,
     ) -> None:
-        self.pool = pool
+        # synchronous_commit on: whatever a client is told is done, and all metadata.
+        self.durable_pool = durable_pool
         # False for databases without LISTEN/NOTIFY (--notify poll): never call pg_notify.
         self.notify = notify
-        # Claims need no flush to disk before the delivery goes out: a claim lost in a
-        # database crash only makes the message ready again (at-least-once holds).
-        self.claim_pool = claim_pool or pool
-        self.topology = TopologyLog(pool, notify)
+        # synchronous_commit off: what may be lost in a database crash at no more cost
+        # than a redelivery or a refresh. Claims need no flush before the delivery goes
+        # out: a claim lost in a crash only makes the message ready again.
+        self.async_commit_pool = async_commit_pool or durable_pool
+        self.topology = TopologyLog(durable_pool, notify)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        """Transitional alias of :attr:`durable_pool` for callers being restructured in
+        parallel (broker/service.py); remove once none is left."""
+        return self.durable_pool
 
     @classmethod
     async def connect(cls, dsn: str, size: int = 8, notify: bool = True) -> Repository:
         # The commit mode is a startup setting (asyncpg's own reset would RESET ALL a SET),
         # and connections go back to the pool as they are: nothing here leaves session
         # state behind (transactions are closed; LISTEN has a connection of its own).
-        pool = await asyncpg.create_pool(
+        durable_pool = await asyncpg.create_pool(
             dsn,
             min_size=2,
             max_size=size,
@@ -129,7 +96,7 @@ class Repository:
             reset=_keep,
             init=textsafe.install,
         )
-        claim_pool = await asyncpg.create_pool(
+        async_commit_pool = await asyncpg.create_pool(
             dsn,
             min_size=1,
             max_size=max(2, size // 2),
@@ -138,22 +105,24 @@ class Repository:
             reset=_keep,
             init=textsafe.install,
         )
-        assert pool is not None and claim_pool is not None
-        return cls(pool, claim_pool, notify)
+        assert durable_pool is not None and async_commit_pool is not None
+        return cls(durable_pool, async_commit_pool, notify)
 
     async def close(self) -> None:
-        await self.pool.close()
-        if self.claim_pool is not self.pool:
-            await self.claim_pool.close()
+        await self.durable_pool.close()
+        if self.async_commit_pool is not self.durable_pool:
+            await self.async_commit_pool.close()
 
     # -- nodes -------------------------------------------------------------
 
     async def register_node(self, node_id: uuid.UUID, name: str) -> None:
-        await self.pool.execute("INSERT INTO nodes (id, name) VALUES ($1, $2)", node_id, name)
+        await self.durable_pool.execute(
+            "INSERT INTO nodes (id, name) VALUES ($1, $2)", node_id, name
+        )
 
     async def heartbeat_node(self, node_id: uuid.UUID) -> bool:
         """Refresh this node's heartbeat; False if it was declared dead (row gone)."""
-        status = await self.pool.execute(
+        status = await self.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() WHERE id = $1", node_id
         )
         return bool(status != "UPDATE 0")
@@ -183,16 +152,12 @@ class Repository:
         without consumers go too. Another reaper's nodes are skipped (SKIP LOCKED).
         ``me`` (never selected) refreshes its own heartbeat first, in the same
         transaction: however long the caller stalled, it cannot be found dead here."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             await conn.execute("UPDATE nodes SET heartbeat_at = now() WHERE id = $1", me)
             dead = await conn.fetch(select, *args)
             ids = [r["id"] for r in dead]
             if ids:
-                await conn.execute(
-                    "UPDATE messages SET owner_node = NULL, owner_channel = NULL,"
-                    " redelivered = true WHERE owner_node = ANY($1::uuid[])",
-                    ids,
-                )
+                await conn.execute(queries.REQUEUE_NODES, ids)
                 # Auto-delete queues whose last consumers were on the dead nodes go too.
                 await conn.execute(
                     "DELETE FROM queues q WHERE q.auto_delete"
@@ -206,34 +171,29 @@ class Repository:
                 await conn.execute("UPDATE vhosts SET topology_version = topology_version + 1")
                 # Every node re-reads its topology and re-checks its queues.
                 if self.notify:
-                    await conn.execute("SELECT pg_notify($1, 'reaper:*')", NOTIFY_CHANNEL)
-                    await conn.execute("SELECT pg_notify($1, 'reaper')", TOPOLOGY_CHANNEL)
+                    await notify.send(conn, NodesReaped())
             return ids
 
     async def vacuum_messages(self) -> None:
         """VACUUM the churning tables: message rows die as fast as they are born, and each
         declare or consume rewrites its queue's row; autovacuum wakes once a minute at best
         and dead entries slow every claim and lookup until then."""
-        await self.pool.execute("VACUUM messages, queues, consumers, connections")
+        await self.durable_pool.execute(queries.VACUUM)
 
     async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
         """Ids of the messages this node holds as unacked deliveries."""
-        rows = await self.pool.fetch("SELECT id FROM messages WHERE owner_node = $1", node_id)
+        rows = await self.durable_pool.fetch(queries.OWNED_IDS, node_id)
         return [r[0] for r in rows]
 
     async def unregister_node(self, node_id: uuid.UUID) -> None:
-        async with self.pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
-                " WHERE owner_node = $1",
-                node_id,
-            )
+        async with self.durable_pool.acquire() as conn, conn.transaction():
+            await conn.execute(queries.REQUEUE_NODE, node_id)
             await conn.execute("DELETE FROM nodes WHERE id = $1", node_id)
 
     # -- users and vhosts ----------------------------------------------------
 
     async def find_user(self, name: str) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(
+        return await self.durable_pool.fetchrow(
             "SELECT id, name, password_hash, tags FROM users WHERE name = $1", name
         )
 
@@ -247,8 +207,10 @@ class Repository:
         client_properties: dict[str, Any],
         details: dict[str, Any] | None = None,
     ) -> None:
+        """Record an open client connection (async commit: the row only informs listings,
+        and a node's rows go with it when it is reaped)."""
         d = details or {}
-        await self.claim_pool.execute(
+        await self.async_commit_pool.execute(
             "INSERT INTO connections (node_id, id, peer, user_name, vhost_id, client_properties,"
             " name, peer_port, host, port, tls, auth_mechanism, frame_max, channel_max,"
             " heartbeat) VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7, $8, $9, $10,"
@@ -271,20 +233,21 @@ class Repository:
         )
 
     async def remove_connection(self, node_id: uuid.UUID, connection_id: int) -> None:
-        await self.claim_pool.execute(
+        """Drop a closed connection's row (async commit, as :meth:`add_connection`)."""
+        await self.async_commit_pool.execute(
             "DELETE FROM connections WHERE node_id = $1 AND id = $2", node_id, connection_id
         )
 
     async def vhosts(self) -> list[tuple[int, str]]:
-        rows = await self.pool.fetch("SELECT id, name FROM vhosts")
+        rows = await self.durable_pool.fetch("SELECT id, name FROM vhosts")
         return [(r[0], r[1]) for r in rows]
 
     async def find_vhost(self, name: str) -> int | None:
-        row = await self.pool.fetchval("SELECT id FROM vhosts WHERE name = $1", name)
+        row = await self.durable_pool.fetchval("SELECT id FROM vhosts WHERE name = $1", name)
         return None if row is None else int(row)
 
     async def find_permission(self, user_id: int, vhost_id: int) -> asyncpg.Record | None:
-        return await self.pool.fetchrow(
+        return await self.durable_pool.fetchrow(
             "SELECT configure, write, read FROM permissions WHERE user_id = $1 AND vhost_id = $2",
             user_id,
             vhost_id,
@@ -297,7 +260,7 @@ class Repository:
     ) -> tuple[int, dict[int, ExchangeInfo], dict[str, QueueRow]]:
         """The topology version, then every exchange (with its bindings) and queue of a
         vhost. The version is read first: a change racing the load only causes a reload."""
-        async with self.pool.acquire() as conn:
+        async with self.durable_pool.acquire() as conn:
             version = await conn.fetchval(
                 "SELECT topology_version FROM vhosts WHERE id = $1", vhost_id
             )
@@ -325,19 +288,20 @@ class Repository:
         return int(version or 0), exchanges, queues
 
     async def topology_versions(self, vhost_ids: list[int]) -> dict[int, int]:
-        rows = await self.claim_pool.fetch(
+        """The current topology version of each vhost (a read: async commit is free)."""
+        rows = await self.async_commit_pool.fetch(
             "SELECT id, topology_version FROM vhosts WHERE id = ANY($1::int[])", vhost_ids
         )
         return {r[0]: r[1] for r in rows}
 
     async def bump_topology(self, vhost_id: int) -> None:
         """Every node routes with this change from its next batch on."""
-        await self.pool.execute(
+        await self.durable_pool.execute(
             "UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1", vhost_id
         )
 
     async def find_queue(self, vhost_id: int, name: str) -> QueueRow | None:
-        r = await self.pool.fetchrow(
+        r = await self.durable_pool.fetchrow(
             "SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,"
             " arguments FROM queues WHERE vhost_id = $1 AND name = $2",
             vhost_id,
@@ -346,7 +310,7 @@ class Repository:
         return None if r is None else _queue_row(r)
 
     async def find_exchange(self, vhost_id: int, name: str) -> ExchangeInfo | None:
-        r = await self.pool.fetchrow(
+        r = await self.durable_pool.fetchrow(
             "SELECT id, name, type, durable, auto_delete, internal, arguments"
             " FROM exchanges WHERE vhost_id = $1 AND name = $2",
             vhost_id,
@@ -374,7 +338,7 @@ class Repository:
         internal: bool,
         arguments: dict[str, Any],
     ) -> None:
-        await self.pool.execute(
+        await self.durable_pool.execute(
             "INSERT INTO exchanges (vhost_id, name, type, durable, auto_delete, internal,"
             " arguments) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
             " ON CONFLICT (vhost_id, name) DO NOTHING",
@@ -389,7 +353,7 @@ class Repository:
 
     async def delete_exchange(self, exchange_id: int, if_unused: bool) -> bool:
         """Delete an exchange; False if ``if_unused`` and it is a binding source."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             if if_unused:
                 used = await conn.fetchval(
                     "SELECT EXISTS (SELECT 1 FROM bindings WHERE source_id = $1)", exchange_id
@@ -401,7 +365,7 @@ class Repository:
 
     async def exchange_has_bindings(self, exchange_id: int) -> bool:
         return bool(
-            await self.pool.fetchval(
+            await self.durable_pool.fetchval(
                 "SELECT EXISTS (SELECT 1 FROM bindings WHERE source_id = $1)", exchange_id
             )
         )
@@ -416,7 +380,7 @@ class Repository:
         exclusive_connection: int | None,
         arguments: dict[str, Any],
     ) -> None:
-        await self.pool.execute(
+        await self.durable_pool.execute(
             "INSERT INTO queues (vhost_id, name, durable, auto_delete, exclusive_node,"
             " exclusive_connection, arguments) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
             " ON CONFLICT (vhost_id, name) DO NOTHING",
@@ -431,48 +395,38 @@ class Repository:
 
     async def touch_queue(self, queue_id: int) -> None:
         """Mark a queue used (``x-expires``); no need to wait for the disk."""
-        await self.claim_pool.execute(
+        await self.async_commit_pool.execute(
             "UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id
         )
 
     async def use_queue_named(self, vhost_id: int, name: str) -> tuple[QueueRow, int, int] | None:
         """Find a queue, mark it used (only if it has ``x-expires``: nothing else reads
         the mark) and count it, in one round trip: (queue, ready, consumers)."""
-        r = await self.claim_pool.fetchrow(_USE_QUEUE, vhost_id, name)
+        r = await self.async_commit_pool.fetchrow(queries.USE_QUEUE_NAMED, vhost_id, name)
         if r is None:
             return None
         return _queue_row(r), int(r["ready"]), int(r["consumers"])
 
     async def use_queue(self, queue_id: int) -> tuple[int, int]:
-        """Mark a queue used and count it, in one round trip: (ready, consumers)."""
-        row = await self.claim_pool.fetchrow(
-            "UPDATE queues SET last_used_at = now() WHERE id = $1 RETURNING"
-            f" {ready_estimate('$1')},"
-            " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
-            queue_id,
-        )
+        """Mark a queue used and count it, in one round trip: (ready, consumers). Async
+        commit: a lost ``last_used_at`` mark only lets ``x-expires`` fire a little early."""
+        row = await self.async_commit_pool.fetchrow(queries.USE_QUEUE, queue_id)
         if row is None:
             return 0, 0
         return int(row[0]), int(row[1])
 
     async def queue_counts(self, queue_id: int) -> tuple[int, int]:
         """(ready messages, consumers) of a queue, cluster-wide."""
-        row = await self.pool.fetchrow(
-            f"SELECT (SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}),"
-            " (SELECT count(*) FROM consumers WHERE queue_id = $1)",
-            queue_id,
-        )
+        row = await self.durable_pool.fetchrow(queries.QUEUE_COUNTS, queue_id)
         assert row is not None
         return int(row[0]), int(row[1])
 
     async def delete_queue(self, queue_id: int) -> int:
-        """Delete a queue with its messages; returns how many ready messages it held."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            count = await conn.fetchval(
-                "SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NULL",
-                queue_id,
-            )
-            await conn.execute("DELETE FROM messages WHERE queue_id = $1", queue_id)
+        """Delete a queue with its messages; returns how many ready messages it held
+        (``queries.READY``: what declare-ok and purge-ok count)."""
+        async with self.durable_pool.acquire() as conn, conn.transaction():
+            count = await conn.fetchval(queries.COUNT_READY, queue_id)
+            await conn.execute(queries.DELETE_QUEUE_MESSAGES, queue_id)
             await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
             return int(count or 0)
 
@@ -480,7 +434,7 @@ class Repository:
         self, node_id: uuid.UUID, connection_id: int
     ) -> list[tuple[int, int, str]]:
         """Drop a connection's exclusive queues; returns (vhost id, queue id, name)."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT vhost_id, id, name FROM queues WHERE exclusive_node = $1"
                 " AND exclusive_connection = $2",
@@ -489,14 +443,13 @@ class Repository:
             )
             ids = [r["id"] for r in rows]
             if ids:
-                await conn.execute("DELETE FROM messages WHERE queue_id = ANY($1::bigint[])", ids)
+                await conn.execute(queries.DELETE_QUEUES_MESSAGES, ids)
                 await conn.execute("DELETE FROM queues WHERE id = ANY($1::bigint[])", ids)
             return [(r["vhost_id"], r["id"], r["name"]) for r in rows]
 
     async def purge_queue(self, queue_id: int) -> int:
-        status = await self.pool.execute(
-            "DELETE FROM messages WHERE queue_id = $1 AND owner_node IS NULL", queue_id
-        )
+        """Delete a queue's ready messages (``queries.READY``); returns how many."""
+        status = await self.durable_pool.execute(queries.PURGE, queue_id)
         return int(status.split()[-1])
 
     async def insert_binding(
@@ -507,7 +460,7 @@ class Repository:
         routing_key: str,
         arguments: dict[str, Any],
     ) -> None:
-        await self.pool.execute(
+        await self.durable_pool.execute(
             "INSERT INTO bindings (source_id, queue_id, exchange_id, routing_key, arguments)"
             " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
             source_id,
@@ -525,7 +478,7 @@ class Repository:
         routing_key: str,
         arguments: dict[str, Any],
     ) -> None:
-        await self.pool.execute(
+        await self.durable_pool.execute(
             "DELETE FROM bindings WHERE source_id = $1 AND queue_id IS NOT DISTINCT FROM $2"
             " AND exchange_id IS NOT DISTINCT FROM $3 AND routing_key = $4"
             " AND arguments = $5::jsonb",
@@ -539,13 +492,7 @@ class Repository:
     async def notify_wake(self, node_id: uuid.UUID, queue_id: int) -> None:
         """Tell other nodes a queue may have work for their consumers."""
         if self.notify:
-            await self.pool.execute(
-                "SELECT pg_notify($1, $2)", NOTIFY_CHANNEL, f"{node_id}:{queue_id}"
-            )
-
-    async def notify_topology(self, payload: str) -> None:
-        if self.notify:
-            await self.pool.execute("SELECT pg_notify($1, $2)", TOPOLOGY_CHANNEL, payload)
+            await notify.send(self.durable_pool, QueuesWoken(node_id, frozenset({queue_id})))
 
     # -- consumers ---------------------------------------------------------
 
@@ -560,7 +507,7 @@ class Repository:
         priority: int,
     ) -> str | None:
         """Register a consumer; returns 'exclusive' if the queue refuses it."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", queue_id)
             existing = await conn.fetch(
                 "SELECT exclusive FROM consumers WHERE queue_id = $1", queue_id
@@ -588,7 +535,7 @@ class Repository:
         self, queue_id: int, node_id: uuid.UUID, channel: int, tag: str
     ) -> int:
         """Remove a consumer; returns how many consumers the queue still has."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 "DELETE FROM consumers WHERE queue_id = $1 AND node_id = $2 AND channel = $3"
                 " AND tag = $4",
@@ -617,7 +564,7 @@ class Repository:
         rules: BatchRules | None = None,
     ) -> BatchOutcome:
         """One transaction for a batch: see :func:`cavalcade.storage.batch.write`."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             return await batch.write(
                 conn,
                 messages,
@@ -632,14 +579,14 @@ class Repository:
 
     async def expire_messages(self, limit: int, rules: BatchRules) -> set[int]:
         """Drop (or dead-letter) expired ready messages; returns the queues that gained some."""
-        async with self.pool.acquire() as conn, conn.transaction():
+        async with self.durable_pool.acquire() as conn, conn.transaction():
             return await batch.expire(conn, limit, rules, notify=self.notify)
 
     async def expire_queues(self, effective: dict[int, int] | None = None) -> list[tuple[int, int]]:
         """Delete queues unused for longer than their ``x-expires`` (or the effective value
         given per queue id, policies applied): (vhost id, queue id)."""
         effective = effective or {}
-        rows = await self.pool.fetch(
+        rows = await self.durable_pool.fetch(
             "WITH p AS (SELECT * FROM unnest($1::bigint[], $2::bigint[]) AS p(id, ms))"
             " DELETE FROM queues q WHERE (q.arguments ? 'x-expires' OR q.id IN (SELECT id FROM p))"
             " AND NOT EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = q.id)"
@@ -653,7 +600,7 @@ class Repository:
 
     async def active_consumer(self, queue_id: int) -> tuple[uuid.UUID, int, str] | None:
         """The single active consumer of a queue: the oldest one (cluster-wide)."""
-        row = await self.pool.fetchrow(
+        row = await self.durable_pool.fetchrow(
             "SELECT node_id, channel, tag FROM consumers WHERE queue_id = $1 ORDER BY id LIMIT 1",
             queue_id,
         )
@@ -661,57 +608,47 @@ class Repository:
 
     async def next_expiry(self) -> float | None:
         """Seconds until the next ready message of any queue expires (None: none has a TTL)."""
-        value = await self.pool.fetchval(
-            "SELECT extract(epoch FROM min(expires_at) - now()) FROM messages"
-            " WHERE expires_at IS NOT NULL AND owner_node IS NULL"
-        )
+        value = await self.durable_pool.fetchval(queries.NEXT_EXPIRY)
         return None if value is None else max(float(value), 0.0)
 
     async def next_due(self, queue_id: int) -> float | None:
         """Seconds until the next delayed message of a queue becomes deliverable."""
-        value = await self.pool.fetchval(
-            "SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
-            " WHERE queue_id = $1 AND owner_node IS NULL AND available_at > now()",
-            queue_id,
-        )
+        value = await self.durable_pool.fetchval(queries.NEXT_DUE, queue_id)
         return None if value is None else max(float(value), 0.0)
 
     async def ready_queues(self, queue_ids: Sequence[int]) -> list[tuple[int, bool, float | None]]:
         """For many queues in one statement: (queue, has a ready message, seconds until
         its next delayed message is due or None). One index probe per queue."""
-        rows = await self.claim_pool.fetch(
-            "SELECT q,"
-            f" EXISTS (SELECT 1 FROM messages WHERE queue_id = q AND {READY}),"
-            " (SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
-            "   WHERE queue_id = q AND owner_node IS NULL AND available_at > now())"
-            " FROM unnest($1::bigint[]) AS u(q)",
-            list(queue_ids),
-        )
+        rows = await self.async_commit_pool.fetch(queries.READY_QUEUES, list(queue_ids))
         return [(r[0], r[1], None if r[2] is None else max(float(r[2]), 0.0)) for r in rows]
 
     async def claim(
         self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
     ) -> list[ClaimedMessage]:
-        """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them."""
+        """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them.
+        On the async-commit pool: a claim (or no-ack delete) lost in a database crash
+        only makes its messages ready again; they are delivered again, never lost."""
         if no_ack:
-            rows = await self.claim_pool.fetch(_CLAIM_DELETE, queue_id, limit)
+            rows = await self.async_commit_pool.fetch(queries.CLAIM_DELETE, queue_id, limit)
         else:
-            rows = await self.claim_pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
+            rows = await self.async_commit_pool.fetch(
+                queries.CLAIM, queue_id, limit, node_id, channel
+            )
         return _claimed(rows)
 
     async def ready_count(self, queue_id: int) -> int:
         """Ready messages: exact below 2,000, estimated above (see ``counting``)."""
-        value = await self.claim_pool.fetchval(f"SELECT {ready_estimate('$1')}", queue_id)
+        value = await self.async_commit_pool.fetchval(queries.READY_COUNT, queue_id)
         return int(value or 0)
 
     async def requeue(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         """Return claimed rows to ready, flagged redelivered; they keep their id, so their place."""
         if ids:
-            await self.pool.execute(REQUEUE, list(ids), node_id)
+            await self.durable_pool.execute(queries.REQUEUE, list(ids), node_id)
 
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
-            await self.pool.execute(ACK, list(ids), node_id)
+            await self.durable_pool.execute(queries.ACK, list(ids), node_id)
 
 
 def _exchange_info(r: asyncpg.Record) -> ExchangeInfo:

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from . import queries
 from .repository import Repository
 
 
@@ -24,8 +25,8 @@ class NodeRow:
 
 
 async def publish_node_stats(repo: Repository, node_id: uuid.UUID, stats: dict[str, Any]) -> None:
-    """Upsert this node's snapshot (no disk flush needed: it is rewritten every interval)."""
-    await repo.claim_pool.execute(
+    """Upsert this node's snapshot (async commit: it is rewritten every interval)."""
+    await repo.async_commit_pool.execute(
         "INSERT INTO node_stats (node_id, updated_at, stats) VALUES ($1, now(), $2::jsonb)"
         " ON CONFLICT (node_id) DO UPDATE SET updated_at = now(), stats = EXCLUDED.stats",
         node_id,
@@ -35,7 +36,7 @@ async def publish_node_stats(repo: Repository, node_id: uuid.UUID, stats: dict[s
 
 async def nodes_with_stats(repo: Repository) -> list[NodeRow]:
     """Every node row with what it published (``{}`` if nothing yet)."""
-    rows = await repo.pool.fetch(
+    rows = await repo.durable_pool.fetch(
         "SELECT n.id, n.name, n.started_at,"
         " extract(epoch FROM now() - n.heartbeat_at)::float8 AS heartbeat_age,"
         " s.stats, extract(epoch FROM now() - s.updated_at)::float8 AS stats_age"
@@ -56,15 +57,16 @@ async def nodes_with_stats(repo: Repository) -> list[NodeRow]:
 
 async def database_ping(repo: Repository) -> bool:
     """Is the database answering right now?"""
-    return bool(await repo.pool.fetchval("SELECT true"))
+    return bool(await repo.durable_pool.fetchval("SELECT true"))
 
 
 def pool_stats(repo: Repository) -> dict[str, dict[str, int]]:
-    """Size, idle connections and waiting acquirers of the write and claim pools."""
+    """Size, idle connections and waiting acquirers of the durable ("write") and
+    async-commit ("claim") pools: the names the management API has always shown."""
     out: dict[str, dict[str, int]] = {}
-    pools = {"write": repo.pool, "claim": repo.claim_pool}
+    pools = {"write": repo.durable_pool, "claim": repo.async_commit_pool}
     for name, pool in pools.items():
-        if name == "claim" and pool is repo.pool:
+        if name == "claim" and pool is repo.durable_pool:
             continue
         free = getattr(pool, "_queue", None)
         waiting = len(getattr(free, "_getters", ()) or ())
@@ -103,23 +105,8 @@ async def queue_depths(
     repo: Repository, vhost: str | None = None, name: str | None = None
 ) -> list[QueueDepth]:
     """Every queue (of one vhost, or one queue) with its counts, in one statement."""
-    rows = await repo.pool.fetch(
-        "SELECT q.id, v.name AS vhost, q.name, q.durable, q.auto_delete, q.exclusive_node,"
-        " q.exclusive_connection, q.arguments, q.last_used_at,"
-        " coalesce(m.ready, 0) AS ready, coalesce(m.unacked, 0) AS unacked,"
-        " coalesce(m.ready_bytes, 0) AS ready_bytes,"
-        " coalesce(m.unacked_bytes, 0) AS unacked_bytes,"
-        " coalesce(m.persistent, 0) AS persistent, coalesce(c.n, 0) AS consumers"
-        " FROM queues q JOIN vhosts v ON v.id = q.vhost_id"
-        " LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE owner_node IS NULL) AS ready,"
-        "   count(*) FILTER (WHERE owner_node IS NOT NULL) AS unacked,"
-        "   sum(octet_length(body)) FILTER (WHERE owner_node IS NULL) AS ready_bytes,"
-        "   sum(octet_length(body)) FILTER (WHERE owner_node IS NOT NULL) AS unacked_bytes,"
-        "   count(*) FILTER (WHERE persistent) AS persistent"
-        "   FROM messages WHERE queue_id = q.id) m ON true"
-        " LEFT JOIN LATERAL (SELECT count(*) AS n FROM consumers WHERE queue_id = q.id) c ON true"
-        " WHERE ($1::text IS NULL OR v.name = $1) AND ($2::text IS NULL OR q.name = $2)"
-        " ORDER BY v.name, q.name",
+    rows = await repo.durable_pool.fetch(
+        queries.QUEUE_DEPTHS,
         vhost,
         name,
     )
@@ -155,7 +142,7 @@ def _json(value: Any) -> dict[str, Any]:
 
 async def consumer_rows(repo: Repository, vhost: str | None = None) -> list[dict[str, Any]]:
     """Every consumer with its queue, vhost, node and channel key."""
-    rows = await repo.pool.fetch(
+    rows = await repo.durable_pool.fetch(
         "SELECT c.node_id, c.channel, c.tag, c.exclusive, c.no_ack, c.priority,"
         " q.name AS queue, v.name AS vhost"
         " FROM consumers c JOIN queues q ON q.id = c.queue_id JOIN vhosts v ON v.id = q.vhost_id"
@@ -167,7 +154,7 @@ async def consumer_rows(repo: Repository, vhost: str | None = None) -> list[dict
 
 async def connection_rows(repo: Repository) -> list[dict[str, Any]]:
     """Every open client connection, on every node."""
-    rows = await repo.pool.fetch(
+    rows = await repo.durable_pool.fetch(
         "SELECT c.node_id, n.name AS node, c.id, c.peer, c.user_name, v.name AS vhost,"
         " c.client_properties, c.connected_at"
         " FROM connections c JOIN nodes n ON n.id = c.node_id JOIN vhosts v ON v.id = c.vhost_id"
@@ -195,21 +182,10 @@ class Totals:
 
 async def totals(repo: Repository, vhost_ids: list[int] | None = None) -> Totals:
     """Counts over every vhost, or over ``vhost_ids`` only."""
-    where = "" if vhost_ids is None else " WHERE vhost_id = ANY($1::int[])"
-    qwhere = "" if vhost_ids is None else " WHERE q.vhost_id = ANY($1::int[])"
-    args: list[Any] = [] if vhost_ids is None else [vhost_ids]
-    row = await repo.pool.fetchrow(
-        f"SELECT (SELECT count(*) FROM exchanges{where}) AS exchanges,"
-        f" (SELECT count(*) FROM queues{where}) AS queues,"
-        f" (SELECT count(*) FROM consumers c JOIN queues q ON q.id = c.queue_id{qwhere})"
-        " AS consumers,"
-        f" (SELECT count(*) FROM connections{where}) AS connections,"
-        " (SELECT count(*) FILTER (WHERE m.owner_node IS NULL)"
-        f" FROM messages m JOIN queues q ON q.id = m.queue_id{qwhere}) AS ready,"
-        " (SELECT count(*) FILTER (WHERE m.owner_node IS NOT NULL)"
-        f" FROM messages m JOIN queues q ON q.id = m.queue_id{qwhere}) AS unacked",
-        *args,
-    )
+    if vhost_ids is None:
+        row = await repo.durable_pool.fetchrow(queries.TOTALS)
+    else:
+        row = await repo.durable_pool.fetchrow(queries.TOTALS_OF_VHOSTS, vhost_ids)
     assert row is not None
     return Totals(
         exchanges=int(row["exchanges"]),

@@ -18,9 +18,10 @@ import asyncpg
 
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
+from . import notify
+from .notify import TopologyChanged
 from .records import QueueRow
 
-TOPOLOGY_CHANNEL = "cavalcade_topology"
 KEEP_EVENTS = 2000  # versions of history kept per vhost; a node further behind reloads
 
 Edge = tuple[int, int, int]  # (source exchange, queue id or 0, exchange id or 0)
@@ -83,9 +84,13 @@ class TopologyLog:
         self.pool = pool
         self.notify = notify
 
-    async def bump(self, vhost_id: int, change: TopologyChange | None, payload: str) -> int:
+    async def bump(
+        self, vhost_id: int, change: TopologyChange | None, event: TopologyChanged | str
+    ) -> int:
         """Bump the vhost's version, record what changed (None: unknown, nodes reload)
-        and NOTIFY ``payload`` on the topology channel, in one statement."""
+        and NOTIFY ``event`` on the topology channel, in one statement. (A string is
+        sent as it is: the payload callers passed before events were typed.)"""
+        payload = event if isinstance(event, str) else notify.encode(event)[0][1]
         edges = [i for edge in sorted(change.edges) for i in edge] if change else []
         version = await self.pool.fetchval(
             _BUMP,
@@ -96,7 +101,7 @@ class TopologyLog:
             change is not None,
             KEEP_EVENTS,
             payload if self.notify else None,
-            TOPOLOGY_CHANNEL,
+            notify.TOPOLOGY_CHANNEL,
         )
         return int(version or 0)
 

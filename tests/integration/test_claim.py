@@ -69,7 +69,7 @@ async def test_dead_node_deliveries_return_to_the_queue(database_url: str) -> No
     try:
         claimed = await repo.claim(qid, dead, 1, 3, no_ack=False)
         assert len(claimed) == 3 and await repo.ready_count(qid) == 0
-        await repo.pool.execute(
+        await repo.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", dead
         )
         me = uuid.uuid4()
@@ -87,7 +87,7 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
     await repo.register_node(new, "new")
     try:
         first = await repo.claim(qid, old, 1, 2, no_ack=False)
-        await repo.pool.execute(
+        await repo.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 minute' WHERE id = $1", old
         )
         await repo.reap_dead_nodes(10.0, new)
@@ -96,11 +96,13 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
         # The dead node's late ack and requeue touch nothing; the new owner's ack works.
         await repo.write_batch((), [first[0].id], [first[1].id], node_id=old)
         assert (
-            await repo.pool.fetchval("SELECT count(*) FROM messages WHERE owner_node = $1", new)
+            await repo.durable_pool.fetchval(
+                "SELECT count(*) FROM messages WHERE owner_node = $1", new
+            )
             == 2
         )
         await repo.write_batch((), [m.id for m in again], node_id=new)
-        assert await repo.pool.fetchval("SELECT count(*) FROM messages") == 0
+        assert await repo.durable_pool.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await repo.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 from cavalcade.storage.counting import CAP
 from cavalcade.storage.repository import NewMessage, Repository
@@ -57,5 +58,45 @@ async def test_counts_are_exact_when_small_and_close_when_large(database_url: st
         # queue.declare's round trip uses the same count.
         used = await repo.use_queue_named(vhost, "prio")
         assert used is not None and used[1] == 1800
+    finally:
+        await repo.close()
+
+
+async def test_one_ready_for_declare_get_purge_and_delete(database_url: str) -> None:
+    """Delayed (not yet due) and expired (not yet swept) messages are not ready: declare-ok,
+    get-ok, purge-ok and delete-ok all count the same messages, and purge leaves the
+    delayed one for later (it is still "in the exchange", as with RabbitMQ's plugin)."""
+    repo = await Repository.connect(database_url, size=4)
+    try:
+        vhost = await repo.find_vhost("/")
+        assert vhost is not None
+        q = await _queue(repo, vhost, "ready-defs")
+        node = uuid.uuid4()
+        await repo.register_node(node, "n")
+        await repo.write_batch(_rows(q, 4))
+        await repo.write_batch([replace(_rows(q, 1)[0], delay_ms=60_000)])
+        await repo.write_batch([replace(_rows(q, 1)[0], ttl_ms=60_000)])
+        await repo.durable_pool.execute(
+            "UPDATE messages SET expires_at = now() - interval '1 second'"
+            " WHERE queue_id = $1 AND expires_at IS NOT NULL",
+            q,
+        )
+        await repo.claim(q, node, 1, 1, no_ack=False)  # one unacked
+        used = await repo.use_queue_named(vhost, "ready-defs")
+        assert used is not None and used[1] == 3
+        assert await repo.ready_count(q) == 3
+        assert await repo.use_queue(q) == (3, 0)
+        assert await repo.queue_counts(q) == (3, 0)
+        assert [r[1] for r in await repo.ready_queues([q])] == [True]
+        due = await repo.next_due(q)
+        assert due is not None and due > 0
+        assert await repo.purge_queue(q) == 3
+        assert await repo.purge_queue(q) == 0
+        left = await repo.durable_pool.fetchval(
+            "SELECT count(*) FROM messages WHERE queue_id = $1", q
+        )
+        assert left == 3  # the unacked, the delayed and the expired (for the sweep)
+        await repo.write_batch(_rows(q, 2))
+        assert await repo.delete_queue(q) == 2
     finally:
         await repo.close()

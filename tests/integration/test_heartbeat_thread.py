@@ -12,7 +12,7 @@ from cavalcade.storage.repository import Repository
 
 
 async def _age(repo: Repository, node: uuid.UUID) -> float | None:
-    value = await repo.pool.fetchval(
+    value = await repo.durable_pool.fetchval(
         "SELECT extract(epoch FROM clock_timestamp() - heartbeat_at) FROM nodes WHERE id = $1",
         node,
     )
@@ -26,7 +26,9 @@ async def test_a_node_never_reaps_itself_however_late_it_is(database_url: str) -
         await repo.register_node(me, "me")
         await repo.register_node(other, "other")
         # Both look dead: as after a 16 s stall of our own loop.
-        await repo.pool.execute("UPDATE nodes SET heartbeat_at = now() - interval '1 minute'")
+        await repo.durable_pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 minute'"
+        )
         assert await repo.reap_dead_nodes(10.0, me) == [other]
         age = await _age(repo, me)
         assert age is not None and age < 10.0  # refreshed in the reaping transaction
@@ -42,7 +44,9 @@ async def test_heartbeat_goes_on_while_the_event_loop_is_blocked(database_url: s
     beating = HeartbeatThread(database_url, me, interval=0.1)
     try:
         await repo.register_node(me, "me")
-        await repo.pool.execute("UPDATE nodes SET heartbeat_at = now() - interval '1 minute'")
+        await repo.durable_pool.execute(
+            "UPDATE nodes SET heartbeat_at = now() - interval '1 minute'"
+        )
         beating.start()
         time.sleep(2.0)  # the event loop is stuck (no await) for many heartbeat intervals
         assert beating.beats > 0

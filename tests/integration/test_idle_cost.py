@@ -53,7 +53,7 @@ class Target:
 
 async def test_idle_dispatchers_run_no_statements(database_url: str) -> None:
     base = await Repository.connect(database_url, size=4)
-    repo = CountingRepository(base.pool, base.claim_pool, notify=True)
+    repo = CountingRepository(base.durable_pool, base.async_commit_pool, notify=True)
     node = uuid.uuid4()
     await repo.register_node(node, "n")
     broker = Broker(repo, node, poll_interval=0.05)

@@ -27,7 +27,7 @@ async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
 
 
 def _liveness(repo: Repository, me: uuid.UUID, reaped: list[uuid.UUID]) -> Liveness:
-    return Liveness(repo, LivenessStore(repo.pool), me, 0.5, 30.0, reaped.extend)
+    return Liveness(repo, LivenessStore(repo.durable_pool), me, 0.5, 30.0, reaped.extend)
 
 
 async def test_lock_key_matches_what_pg_locks_shows(database_url: str) -> None:
@@ -38,9 +38,9 @@ async def test_lock_key_matches_what_pg_locks_shows(database_url: str) -> None:
         assert await lock.ensure() is True
         assert await lock.ensure() is False  # already held: nothing to do
         await repo.register_node(node, "n")
-        obs = await LivenessStore(repo.pool).observe(uuid.uuid4())
+        obs = await LivenessStore(repo.durable_pool).observe(uuid.uuid4())
         assert obs.peers[node].locked is True
-        held = await repo.pool.fetchval(
+        held = await repo.durable_pool.fetchval(
             "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
             " AND ((classid::int8 << 32) | objid::int8) = $1::int8",
             lock_key(node),
@@ -96,7 +96,7 @@ async def test_a_node_never_seen_holding_a_lock_is_left_to_the_heartbeat(
         assert await live.check() == []
         assert await repo.heartbeat_node(old)
         # ... and settled as alive once its heartbeat moves.
-        await repo.pool.execute(
+        await repo.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '0.3 s' WHERE id = $1", old
         )
         task = asyncio.ensure_future(live.settle(old))
@@ -114,7 +114,7 @@ async def test_a_node_never_reaps_itself(database_url: str) -> None:
     try:
         await lock.ensure()
         await repo.register_node(me, "me")
-        await repo.pool.execute(
+        await repo.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = $1", me
         )
         live = _liveness(repo, me, [])
@@ -145,7 +145,7 @@ async def test_a_partitioned_node_holding_its_lock_is_left_to_the_threshold(
         await repo.register_node(cut_off, "cut off")
         live = _liveness(repo, me, reaped)
         assert await live.check() == []
-        await repo.pool.execute(
+        await repo.durable_pool.execute(
             "UPDATE nodes SET heartbeat_at = now() - interval '1 hour' WHERE id = $1", cut_off
         )
         assert await live.check() == []  # the lock is held: not dead by the lock

@@ -1,0 +1,236 @@
+"""Every SQL statement on ``messages`` outside the write batch, by name.
+
+procrastinate keeps its queue SQL in one ``sql/queries.sql``; this is that file, in
+Python so the statements can share their fragments. A message row is in one of
+three places: *owned* (``owner_node`` set: delivered, unacked), *ready* (``READY``:
+what a consumer may get now) or neither (expired and not yet swept, or delayed and
+not yet due). Everything that counts, claims or purges "ready" messages uses the one
+``READY``, so queue.declare-ok, basic.get-ok, queue.purge-ok and queue.delete-ok count
+the same messages, and exactly the ones a consumer could get.
+
+The write batch's own statements (insert, ack, requeue, overflow, expiry) are still
+in :mod:`cavalcade.storage.batch`; ``ACK`` and ``REQUEUE`` here are the same text.
+"""
+
+from __future__ import annotations
+
+from .counting import ready_estimate
+
+# -- what "ready" means ----------------------------------------------------------------
+
+# In the queue, not held by a consumer: the predicate of the ready index (ix_messages_ready).
+UNOWNED = "owner_node IS NULL"
+
+# A consumer may get it now: unowned, unexpired (the sweep removes expired rows: until
+# then they are gone for clients, as RabbitMQ drops them at the head), and due (a delayed
+# message is still "in the exchange", as with RabbitMQ's delayed-message plugin).
+_UNEXPIRED = "(expires_at IS NULL OR expires_at > now())"
+_DUE = "(available_at IS NULL OR available_at <= now())"
+READY = f"{UNOWNED} AND {_UNEXPIRED} AND {_DUE}"
+
+# Ready but for its due time: a delayed message that has not yet reached its queue.
+DELAYED = f"{UNOWNED} AND {_UNEXPIRED} AND available_at > now()"
+
+# -- claim -----------------------------------------------------------------------------
+
+# The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
+# lets every node and dispatcher claim at once without ever sharing a row.
+_HEAD = f"""
+SELECT id FROM messages
+ WHERE queue_id = $1 AND {READY}
+ ORDER BY priority DESC, id
+ LIMIT $2
+ FOR UPDATE SKIP LOCKED
+"""
+
+_CLAIMED_COLUMNS = (
+    "m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body, m.priority"
+)
+
+# Claim up to $2 ready messages of queue $1 for node $3, channel $4 (an unacked delivery).
+# MATERIALIZED: evaluated once. As a plain subquery the planner may rescan it (the inner
+# side of a nested loop), and every rescan with SKIP LOCKED yields *other* rows: the
+# statement then claims (or deletes) more than LIMIT rows.
+CLAIM = f"""
+WITH c AS MATERIALIZED ({_HEAD})
+UPDATE messages m
+   SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
+  FROM c
+ WHERE m.id = c.id
+RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
+"""
+
+# Take up to $2 ready messages of queue $1 for a no-ack delivery: they are deleted at once.
+CLAIM_DELETE = f"""
+WITH c AS MATERIALIZED ({_HEAD})
+DELETE FROM messages m
+ USING c
+ WHERE m.id = c.id
+RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
+"""
+
+# -- settle (the same text as the write batch's) ---------------------------------------
+
+# Ack: delete the deliveries $1 that node $2 holds.
+# ``(owner_node = $2) IS TRUE``, not ``owner_node = $2``: the same rows, but the planner
+# cannot pick ix_messages_owner, whose entries (every unacked and dead row of the node)
+# it misjudges with stale statistics (a bitmap over 40k entries per ack batch); the
+# ids find their rows through the primary key.
+ACK = "DELETE FROM messages WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE"
+
+# -- requeue ---------------------------------------------------------------------------
+
+# Return the deliveries $1 of node $2 to ready, flagged redelivered; they keep their id
+# (their place in the queue). ``IS TRUE``: see ``ACK``.
+REQUEUE = """
+UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
+ WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
+"""
+
+# Return everything node $1 holds to ready (the node shuts down).
+REQUEUE_NODE = (
+    "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"
+    " WHERE owner_node = $1"
+)
+
+# Return everything the nodes $1 held to ready (they were reaped).
+REQUEUE_NODES = (
+    "UPDATE messages SET owner_node = NULL, owner_channel = NULL,"
+    " redelivered = true WHERE owner_node = ANY($1::uuid[])"
+)
+
+# -- reconcile -------------------------------------------------------------------------
+
+# Ids of the deliveries node $1 holds (compared with what its channels still track).
+OWNED_IDS = "SELECT id FROM messages WHERE owner_node = $1"
+
+# -- counts ----------------------------------------------------------------------------
+
+# Ready messages of queue $1: exact below 2 * CAP, estimated above (basic.get-ok).
+READY_COUNT = f"SELECT {ready_estimate('$1', READY)}"
+
+# (ready messages, consumers) of queue $1, both exact.
+QUEUE_COUNTS = (
+    f"SELECT (SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}),"
+    " (SELECT count(*) FROM consumers WHERE queue_id = $1)"
+)
+
+# Find queue $2 of vhost $1, mark it used if anything reads the mark (``x-expires``, or
+# an ``expires`` policy) and count it (declare-ok): the queue's columns, ready,
+# consumers, touched.
+USE_QUEUE_NAMED = f"""
+WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,
+                  arguments
+             FROM queues WHERE vhost_id = $1 AND name = $2),
+     used AS (UPDATE queues SET last_used_at = now()
+               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires' OR EXISTS
+                           (SELECT 1 FROM policies p WHERE p.vhost_id = $1
+                               AND p.definition ? 'expires'))
+              RETURNING id)
+SELECT q.*,
+       {ready_estimate("q.id", READY)} AS ready,
+       (SELECT count(*) FROM consumers WHERE queue_id = q.id) AS consumers,
+       (SELECT count(*) FROM used) AS touched
+  FROM q
+"""
+
+# Mark queue $1 used and count it (declare-ok of a queue already known): ready, consumers.
+USE_QUEUE = (
+    "UPDATE queues SET last_used_at = now() WHERE id = $1 RETURNING"
+    f" {ready_estimate('$1', READY)},"
+    " (SELECT count(*) FROM consumers WHERE queue_id = $1)"
+)
+
+# -- next_due --------------------------------------------------------------------------
+
+# Seconds until the next delayed message of queue $1 is due (NULL: none is delayed).
+NEXT_DUE = (
+    "SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
+    f" WHERE queue_id = $1 AND {DELAYED}"
+)
+
+# For each queue of $1: (queue, has a ready message, seconds until its next delayed
+# message is due or NULL). One index probe per queue (the ready poll).
+READY_QUEUES = (
+    "SELECT q,"
+    f" EXISTS (SELECT 1 FROM messages WHERE queue_id = q AND {READY}),"
+    " (SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
+    f"   WHERE queue_id = q AND {DELAYED})"
+    " FROM unnest($1::bigint[]) AS u(q)"
+)
+
+# -- expiry ----------------------------------------------------------------------------
+
+# Seconds until the next unowned message of any queue expires (NULL: none has a TTL).
+NEXT_EXPIRY = (
+    "SELECT extract(epoch FROM min(expires_at) - now()) FROM messages"
+    f" WHERE expires_at IS NOT NULL AND {UNOWNED}"
+)
+
+# -- purge -----------------------------------------------------------------------------
+
+# queue.purge: delete the ready messages of queue $1 (deliveries stay with their
+# consumers; delayed ones are not in the queue yet). The status tag holds the count.
+PURGE = f"DELETE FROM messages WHERE queue_id = $1 AND {READY}"
+
+# -- delete ----------------------------------------------------------------------------
+
+# queue.delete-ok's count: the ready messages of queue $1 (what declare-ok counted).
+COUNT_READY = f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}"
+
+# Every message of queue $1, whatever its state (the queue goes).
+DELETE_QUEUE_MESSAGES = "DELETE FROM messages WHERE queue_id = $1"
+
+# Every message of the queues $1 (a connection's exclusive queues go).
+DELETE_QUEUES_MESSAGES = "DELETE FROM messages WHERE queue_id = ANY($1::bigint[])"
+
+# -- vacuum ----------------------------------------------------------------------------
+
+# The churning tables: message rows die as fast as they are born, and each declare or
+# consume rewrites its queue's row; autovacuum wakes once a minute at best.
+VACUUM = "VACUUM messages, queues, consumers, connections"
+
+# -- statistics (management API) -------------------------------------------------------
+
+# Every queue (of vhost $1 and named $2, each NULL for any) with its message counts
+# (ready per ``READY``; unacked: owned) and consumer count.
+QUEUE_DEPTHS = (
+    "SELECT q.id, v.name AS vhost, q.name, q.durable, q.auto_delete, q.exclusive_node,"
+    " q.exclusive_connection, q.arguments, q.last_used_at,"
+    " coalesce(m.ready, 0) AS ready, coalesce(m.unacked, 0) AS unacked,"
+    " coalesce(m.ready_bytes, 0) AS ready_bytes,"
+    " coalesce(m.unacked_bytes, 0) AS unacked_bytes,"
+    " coalesce(m.persistent, 0) AS persistent, coalesce(c.n, 0) AS consumers"
+    " FROM queues q JOIN vhosts v ON v.id = q.vhost_id"
+    f" LEFT JOIN LATERAL (SELECT count(*) FILTER (WHERE {READY}) AS ready,"
+    "   count(*) FILTER (WHERE owner_node IS NOT NULL) AS unacked,"
+    f"   sum(octet_length(body)) FILTER (WHERE {READY}) AS ready_bytes,"
+    "   sum(octet_length(body)) FILTER (WHERE owner_node IS NOT NULL) AS unacked_bytes,"
+    "   count(*) FILTER (WHERE persistent) AS persistent"
+    "   FROM messages WHERE queue_id = q.id) m ON true"
+    " LEFT JOIN LATERAL (SELECT count(*) AS n FROM consumers WHERE queue_id = q.id) c ON true"
+    " WHERE ($1::text IS NULL OR v.name = $1) AND ($2::text IS NULL OR q.name = $2)"
+    " ORDER BY v.name, q.name"
+)
+
+
+def _totals(of_vhosts: bool) -> str:
+    """Cluster-wide object and message counts; ``of_vhosts``: of the vhosts $1 only."""
+    where = "" if not of_vhosts else " WHERE vhost_id = ANY($1::int[])"
+    qwhere = "" if not of_vhosts else " WHERE q.vhost_id = ANY($1::int[])"
+    return (
+        f"SELECT (SELECT count(*) FROM exchanges{where}) AS exchanges,"
+        f" (SELECT count(*) FROM queues{where}) AS queues,"
+        f" (SELECT count(*) FROM consumers c JOIN queues q ON q.id = c.queue_id{qwhere})"
+        " AS consumers,"
+        f" (SELECT count(*) FROM connections{where}) AS connections,"
+        f" (SELECT count(*) FILTER (WHERE {READY})"
+        f" FROM messages m JOIN queues q ON q.id = m.queue_id{qwhere}) AS ready,"
+        " (SELECT count(*) FILTER (WHERE m.owner_node IS NOT NULL)"
+        f" FROM messages m JOIN queues q ON q.id = m.queue_id{qwhere}) AS unacked"
+    )
+
+
+# Object counts, ready (``READY``) and unacked messages: of every vhost, or of the vhosts $1.
+TOTALS = _totals(False)
+TOTALS_OF_VHOSTS = _totals(True)
