@@ -244,7 +244,8 @@ def test_publish_get_and_purge(api: Api, queue: str) -> None:
     assert api.delete(q_path(queue) + "/contents").status_code == 204
     assert settles(api, queue, 0)
     bad = api.post(q_path(queue) + "/get", {"count": 1, "ackmode": "nope", "encoding": "auto"})
-    assert bad.status_code == (400 if api.name == "cavalcade" else 500)  # RabbitMQ crashes
+    # RabbitMQ 3.10 answers 500 (its handler crashes) or, seen on a freshly enabled plugin, 400.
+    assert bad.status_code in ((400,) if api.name == "cavalcade" else (400, 500))
 
 
 def test_publish_to_a_missing_exchange_is_400(api: Api) -> None:
