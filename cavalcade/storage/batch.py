@@ -24,6 +24,17 @@ READY = (
     " AND (available_at IS NULL OR available_at <= now())"
 )
 
+# A zero TTL (``x-message-ttl`` 0, ``expiration`` "0") delivers to a consumer waiting at
+# publish time and drops otherwise (RabbitMQ). Such a row has expires_at = published_at.
+# While fresh, a dispatcher whose consumers were waiting since before it was published
+# may claim it (basic.get never does), and the sweep leaves it while its queue has
+# consumers; requeued (redelivered), it expires like any other.
+ZERO_TTL_GRACE = "interval '2 seconds'"
+FRESH_ZERO_TTL = (
+    "(expires_at = published_at AND NOT redelivered AND available_at IS NULL"
+    f" AND expires_at > now() - {ZERO_TTL_GRACE})"
+)
+
 INSERT = """
 INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
                       content_type, message_id, correlation_id, expiration, body,
@@ -66,6 +77,8 @@ _EXPIRE = f"""
 WITH c AS MATERIALIZED (
   SELECT id FROM messages
    WHERE expires_at <= now() AND owner_node IS NULL
+     AND NOT ({FRESH_ZERO_TTL}
+              AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = messages.queue_id))
    ORDER BY expires_at
    LIMIT $1
    FOR UPDATE SKIP LOCKED)

@@ -16,7 +16,16 @@ import asyncpg
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
 from . import batch, textsafe
-from .batch import ACK, NOTIFY_CHANNEL, READY, REQUEUE, BatchOutcome, BatchRules
+from .batch import (
+    ACK,
+    FRESH_ZERO_TTL,
+    NOTIFY_CHANNEL,
+    READY,
+    REQUEUE,
+    ZERO_TTL_GRACE,
+    BatchOutcome,
+    BatchRules,
+)
 from .counting import ready_estimate
 from .records import ClaimedMessage, NewMessage, QueueRow
 from .topology_log import TOPOLOGY_CHANNEL, TopologyLog
@@ -32,10 +41,13 @@ __all__ = [
 
 
 # The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
-# lets every node and dispatcher claim at once without ever sharing a row.
+# lets every node and dispatcher claim at once without ever sharing a row. A dispatcher
+# also takes fresh zero-TTL rows published since its consumers have been waiting ($3:
+# that moment on the database clock, epoch seconds; NULL for basic.get).
 _HEAD = f"""
 SELECT id FROM messages
- WHERE queue_id = $1 AND {READY}
+ WHERE queue_id = $1 AND owner_node IS NULL
+   AND ({READY} OR ({FRESH_ZERO_TTL} AND expires_at >= to_timestamp($3::float8)))
  ORDER BY priority DESC, id
  LIMIT $2
  FOR UPDATE SKIP LOCKED
@@ -51,7 +63,7 @@ _CLAIMED_COLUMNS = (
 _CLAIM = f"""
 WITH c AS MATERIALIZED ({_HEAD})
 UPDATE messages m
-   SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
+   SET owner_node = $4, owner_channel = $5, delivery_count = m.delivery_count + 1
   FROM c
  WHERE m.id = c.id
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
@@ -662,8 +674,9 @@ class Repository:
     async def next_expiry(self) -> float | None:
         """Seconds until the next ready message of any queue expires (None: none has a TTL)."""
         value = await self.pool.fetchval(
-            "SELECT extract(epoch FROM min(expires_at) - now()) FROM messages"
-            " WHERE expires_at IS NOT NULL AND owner_node IS NULL"
+            "SELECT extract(epoch FROM min(CASE WHEN"
+            f" {FRESH_ZERO_TTL} THEN expires_at + {ZERO_TTL_GRACE} ELSE expires_at END)"
+            " - now()) FROM messages WHERE expires_at IS NOT NULL AND owner_node IS NULL"
         )
         return None if value is None else max(float(value), 0.0)
 
@@ -681,7 +694,8 @@ class Repository:
         its next delayed message is due or None). One index probe per queue."""
         rows = await self.claim_pool.fetch(
             "SELECT q,"
-            f" EXISTS (SELECT 1 FROM messages WHERE queue_id = q AND {READY}),"
+            " EXISTS (SELECT 1 FROM messages WHERE queue_id = q"
+            f" AND ({READY} OR (owner_node IS NULL AND {FRESH_ZERO_TTL}))),"
             " (SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
             "   WHERE queue_id = q AND owner_node IS NULL AND available_at > now())"
             " FROM unnest($1::bigint[]) AS u(q)",
@@ -690,14 +704,25 @@ class Repository:
         return [(r[0], r[1], None if r[2] is None else max(float(r[2]), 0.0)) for r in rows]
 
     async def claim(
-        self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
+        self,
+        queue_id: int,
+        node_id: uuid.UUID,
+        channel: int,
+        limit: int,
+        no_ack: bool,
+        since: float | None = None,
     ) -> list[ClaimedMessage]:
-        """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them."""
+        """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them.
+        With ``since`` (database clock, epoch seconds) also zero-TTL ones published since."""
         if no_ack:
-            rows = await self.claim_pool.fetch(_CLAIM_DELETE, queue_id, limit)
+            rows = await self.claim_pool.fetch(_CLAIM_DELETE, queue_id, limit, since)
         else:
-            rows = await self.claim_pool.fetch(_CLAIM, queue_id, limit, node_id, channel)
+            rows = await self.claim_pool.fetch(_CLAIM, queue_id, limit, since, node_id, channel)
         return _claimed(rows)
+
+    async def database_time(self) -> float:
+        """The database clock now, in epoch seconds."""
+        return float(await self.claim_pool.fetchval("SELECT extract(epoch FROM clock_timestamp())"))
 
     async def ready_count(self, queue_id: int) -> int:
         """Ready messages: exact below 2,000, estimated above (see ``counting``)."""
