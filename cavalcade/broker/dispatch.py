@@ -5,6 +5,12 @@ NOTIFY from another node, freed prefetch credit, the node's ready poll (one quer
 for every queue, see ``poller``), or when a delayed message it knows of falls
 due; then it claims, consumer by consumer in round-robin, at most each consumer's
 free credit with ``FOR UPDATE SKIP LOCKED``. An idle queue runs no statement.
+
+A zero TTL delivers to a consumer that is waiting when the message is published and
+drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had
+credit without a break (``_waiting_since``, reset whenever it finds none); its claims
+take the fresh zero-TTL messages published from that moment on (mapped onto the
+database clock, see ``DatabaseClock``); the others are left to the expiry sweep.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from .stats import NodeStats
 log = logging.getLogger(__name__)
 
 CLAIM_CAP = 256
+CLOCK_REFRESH = 60.0  # seconds between readings of the database clock
+CLOCK_TIGHT = 0.002  # a reading whose round trip is this short is kept at once
 
 
 class DeliveryTarget(Protocol):
@@ -49,6 +57,34 @@ class DeliveryTarget(Protocol):
     def release(self, n: int) -> None:
         """Give back a reservation (just before delivering what the claim returned)."""
         ...
+
+
+class DatabaseClock:
+    """This node's monotonic clock mapped onto the database clock, never ahead of it.
+
+    A reading's moment is taken as the time its answer came back, so a mapped time is
+    a lower bound of the database's: a publish that started after a consumer began to
+    wait always has a ``published_at`` at or after the mapped moment. Read again once a
+    minute (drift), best of up to three round trips."""
+
+    def __init__(self) -> None:
+        self._offset: float | None = None
+        self._read_at = 0.0
+
+    async def at(self, repo: Repository, moment: float) -> float:
+        """``moment`` (``time.monotonic()``) in database epoch seconds, at the latest."""
+        if self._offset is None or time.monotonic() - self._read_at > CLOCK_REFRESH:
+            best: float | None = None
+            for _ in range(3):
+                sent = time.monotonic()
+                db = await repo.database_time()
+                back = time.monotonic()
+                best = db - back if best is None else max(best, db - back)
+                if back - sent <= CLOCK_TIGHT:
+                    break
+            self._offset, self._read_at = best, time.monotonic()
+        assert self._offset is not None
+        return moment + self._offset
 
 
 class QueueDispatcher:
@@ -84,6 +120,10 @@ class QueueDispatcher:
         self._stopping = False
         self._settled = asyncio.Event()  # clear while a claim is in flight
         self._settled.set()
+        # Since when (time.monotonic()) a consumer has had credit without a break: the
+        # zero-TTL messages published from then on are theirs. None: nobody waits.
+        self._waiting_since: float | None = None
+        self._clock = DatabaseClock()
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -101,6 +141,8 @@ class QueueDispatcher:
         await self._settled.wait()
 
     def wake(self) -> None:
+        if self._waiting_since is None and any(c.credit() > 0 for c in self.consumers):
+            self._waiting_since = time.monotonic()  # credit freed (ack, qos, new consumer)
         self._wake.set()
 
     def due_in(self, seconds: float) -> None:
@@ -164,43 +206,64 @@ class QueueDispatcher:
         top = max(c.priority for c in ready)
         return [c for c in ready if c.priority == top]
 
+    async def _claimers(self) -> list[DeliveryTarget]:
+        """The eligible consumers; with a single active consumer, only it (if it is here)."""
+        eligible = self._eligible()
+        if eligible and self.single_active:
+            active = await self._repo.active_consumer(self.queue_id)
+            if active is None or active[0] != self._node_id:
+                return []
+            eligible = [c for c in eligible if (c.channel_key, c.tag) == active[1:]]
+        return eligible
+
+    def _reserve(self, eligible: list[DeliveryTarget]) -> dict[int, int]:
+        """Hold each consumer's credit (at most CLAIM_CAP) for the claim: {id(c): n}."""
+        credit: dict[int, int] = {}
+        for c in eligible:
+            # Reserve one consumer at a time: consumers of one channel share its
+            # global prefetch, so each reservation lowers the next one's credit.
+            credit[id(c)] = min(c.credit(), CLAIM_CAP)
+            c.reserve(credit[id(c)])
+        return credit
+
+    async def _claim(
+        self, eligible: list[DeliveryTarget], since: float, all_no_ack: bool
+    ) -> tuple[dict[int, int], int, list[ClaimedMessage]]:
+        """Reserve credit and claim up to it: (credit, rows wanted, rows). Leaves
+        ``_settled`` clear when rows came back (the caller hands them out)."""
+        credit = self._reserve(eligible)
+        want = min(sum(credit.values()), CLAIM_CAP)
+        self._settled.clear()
+        started = time.perf_counter()
+        try:
+            rows = await self._repo.claim(
+                self.queue_id, self._node_id, 0, want, all_no_ack, since=since
+            )
+        except BaseException:
+            self._settled.set()
+            raise
+        finally:
+            self.stats.claimed(time.perf_counter() - started)
+            # No await from here to the deliveries: the reservation becomes unacked.
+            for c in eligible:
+                c.release(credit[id(c)])
+        if not rows:
+            self._settled.set()
+        return credit, want, rows
+
     async def _drain(self) -> bool:
         """Claim and deliver until the queue is empty (True) or nobody has credit."""
         while not self._stopping:
-            eligible = self._eligible()
-            if eligible and self.single_active:
-                active = await self._repo.active_consumer(self.queue_id)
-                eligible = [
-                    c
-                    for c in eligible
-                    if active is not None
-                    and active[0] == self._node_id
-                    and (active[1], active[2]) == (c.channel_key, c.tag)
-                ]
+            eligible = await self._claimers()
             if not eligible:
+                self._waiting_since = None  # zero-TTL messages published now are dropped
                 return False
-            credit: dict[int, int] = {}
-            for c in eligible:
-                # Reserve one consumer at a time: consumers of one channel share its
-                # global prefetch, so each reservation lowers the next one's credit.
-                credit[id(c)] = min(c.credit(), CLAIM_CAP)
-                c.reserve(credit[id(c)])
-            want = min(sum(credit.values()), CLAIM_CAP)
+            if self._waiting_since is None:
+                self._waiting_since = time.monotonic()
+            since = await self._clock.at(self._repo, self._waiting_since)
             all_no_ack = all(c.no_ack for c in eligible)
-            self._settled.clear()
-            started = time.perf_counter()
-            try:
-                rows = await self._repo.claim(self.queue_id, self._node_id, 0, want, all_no_ack)
-            except BaseException:
-                self._settled.set()
-                raise
-            finally:
-                self.stats.claimed(time.perf_counter() - started)
-                # No await from here to the deliveries: the reservation becomes unacked.
-                for c in eligible:
-                    c.release(credit[id(c)])
+            credit, want, rows = await self._claim(eligible, since, all_no_ack)
             if not rows:
-                self._settled.set()
                 return True
             try:
                 await self._hand_out(eligible, credit, rows, all_no_ack)

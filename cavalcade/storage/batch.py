@@ -15,6 +15,7 @@ from typing import Any
 import asyncpg
 
 from . import textsafe
+from .queries import FRESH_ZERO_TTL
 from .records import DeadRow, NewMessage
 
 NOTIFY_CHANNEL = "cavalcade_wake"
@@ -66,6 +67,8 @@ _EXPIRE = f"""
 WITH c AS MATERIALIZED (
   SELECT id FROM messages
    WHERE expires_at <= now() AND owner_node IS NULL
+     AND NOT ({FRESH_ZERO_TTL}
+              AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = messages.queue_id))
    ORDER BY expires_at
    LIMIT $1
    FOR UPDATE SKIP LOCKED)

@@ -28,16 +28,30 @@ _UNEXPIRED = "(expires_at IS NULL OR expires_at > now())"
 _DUE = "(available_at IS NULL OR available_at <= now())"
 READY = f"{UNOWNED} AND {_UNEXPIRED} AND {_DUE}"
 
+# A zero TTL (``x-message-ttl`` 0, ``expiration`` "0") delivers to a consumer waiting at
+# publish time and drops otherwise (RabbitMQ). Such a row has expires_at = published_at.
+# While fresh, a dispatcher whose consumers were waiting since before it was published
+# may claim it (basic.get never does), and the sweep leaves it while its queue has
+# consumers; requeued (redelivered), it expires like any other.
+ZERO_TTL_GRACE = "interval '2 seconds'"
+FRESH_ZERO_TTL = (
+    "(expires_at = published_at AND NOT redelivered AND available_at IS NULL"
+    f" AND expires_at > now() - {ZERO_TTL_GRACE})"
+)
+
 # Ready but for its due time: a delayed message that has not yet reached its queue.
 DELAYED = f"{UNOWNED} AND {_UNEXPIRED} AND available_at > now()"
 
 # -- claim -----------------------------------------------------------------------------
 
 # The head of a queue: ready, unexpired, due; priority first, then FIFO. SKIP LOCKED
-# lets every node and dispatcher claim at once without ever sharing a row.
+# lets every node and dispatcher claim at once without ever sharing a row. A dispatcher
+# also takes fresh zero-TTL rows published since its consumers have been waiting ($3:
+# that moment on the database clock, epoch seconds; NULL for basic.get).
 _HEAD = f"""
 SELECT id FROM messages
- WHERE queue_id = $1 AND {READY}
+ WHERE queue_id = $1 AND {UNOWNED}
+   AND ({READY} OR ({FRESH_ZERO_TTL} AND expires_at >= to_timestamp($3::float8)))
  ORDER BY priority DESC, id
  LIMIT $2
  FOR UPDATE SKIP LOCKED
@@ -47,20 +61,22 @@ _CLAIMED_COLUMNS = (
     "m.id, m.queue_id, m.redelivered, m.exchange, m.routing_key, m.properties, m.body, m.priority"
 )
 
-# Claim up to $2 ready messages of queue $1 for node $3, channel $4 (an unacked delivery).
+# Claim up to $2 ready messages of queue $1 (zero-TTL ones since $3) for node $4,
+# channel $5 (an unacked delivery).
 # MATERIALIZED: evaluated once. As a plain subquery the planner may rescan it (the inner
 # side of a nested loop), and every rescan with SKIP LOCKED yields *other* rows: the
 # statement then claims (or deletes) more than LIMIT rows.
 CLAIM = f"""
 WITH c AS MATERIALIZED ({_HEAD})
 UPDATE messages m
-   SET owner_node = $3, owner_channel = $4, delivery_count = m.delivery_count + 1
+   SET owner_node = $4, owner_channel = $5, delivery_count = m.delivery_count + 1
   FROM c
  WHERE m.id = c.id
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
 """
 
-# Take up to $2 ready messages of queue $1 for a no-ack delivery: they are deleted at once.
+# Take up to $2 ready messages of queue $1 (zero-TTL ones since $3) for a no-ack
+# delivery: they are deleted at once.
 CLAIM_DELETE = f"""
 WITH c AS MATERIALIZED ({_HEAD})
 DELETE FROM messages m
@@ -153,7 +169,8 @@ NEXT_DUE = (
 # message is due or NULL). One index probe per queue (the ready poll).
 READY_QUEUES = (
     "SELECT q,"
-    f" EXISTS (SELECT 1 FROM messages WHERE queue_id = q AND {READY}),"
+    " EXISTS (SELECT 1 FROM messages WHERE queue_id = q"
+    f" AND ({READY} OR ({UNOWNED} AND {FRESH_ZERO_TTL}))),"
     " (SELECT extract(epoch FROM min(available_at) - now()) FROM messages"
     f"   WHERE queue_id = q AND {DELAYED})"
     " FROM unnest($1::bigint[]) AS u(q)"
@@ -163,7 +180,9 @@ READY_QUEUES = (
 
 # Seconds until the next unowned message of any queue expires (NULL: none has a TTL).
 NEXT_EXPIRY = (
-    "SELECT extract(epoch FROM min(expires_at) - now()) FROM messages"
+    "SELECT extract(epoch FROM min(CASE WHEN"
+    f" {FRESH_ZERO_TTL} THEN expires_at + {ZERO_TTL_GRACE} ELSE expires_at END) - now())"
+    " FROM messages"
     f" WHERE expires_at IS NOT NULL AND {UNOWNED}"
 )
 
@@ -234,3 +253,8 @@ def _totals(of_vhosts: bool) -> str:
 # Object counts, ready (``READY``) and unacked messages: of every vhost, or of the vhosts $1.
 TOTALS = _totals(False)
 TOTALS_OF_VHOSTS = _totals(True)
+
+# -- clock -----------------------------------------------------------------------------
+
+# The database clock now, in epoch seconds (a dispatcher maps its waiting moment onto it).
+DATABASE_TIME = "SELECT extract(epoch FROM clock_timestamp())"

@@ -623,18 +623,29 @@ class Repository:
         return [(r[0], r[1], None if r[2] is None else max(float(r[2]), 0.0)) for r in rows]
 
     async def claim(
-        self, queue_id: int, node_id: uuid.UUID, channel: int, limit: int, no_ack: bool
+        self,
+        queue_id: int,
+        node_id: uuid.UUID,
+        channel: int,
+        limit: int,
+        no_ack: bool,
+        since: float | None = None,
     ) -> list[ClaimedMessage]:
         """Claim up to ``limit`` ready messages (SKIP LOCKED); no_ack claims delete them.
+        With ``since`` (database clock, epoch seconds) also zero-TTL ones published since.
         On the async-commit pool: a claim (or no-ack delete) lost in a database crash
         only makes its messages ready again; they are delivered again, never lost."""
         if no_ack:
-            rows = await self.async_commit_pool.fetch(queries.CLAIM_DELETE, queue_id, limit)
+            rows = await self.async_commit_pool.fetch(queries.CLAIM_DELETE, queue_id, limit, since)
         else:
             rows = await self.async_commit_pool.fetch(
-                queries.CLAIM, queue_id, limit, node_id, channel
+                queries.CLAIM, queue_id, limit, since, node_id, channel
             )
         return _claimed(rows)
+
+    async def database_time(self) -> float:
+        """The database clock now, in epoch seconds."""
+        return float(await self.async_commit_pool.fetchval(queries.DATABASE_TIME))
 
     async def ready_count(self, queue_id: int) -> int:
         """Ready messages: exact below 2,000, estimated above (see ``counting``)."""
