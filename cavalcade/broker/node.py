@@ -13,8 +13,8 @@ from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange
 
-from .batcher import WriteBatcher
 from .dispatch import QueueDispatcher
+from .group_commit import WriteBatcher
 from .liveness import Liveness
 from .outage import Outage
 from .stats import NodeStats

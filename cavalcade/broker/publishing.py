@@ -13,8 +13,8 @@ from cavalcade.errors import AccessRefused, PreconditionFailed
 from cavalcade.storage.records import NewMessage
 
 from . import permissions
-from .batcher import PendingPublish
 from .exchanges import Exchanges
+from .group_commit import PendingPublish
 from .node import NodeState
 from .rows import expiration_ms, int_header, message_row
 from .sessions import Access, Session, Sessions, permit

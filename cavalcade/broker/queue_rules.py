@@ -5,14 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from cavalcade.domain.deadletter import dead_letter_properties
-from cavalcade.domain.properties import MalformedProperties, parse_properties
-from cavalcade.domain.routing import route
-from cavalcade.storage.batch import BatchRules, QueueLimit
+from cavalcade.domain.deadletter import copy_properties, dead_letter_target, keeps_copy
+from cavalcade.domain.limits import BatchRules, delivery_limit, queue_limit
+from cavalcade.domain.properties import parse_properties
+from cavalcade.domain.routing import Headers, route
 from cavalcade.storage.records import DeadRow, NewMessage
 
 from .node import NodeState
 from .rows import message_row
+from .topology import VhostTopology
 
 
 class QueueRules:
@@ -22,25 +23,18 @@ class QueueRules:
         self.node = node
 
     def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules:
-        """Limits of the queues a batch publishes to, delivery limits, dead-lettering."""
-        rules = BatchRules(dead_letter=self.dead_letter)
+        """Limits of the queues a batch publishes to, and delivery limits of requeues."""
+        rules = BatchRules()
         for qid in {m.queue_id for m in messages} | requeued:
             found = self.node.queue_by_id(qid)
-            if found is None:
-                continue
-            args = found[1].arguments
-            max_len, max_bytes = args.get("x-max-length"), args.get("x-max-length-bytes")
-            if isinstance(max_len, int) or isinstance(max_bytes, int):
-                rules.limits[qid] = QueueLimit(
-                    max_len if isinstance(max_len, int) else None,
-                    max_bytes if isinstance(max_bytes, int) else None,
-                    str(args.get("x-overflow") or "drop-head"),
-                )
+            limit = queue_limit(found[1].arguments) if found else None
+            if limit is not None:
+                rules.limits[qid] = limit
         for qid in requeued:
             found = self.node.queue_by_id(qid)
-            limit = found[1].arguments.get("x-delivery-limit") if found else None
-            if isinstance(limit, int) and not isinstance(limit, bool):
-                rules.delivery_limits[qid] = limit
+            count = delivery_limit(found[1].arguments) if found else None
+            if count is not None:
+                rules.delivery_limits[qid] = count
         return rules
 
     def has_dead_letter_exchange(self, queue_id: int) -> bool:
@@ -52,36 +46,19 @@ class QueueRules:
         copies: list[NewMessage] = []
         for row in rows:
             found = self.node.queue_by_id(row.queue_id)
-            if found is None:
+            target = dead_letter_target(found[1].arguments, row.routing_key) if found else None
+            if found is None or target is None:
                 continue
             vh, q = found
-            dlx = q.arguments.get("x-dead-letter-exchange")
-            if not isinstance(dlx, str):
-                continue
-            key = q.arguments.get("x-dead-letter-routing-key")
-            key = key if isinstance(key, str) else row.routing_key
-            try:
-                raw = dead_letter_properties(
-                    row.properties,
-                    queue=q.name,
-                    reason=reason,
-                    exchange=row.exchange,
-                    routing_keys=[row.routing_key],
-                )
-                props = parse_properties(raw)
-            except MalformedProperties:
-                props = parse_properties(row.properties)
-            if dlx == "":
-                target = vh.queues.get(key)
-                targets = [target.id] if target is not None else []
-            else:
-                ex = vh.exchanges_by_name.get(dlx)
-                if ex is None:
+            dlx, key = target
+            raw = copy_properties(
+                row.properties, queue=q.name, reason=reason, exchange=row.exchange,
+                routing_key=row.routing_key,
+            )  # fmt: skip
+            props = parse_properties(raw)
+            for qid in _targets(vh, dlx, key, props.headers):
+                if not keeps_copy(reason, q.id, qid):
                     continue
-                targets = sorted(route(vh.exchanges, ex, key, props.headers, vh.exchanges_by_name))
-            for qid in targets:
-                if reason != "rejected" and qid == q.id:
-                    continue  # a cycle that no client breaks: RabbitMQ drops it too
                 tq = vh.queues_by_id.get(qid)
                 copies.append(
                     message_row(
@@ -96,3 +73,14 @@ class QueueRules:
                     )
                 )
         return copies
+
+
+def _targets(vh: VhostTopology, dlx: str, key: str, headers: Headers) -> list[int]:
+    """Queues a dead-lettered copy reaches (the default exchange: the queue named ``key``)."""
+    if dlx == "":
+        target = vh.queues.get(key)
+        return [target.id] if target is not None else []
+    ex = vh.exchanges_by_name.get(dlx)
+    if ex is None:
+        return []
+    return sorted(route(vh.exchanges, ex, key, headers, vh.exchanges_by_name))

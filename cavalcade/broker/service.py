@@ -14,18 +14,19 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from cavalcade.domain.limits import BatchRules
 from cavalcade.domain.properties import Properties
 from cavalcade.storage import sqlstate
 from cavalcade.storage.admin import AdminStore
-from cavalcade.storage.batch import BatchRules
 from cavalcade.storage.records import ClaimedMessage, DeadRow, NewMessage
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.sqlstate import is_unavailable
 
-from .batcher import PendingPublish, WriteBatcher
+from .api import BrokerPort
 from .consuming import Consuming
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .exchanges import Exchanges
+from .group_commit import PendingPublish, WriteBatcher
 from .liveness import Liveness
 from .node import NodeState
 from .outage import Outage
@@ -61,8 +62,6 @@ class Broker:
             node_id,
             self.wake_queues,
             backlog_limit,
-            rules_for=self.rules_for,
-            router=self,
             memory_limit=memory_limit,
         )
         self.outage = Outage()
@@ -78,6 +77,7 @@ class Broker:
         self.queue_rules = QueueRules(node)
         self.consuming = Consuming(node, self.sessions, self.queues, self.queue_rules)
         self.upkeep = Upkeep(node, self.queue_rules)
+        self.batcher.connect(self.publishing, self.queue_rules)
         self.poller = ReadyPoller(repo, node.dispatchers, poll_interval, self.outage)
 
     # -- lifecycle and wiring ------------------------------------------------------
@@ -96,11 +96,18 @@ class Broker:
         self,
         held: Callable[[], set[int]],
         on_blocked: Callable[[bool], None],
+        describe_connections: Callable[[], list[dict[str, Any]]] | None = None,
+        blocked_connections: Callable[[], int] | None = None,
     ) -> None:
         """The protocol server tells the broker what its channels hold unacked (kept
-        through :meth:`reconcile`) and whom to tell when publishers are (un)blocked."""
+        through :meth:`reconcile`), whom to tell when publishers are (un)blocked, and
+        how to describe its connections for the statistics."""
         self.node.held = held
         self.batcher.on_blocked = on_blocked
+        if describe_connections is not None:
+            self.stats.describe_connections = describe_connections
+        if blocked_connections is not None:
+            self.stats.blocked_connections = blocked_connections
 
     @property
     def held(self) -> Callable[[], set[int]]:
@@ -359,3 +366,8 @@ class Broker:
 
     def discard(self, messages: Sequence[tuple[int, int]]) -> None:
         self.consuming.discard(messages)
+
+
+def _conforms(broker: Broker) -> BrokerPort:
+    """Checked by mypy: the facade offers everything the protocol port asks for."""
+    return broker

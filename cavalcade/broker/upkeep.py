@@ -3,6 +3,7 @@ owns after an outage, and vacuuming the churning tables."""
 
 from __future__ import annotations
 
+from . import write_path
 from .node import NodeState
 from .queue_rules import QueueRules
 
@@ -33,9 +34,9 @@ class Upkeep:
         node = self.node
         for vhost_id, name in await node.repo.vhosts():
             await node.vhost(vhost_id, name).fresh(node.repo)
-        rules = self.rules.rules_for((), set())
         for _ in range(5):  # bounded: the next sweep goes on
-            touched = await node.repo.expire_messages(limit, rules)
+            async with node.repo.write_transaction() as tx:
+                touched = await write_path.expire(tx, limit, self.rules.dead_letter)
             node.wake_queues(touched)
             if not touched:
                 break

@@ -12,8 +12,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from cavalcade import __version__
-from cavalcade.broker.limits import check_channel_limit
-from cavalcade.broker.service import Broker, Session
+from cavalcade.broker.api import BrokerPort, Session, check_channel_limit
 from cavalcade.errors import (
     AMQPError,
     ChannelErrorHard,
@@ -69,7 +68,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerPort,
         settings: Settings,
         registry: set[AMQPConnection],
         server: Any = None,
