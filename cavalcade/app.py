@@ -220,14 +220,14 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
             await broker.sweep()
             # Wake when the next message falls due (RabbitMQ expires promptly, and
             # clients test that dead-lettering follows within ~100 ms of the TTL).
-            due = await broker.repo.next_expiry()
+            due = await broker.next_expiry()
             if due is not None:
                 delay = min(delay, due + 0.01)
             failing = False
             if settings.vacuum_interval > 0 and loop.time() >= next_vacuum:
                 next_vacuum = loop.time() + settings.vacuum_interval
                 try:
-                    await broker.repo.vacuum_messages()
+                    await broker.vacuum()
                 except Exception as exc:  # noqa: BLE001
                     if broker.database_unavailable(exc):
                         raise

@@ -23,7 +23,8 @@ from cavalcade.domain.properties import MalformedProperties, parse_properties
 from cavalcade.storage.outbox import OutboxStore
 from cavalcade.storage.records import NewMessage
 
-from .batcher import PendingPublish
+from . import write_path
+from .group_commit import PendingPublish
 from .service import Broker
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,10 @@ class OutboxDrainer:
                     log.debug("outbox publish to %r/%r unroutable: dropped", p.exchange,
                               p.routing_key)  # fmt: skip
                 messages.extend(rows)
-            outcome = await taken.publish(messages, self.broker.rules_for(messages, set()))
+            rules = self.broker.rules_for(messages, set())
+            batch = write_path.Batch(messages)
+            outcome = await write_path.write(taken.writes, batch, rules, self.broker.dead_letter)
+            await taken.delete_taken()
             if outcome.refused:
                 log.info("%d outbox publishes refused by full queues", len(outcome.refused))
             consumed = len(taken.rows)

@@ -163,3 +163,45 @@ def with_delivery_count(message_properties: bytes, delivery_count: int) -> bytes
         return with_header(message_properties, "x-delivery-count", max(delivery_count - 1, 0))
     except MalformedProperties:
         return message_properties
+
+
+# -- where a dead message goes ----------------------------------------------------
+
+MAXLEN = "maxlen"
+DELIVERY_LIMIT = "delivery_limit"
+REJECTED = "rejected"
+EXPIRED = "expired"
+# The order a write batch dead-letters in (its copies get ids in this order).
+BATCH_REASONS = (MAXLEN, DELIVERY_LIMIT, REJECTED)
+
+
+def dead_letter_target(queue_args: dict[str, Any], routing_key: str) -> tuple[str, str] | None:
+    """(exchange, routing key) a dead message of a queue with these arguments is
+    published to: its ``x-dead-letter-exchange`` ("" is the default exchange) and
+    ``x-dead-letter-routing-key`` (else its own key). None: the message is dropped."""
+    dlx = queue_args.get("x-dead-letter-exchange")
+    if not isinstance(dlx, str):
+        return None
+    key = queue_args.get("x-dead-letter-routing-key")
+    return dlx, key if isinstance(key, str) else routing_key
+
+
+def keeps_copy(reason: str, source_queue: int, target_queue: int) -> bool:
+    """A copy back into its own queue is a cycle no client breaks unless the client
+    rejected it: RabbitMQ drops those copies."""
+    return reason == REJECTED or target_queue != source_queue
+
+
+def copy_properties(
+    raw: bytes, *, queue: str, reason: str, exchange: str, routing_key: str
+) -> bytes:
+    """Properties of the dead-lettered copy (x-death added); the original ones when they
+    cannot be parsed (the copy is still made, as it was before)."""
+    try:
+        out = dead_letter_properties(
+            raw, queue=queue, reason=reason, exchange=exchange, routing_keys=[routing_key]
+        )
+        parse_properties(out)
+        return out
+    except MalformedProperties:
+        return raw

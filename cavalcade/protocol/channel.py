@@ -11,8 +11,7 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
-from cavalcade.broker.dispatch import CLAIM_CAP
-from cavalcade.broker.service import DIRECT_REPLY_TO
+from cavalcade.broker.api import CLAIM_CAP, DIRECT_REPLY_TO, ClaimedMessage
 from cavalcade.domain.arguments import server_generated_name
 from cavalcade.domain.properties import (
     MalformedProperties,
@@ -30,7 +29,6 @@ from cavalcade.errors import (
     SyntaxError_,
     UnexpectedFrame,
 )
-from cavalcade.storage.repository import ClaimedMessage
 
 from .closing import close_frame
 from .framing import (
@@ -438,7 +436,7 @@ class Channel:
         # these messages back in place, redelivered, before anything newer.
         self.broker.requeue(pending)
         if pending and consumers:
-            await self.broker.batcher.flush()
+            await self.broker.flush()
         if session is not None:
             for c in consumers:
                 try:
@@ -871,7 +869,7 @@ class Channel:
         if not done:
             return
         self._lingering = [c for c in self._lingering if c.unacked > 0]
-        await self.broker.batcher.flush()
+        await self.broker.flush()
         for c in done:
             await self.broker.cancel(self.link.session, c.queue_id, c)
 
@@ -931,7 +929,7 @@ class Channel:
         self.broker.ack([e[0] for _, e in acks], [e[1] for _, e in acks])
         self.broker.requeue([(e[1], e[0]) for _, e, r in rejects if r])
         self.broker.discard([(e[1], e[0]) for _, e, r in rejects if not r])
-        await self.broker.batcher.flush()
+        await self.broker.flush()
         if futures:
             await asyncio.gather(*futures, return_exceptions=True)
         self.link.send_method(self.number, commands.Tx.CommitOk())

@@ -12,8 +12,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from cavalcade import __version__
-from cavalcade.broker.limits import check_channel_limit
-from cavalcade.broker.service import Broker, Session
+from cavalcade.broker.api import BrokerPort, Session, check_channel_limit
 from cavalcade.errors import (
     AMQPError,
     ChannelErrorHard,
@@ -67,7 +66,7 @@ class AMQPConnection(asyncio.Protocol):
 
     def __init__(
         self,
-        broker: Broker,
+        broker: BrokerPort,
         settings: Settings,
         registry: set[AMQPConnection],
         server: Any = None,
@@ -504,7 +503,7 @@ class AMQPConnection(asyncio.Protocol):
     def mark_publisher(self) -> None:
         if not self.publisher:
             self.publisher = True
-            if self.broker.batcher.blocked:
+            if self.broker.publishing_blocked:
                 self.set_blocked(True)
 
     def set_blocked(self, blocked: bool) -> None:

@@ -11,7 +11,8 @@ from typing import Protocol
 
 from pamqp.base import Frame
 
-from cavalcade.broker.service import Broker, Session
+from cavalcade.broker.api import BrokerPort as Broker
+from cavalcade.broker.api import Session
 
 
 class ConnectionState(enum.Enum):

@@ -6,7 +6,7 @@ import asyncio
 import socket
 import ssl
 
-from cavalcade.broker.service import Broker, Session
+from cavalcade.broker.api import BrokerPort, Session
 from cavalcade.settings import Settings
 
 from .connection import AMQPConnection
@@ -16,16 +16,18 @@ from .describe import blocked_count, describe_connections
 class AMQPServer:
     """Accepts clients on an already bound socket and can close them all (320) on shutdown."""
 
-    def __init__(self, broker: Broker, settings: Settings) -> None:
+    def __init__(self, broker: BrokerPort, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
         self.connections: set[AMQPConnection] = set()
         self.draining = False  # maintenance mode: new sockets are closed at once
         self._servers: list[asyncio.base_events.Server] = []
-        broker.batcher.on_blocked = self._blocked
-        broker.held = self._held
-        broker.stats.describe_connections = lambda: describe_connections(self.connections)
-        broker.stats.blocked_connections = lambda: blocked_count(self.connections)
+        broker.attach(
+            self._held,
+            self._blocked,
+            lambda: describe_connections(self.connections),
+            lambda: blocked_count(self.connections),
+        )
 
     def _held(self) -> set[int]:
         """Every message id a channel of this node holds unacked."""

@@ -1,14 +1,17 @@
-"""The write batch: one transaction for many publishes, acks, requeues and rejects.
+"""The write batch's statements, run inside one transaction through :class:`WriteBatch`.
 
-Queue limits (``x-max-length``/``-bytes`` with ``x-overflow``), delivery limits and
-dead-lettering happen inside the same transaction, so what a batch does is all or
-nothing. Routing of dead-lettered copies is the broker's: it passes a callback.
+The broker drives a batch (broker/write_path.py): it opens the transaction (see
+:func:`transaction`), runs these statements in its order and decides, with the pure
+rules of domain/limits.py and domain/deadletter.py, what full queues refuse and which
+copies dead messages become. Nothing here calls back up; what a batch does is all or
+nothing because it is one transaction.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,29 +107,6 @@ SELECT q.id,
   FROM queues q WHERE q.id = ANY($1::bigint[]) ORDER BY q.id FOR UPDATE
 """
 
-UNLIMITED = 2**62
-
-
-@dataclass(slots=True)
-class QueueLimit:
-    """``x-max-length`` / ``x-max-length-bytes`` and what happens at the limit."""
-
-    max_length: int | None
-    max_bytes: int | None
-    overflow: str = "drop-head"  # or reject-publish, reject-publish-dlx
-
-
-DeadLetter = Callable[[list[DeadRow], str], list[NewMessage]]
-
-
-@dataclass(slots=True)
-class BatchRules:
-    """What the broker knows about the queues a batch touches."""
-
-    limits: dict[int, QueueLimit] = field(default_factory=dict)
-    delivery_limits: dict[int, int] = field(default_factory=dict)
-    dead_letter: DeadLetter | None = None
-
 
 @dataclass(slots=True)
 class BatchOutcome:
@@ -134,6 +114,87 @@ class BatchOutcome:
 
     refused: set[int] = field(default_factory=set)
     touched: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class BatchRules:
+    """No queue rules: the plain batch of :func:`write` (tools and tests). Queue limits
+    and dead-lettering are the broker's write path (broker/write_path.py)."""
+
+
+def _dead(rows: Sequence[asyncpg.Record]) -> list[DeadRow]:
+    """RETURNING order is unspecified: id order is queue order."""
+    return sorted((DeadRow(*r) for r in rows), key=lambda d: d.id)
+
+
+class WriteBatch:
+    """One open write transaction: each method is one statement (or a few) on it."""
+
+    def __init__(self, conn: asyncpg.Connection, node_id: uuid.UUID | None, notify: bool) -> None:
+        self.conn = conn
+        self.node_id = node_id
+        self.notify = notify
+
+    async def async_commit(self) -> None:
+        """Do not wait for the disk at commit (only transient publishes and acks: losing
+        them in a database crash is what RabbitMQ does too)."""
+        await self.conn.execute("SET LOCAL synchronous_commit = off")
+
+    async def ready_lengths(self, queue_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
+        """Ready (messages, bytes) of each queue, the queue rows locked until commit."""
+        rows = await self.conn.fetch(_LENGTHS, sorted(queue_ids))
+        return {r[0]: (r[1], r[2]) for r in rows}
+
+    async def insert(self, messages: Sequence[NewMessage]) -> None:
+        await insert(self.conn, messages)
+
+    async def ack(self, ids: Sequence[int]) -> None:
+        """Delete acked rows this node owns."""
+        await self.conn.execute(ACK, list(ids), self.node_id)
+
+    async def requeue(self, ids: Sequence[int]) -> None:
+        """Owned rows back to ready, redelivered."""
+        await self.conn.execute(REQUEUE, list(ids), self.node_id)
+
+    async def requeue_counted(self, ids: Sequence[int]) -> list[tuple[int, int, int]]:
+        """Like :meth:`requeue`; (id, queue id, delivery count) of each row requeued."""
+        rows = await self.conn.fetch(_REQUEUE_COUNTED, list(ids), self.node_id)
+        return [(r[0], r[1], r[2]) for r in rows]
+
+    async def take(self, ids: Sequence[int]) -> list[DeadRow]:
+        """Delete rows (whoever owns them), returning them in queue order."""
+        return _dead(await self.conn.fetch(_TAKE, list(ids)))
+
+    async def take_owned(self, ids: Sequence[int]) -> list[DeadRow]:
+        """Delete rows this node owns, returning them in queue order."""
+        return _dead(await self.conn.fetch(_TAKE_OWNED, list(ids), self.node_id))
+
+    async def drop_head(self, queue_id: int, max_length: int, max_bytes: int) -> list[DeadRow]:
+        """Delete the oldest ready messages of a queue past its limits (queue row locked)."""
+        await self.conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", queue_id)
+        return _dead(await self.conn.fetch(_DROP_HEAD, queue_id, max_length, max_bytes))
+
+    async def take_expired(self, limit: int) -> list[DeadRow]:
+        """Delete up to ``limit`` expired ready messages, returning them in queue order."""
+        return _dead(await self.conn.fetch(_EXPIRE, limit))
+
+    async def notify_queues(self, queues: set[int], node_id: uuid.UUID | None = None) -> None:
+        """Tell every node which queues gained ready messages (if this store notifies)."""
+        if self.notify:
+            await notify_queues(self.conn, node_id, queues)
+
+
+WriteTransaction = contextlib.AbstractAsyncContextManager[WriteBatch]
+
+
+@contextlib.asynccontextmanager
+async def transaction(
+    pool: asyncpg.Pool, node_id: uuid.UUID | None, notify: bool
+) -> AsyncIterator[WriteBatch]:
+    """A write transaction on ``pool``: committed when the block ends, rolled back on
+    an exception."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield WriteBatch(conn, node_id, notify)
 
 
 async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:
@@ -154,17 +215,6 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
     await conn.execute(INSERT, *cols)
 
 
-def _dead(rows: Sequence[asyncpg.Record]) -> list[DeadRow]:
-    """RETURNING order is unspecified: id order is queue order."""
-    return sorted((DeadRow(*r) for r in rows), key=lambda d: d.id)
-
-
-def _as_dead(m: NewMessage) -> DeadRow:
-    return DeadRow(
-        0, m.queue_id, m.exchange, m.routing_key, m.properties, m.body, m.priority, m.persistent
-    )
-
-
 async def write(
     conn: asyncpg.Connection,
     messages: Sequence[NewMessage],
@@ -174,94 +224,35 @@ async def write(
     *,
     node_id: uuid.UUID | None,
     wake: set[int],
-    rules: BatchRules,
+    rules: BatchRules | None = None,
     notify: bool = True,
 ) -> BatchOutcome:
-    """Apply one batch inside the caller's transaction."""
-    out = BatchOutcome()
+    """A plain batch in the caller's transaction, without queue rules: publishes
+    inserted, acks deleted, requeues made ready, rejects dropped."""
+    del rules  # no rules to apply: see BatchRules
+    tx = WriteBatch(conn, node_id, notify)
     if not requeues and not rejects and not any(m.persistent for m in messages):
-        # Only transient publishes and acks: losing them in a database crash is what
-        # RabbitMQ does too (a lost ack only redelivers; the node reconciles what it
-        # owns when the database comes back), so do not wait for the disk.
-        await conn.execute("SET LOCAL synchronous_commit = off")
-    dead: list[tuple[DeadRow, str]] = []
-    capped = {m.queue_id for m in messages if m.queue_id in rules.limits}
-    refusing = sorted(q for q in capped if rules.limits[q].overflow != "drop-head")
-    if refusing:
-        lengths = {r[0]: [r[1], r[2]] for r in await conn.fetch(_LENGTHS, refusing)}
-        for i, m in enumerate(messages):
-            if m.queue_id not in lengths:
-                continue
-            lim = rules.limits[m.queue_id]
-            count, size = lengths[m.queue_id]
-            if count + 1 > (lim.max_length if lim.max_length is not None else UNLIMITED) or (
-                size + len(m.body) > (lim.max_bytes if lim.max_bytes is not None else UNLIMITED)
-            ):
-                out.refused.add(i)
-                if lim.overflow == "reject-publish-dlx":
-                    dead.append((_as_dead(m), "maxlen"))
-            else:
-                lengths[m.queue_id] = [count + 1, size + len(m.body)]
-    await insert(conn, [m for i, m in enumerate(messages) if i not in out.refused])
-    out.touched.update(m.queue_id for i, m in enumerate(messages) if i not in out.refused)
+        await tx.async_commit()
+    await tx.insert(messages)
     if acks:
-        await conn.execute(ACK, list(acks), node_id)
+        await tx.ack(acks)
     if requeues:
-        if rules.delivery_limits:
-            rows = await conn.fetch(_REQUEUE_COUNTED, list(requeues), node_id)
-            over = [
-                r[0]
-                for r in rows
-                if r[1] in rules.delivery_limits and r[2] > rules.delivery_limits[r[1]]
-            ]
-            if over:
-                dead += [(d, "delivery_limit") for d in _dead(await conn.fetch(_TAKE, over))]
-        else:
-            await conn.execute(REQUEUE, list(requeues), node_id)
-    # After the requeues: a requeued message counts against x-max-length too (RabbitMQ
-    # drops from the head, so the requeued, oldest, go first).
-    for qid in sorted(capped | (wake & rules.limits.keys())):
-        lim = rules.limits[qid]
-        if lim.overflow != "drop-head":
-            continue
-        await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", qid)
-        rows = await conn.fetch(
-            _DROP_HEAD,
-            qid,
-            lim.max_length if lim.max_length is not None else UNLIMITED,
-            lim.max_bytes if lim.max_bytes is not None else UNLIMITED,
-        )
-        dead += [(d, "maxlen") for d in _dead(rows)]
+        await tx.requeue(requeues)
     if rejects:
-        dead += [
-            (d, "rejected") for d in _dead(await conn.fetch(_TAKE_OWNED, list(rejects), node_id))
-        ]
-    if dead and rules.dead_letter is not None:
-        copies: list[NewMessage] = []
-        for reason in ("maxlen", "delivery_limit", "rejected"):
-            group = [d for d, r in dead if r == reason]
-            if group:
-                copies += rules.dead_letter(group, reason)
-        await insert(conn, copies)
-        out.touched.update(m.queue_id for m in copies)
-    if notify:
-        await notify_queues(conn, node_id, out.touched | wake)
+        await tx.take_owned(rejects)
+    out = BatchOutcome(touched={m.queue_id for m in messages})
+    await tx.notify_queues(out.touched | wake, node_id)
     return out
 
 
 async def expire(
-    conn: asyncpg.Connection, limit: int, rules: BatchRules, notify: bool = True
+    conn: asyncpg.Connection, limit: int, rules: BatchRules | None = None, notify: bool = True
 ) -> set[int]:
-    """Remove up to ``limit`` expired ready messages, dead-lettering those that ask for it."""
-    rows = _dead(await conn.fetch(_EXPIRE, limit))
-    if not rows or rules.dead_letter is None:
-        return set()
-    copies = rules.dead_letter(rows, "expired")
-    await insert(conn, copies)
-    touched = {m.queue_id for m in copies}
-    if notify:
-        await notify_queues(conn, None, touched)
-    return touched
+    """Remove up to ``limit`` expired ready messages (dropped: no rules to dead-letter
+    them; the broker's sweep does that, broker/write_path.py)."""
+    del rules, notify
+    await WriteBatch(conn, None, False).take_expired(limit)
+    return set()
 
 
 async def notify_queues(

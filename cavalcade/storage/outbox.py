@@ -3,8 +3,8 @@ them into messages in the same transaction that deletes them.
 
 One node at a time drains (it holds the lock on the single ``outbox_drain`` row; the
 others skip it), so the messages get their ids in outbox order. The message insert
-is :func:`cavalcade.storage.batch.write`, the same statement set as a client publish
-(queue limits, dead-lettering), and the outbox rows are deleted by that same
+is the broker's write path on :attr:`OutboxBatch.writes`, the same statements as a client
+publish (queue limits, dead-lettering), and the outbox rows are deleted by that same
 transaction: every committed ``cavalcade_publish`` becomes its messages exactly once.
 """
 
@@ -13,15 +13,13 @@ from __future__ import annotations
 import contextlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from . import batch
-from .batch import BatchOutcome, BatchRules
-from .records import NewMessage
+from .batch import WriteBatch
 
 OUTBOX_CHANNEL = "cavalcade_outbox"
 
@@ -68,26 +66,15 @@ class OutboxBatch:
         self.rows = rows
         self.node_id = node_id
         self.notify = notify
+        self.writes = WriteBatch(conn, node_id, notify)  # the messages, same transaction
 
     async def bury(self, row: OutboxRow, error: str) -> None:
         """Keep a row that cannot become a message in ``outbox_dead``, with why."""
         await self.conn.execute(_BURY, row.id, error)
 
-    async def publish(self, messages: Sequence[NewMessage], rules: BatchRules) -> BatchOutcome:
-        """Insert the routed messages and delete every taken row, in this transaction."""
-        outcome = await batch.write(
-            self.conn,
-            messages,
-            (),
-            (),
-            (),
-            node_id=self.node_id,
-            wake=set(),
-            rules=rules,
-            notify=self.notify,
-        )
+    async def delete_taken(self) -> None:
+        """Delete every taken row, in this transaction (after their messages are written)."""
         await self.conn.execute(_DELETE, [r.id for r in self.rows])
-        return outcome
 
 
 class OutboxStore:

@@ -661,6 +661,11 @@ class Repository:
         if ids:
             await self.durable_pool.execute(queries.ACK, list(ids), node_id)
 
+    # Added for the broker-driven write path (H1, broker/write_path.py).
+    def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
+        """A write transaction: the broker runs a batch's statements on its handle."""
+        return batch.transaction(self.pool, node_id, self.notify)
+
 
 def _exchange_info(r: asyncpg.Record) -> ExchangeInfo:
     """An exchange (without its bindings) from a row of ``exchanges``."""

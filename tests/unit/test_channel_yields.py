@@ -22,7 +22,7 @@ N = 3000
 
 class _Broker:
     def __init__(self) -> None:
-        self.batcher = SimpleNamespace(blocked=False)
+        self.publishing_blocked = False
         self.published = 0
         self._id = 0
 

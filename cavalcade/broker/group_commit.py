@@ -1,9 +1,11 @@
-"""The per-node write batcher: many publishes and settlements, from all connections, per commit.
+"""Group commit: many publishes and settlements, from all connections, per transaction.
 
 While one transaction commits, new work piles up; the next transaction takes
-all of it (group commit). A publish's future resolves only after its commit,
-so a publisher confirm always means "committed". Acks, requeues and rejects go
-through the same queue, so they apply in the order the clients sent them.
+all of it. A publish's future resolves only after its commit, so a publisher
+confirm always means "committed". Acks, requeues and rejects go through the same
+queue, so they apply in the order the clients sent them. What one transaction does
+is broker/write_path.py; routing and queue rules come from the broker's use-cases
+(:class:`Router`, :class:`QueueRules`), given once with :meth:`WriteBatcher.connect`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,13 @@ from dataclasses import dataclass
 from typing import Protocol
 from uuid import UUID
 
+from cavalcade.domain.limits import BatchRules
 from cavalcade.domain.properties import Properties
-from cavalcade.storage.repository import BatchRules, NewMessage, Repository
+from cavalcade.storage.records import DeadRow, NewMessage
+from cavalcade.storage.repository import Repository
 from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 
+from . import write_path
 from .alarms import ResourceAlarm
 from .isolation import isolate
 from .memory import MemoryWatermark, publish_cost
@@ -36,9 +41,6 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 class PublishRefused(Exception):
     """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it, or
     the database refused its rows."""
-
-
-RulesFor = Callable[[Sequence[NewMessage], set[int]], BatchRules]
 
 
 @dataclass(slots=True)
@@ -63,7 +65,27 @@ class Router(Protocol):
     def route_pending(self, p: PendingPublish) -> list[NewMessage]: ...
 
 
+class QueueRules(Protocol):
+    """The rules of the queues a batch touches (the broker's cached topology)."""
+
+    def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules: ...
+
+    def dead_letter(self, rows: list[DeadRow], reason: str) -> list[NewMessage]: ...
+
+
+class _NoRules:
+    """Before :meth:`WriteBatcher.connect`: no limits, dead messages dropped."""
+
+    def rules_for(self, messages: Sequence[NewMessage], requeued: set[int]) -> BatchRules:
+        return BatchRules()
+
+    def dead_letter(self, rows: list[DeadRow], reason: str) -> list[NewMessage]:
+        return []
+
+
 Work = Sequence[NewMessage] | PendingPublish
+Op = tuple[Work, "asyncio.Future[int]", int]  # work, its future, its size in bytes
+Spans = list[tuple[int, int, "asyncio.Future[int]"]]
 
 
 class WriteBatcher:
@@ -75,16 +97,14 @@ class WriteBatcher:
         node_id: UUID,
         on_committed: Callable[[set[int]], None],
         backlog_limit: int = 64 * 1024 * 1024,
-        rules_for: RulesFor | None = None,
-        router: Router | None = None,
         memory_limit: int = 0,
     ) -> None:
         self._repo = repo
         self._node_id = node_id
         self._on_committed = on_committed
-        self._rules_for: RulesFor = rules_for or (lambda _m, _q: BatchRules())
-        self._router = router
-        self._ops: list[tuple[Work, asyncio.Future[int], int]] = []
+        self._rules: QueueRules = _NoRules()
+        self._router: Router | None = None
+        self._ops: list[Op] = []
         self._acks: list[int] = []
         self._requeues: list[int] = []
         self._requeue_queues: set[int] = set()
@@ -101,6 +121,10 @@ class WriteBatcher:
         self.alarm = ResourceAlarm(self._update_blocked)
         self.memory = MemoryWatermark(memory_limit, self._update_blocked)
         self.stats = NodeStats()
+
+    def connect(self, router: Router, rules: QueueRules) -> None:
+        """Route pending publishes with ``router``; apply ``rules`` in every batch."""
+        self._router, self._rules = router, rules
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -190,9 +214,9 @@ class WriteBatcher:
                 await self._write_one()
             self._idle.set()
 
-    def _take_ops(self) -> tuple[list[tuple[Work, asyncio.Future[int], int]], int]:
+    def _take_ops(self) -> tuple[list[Op], int]:
         """The oldest work that fits in one transaction."""
-        taken: list[tuple[Work, asyncio.Future[int], int]] = []
+        taken: list[Op] = []
         count = size = 0
         for op in self._ops:
             rows = 1 if isinstance(op[0], PendingPublish) else len(op[0])
@@ -204,16 +228,14 @@ class WriteBatcher:
         del self._ops[: len(taken)]
         return taken, size
 
-    async def _route(
-        self, ops: list[tuple[Work, asyncio.Future[int], int]]
-    ) -> tuple[list[NewMessage], list[tuple[int, int, asyncio.Future[int]]]]:
+    async def _route(self, ops: list[Op]) -> tuple[list[NewMessage], Spans]:
         """Rows of the batch, and each op's slice of them."""
         pending = [w for w, _, _ in ops if isinstance(w, PendingPublish)]
         if pending:
             assert self._router is not None
             await self._router.prepare(pending)
         messages: list[NewMessage] = []
-        spans: list[tuple[int, int, asyncio.Future[int]]] = []
+        spans: Spans = []
         for work, fut, _ in ops:
             if isinstance(work, PendingPublish):
                 assert self._router is not None
@@ -226,19 +248,19 @@ class WriteBatcher:
 
     async def _commit(
         self,
-        ops: list[tuple[Work, asyncio.Future[int], int]],
+        ops: list[Op],
         acks: list[int],
         requeues: list[int],
         rejects: list[int],
         wake: set[int],
-    ) -> tuple[list[tuple[int, int, asyncio.Future[int]]], set[int], set[int]]:
+    ) -> tuple[Spans, set[int], set[int]]:
         """Route and write one transaction: (each op's span of rows, refused, touched)."""
         messages, spans = await self._route(ops)
-        rules = self._rules_for(messages, wake)
+        rules = self._rules.rules_for(messages, wake)
+        batch = write_path.Batch(messages, acks, requeues, rejects, wake)
         started = time.perf_counter()
-        outcome = await self._repo.write_batch(
-            messages, acks, requeues, rejects, node_id=self._node_id, wake=wake, rules=rules
-        )
+        async with self._repo.write_transaction(self._node_id) as tx:
+            outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, outcome.touched | wake
 
@@ -248,58 +270,47 @@ class WriteBatcher:
         requeues, self._requeues = self._requeues, []
         wake, self._requeue_queues = self._requeue_queues, set()
         rejects, self._rejects = self._rejects, []
-        results: list[tuple[list[tuple[int, int, asyncio.Future[int]]], set[int]]] = []
-        touched: set[int] = set()
+        results: list[tuple[Spans, set[int]]] = []
+        touched = await self._write_retrying(ops, (acks, requeues, rejects, wake), results)
+        self.backlog_bytes -= size
+        self._update_blocked()
+        _resolve(ops, results)
+        if touched:
+            self._on_committed(touched)
+
+    async def _write_retrying(
+        self,
+        ops: list[Op],
+        settlements: tuple[list[int], list[int], list[int], set[int]],
+        results: list[tuple[Spans, set[int]]],
+    ) -> set[int]:
+        """Commit, retrying while the database is away; a batch the database refuses for
+        its data is written in parts (see isolation.py). Returns the touched queues."""
         delay = 0.05
         while True:
             try:
-                spans, refused, touched = await self._commit(ops, acks, requeues, rejects, wake)
+                spans, refused, touched = await self._commit(ops, *settlements)
                 results.append((spans, refused))
                 self.alarm.clear()
-                break
+                return touched
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may come back
                 self.stats.timings.batch_failures += 1
                 if is_data_error(exc):
                     # Refused rows: never retry them, and never fail anyone else's work.
-                    touched = await isolate(
-                        self._commit,
-                        exc,
-                        ops,
-                        (acks, requeues, rejects, wake),
-                        results,
-                        self.alarm,
-                    )
-                    break
+                    return await isolate(self._commit, exc, ops, settlements, results, self.alarm)
                 if is_resource_alarm(exc):
                     self.alarm.raised(exc)
                 elif self.outage is None or not self.outage.report(exc):
                     log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
-        self.backlog_bytes -= size
-        self._update_blocked()
-        for spans, refused in results:
-            for start, end, fut in spans:
-                if fut.done():
-                    continue
-                if any(i in refused for i in range(start, end)):
-                    fut.set_exception(PublishRefused())
-                    fut.exception()  # retrieved: publishers without confirms never look
-                else:
-                    fut.set_result(end - start)
-        for _work, fut, _ in ops:
-            if not fut.done():
-                fut.set_exception(PublishRefused())  # the database refused its rows
-                fut.exception()
-        if touched:
-            self._on_committed(touched)
 
     def _count(
         self,
-        ops: list[tuple[Work, asyncio.Future[int], int]],
-        spans: list[tuple[int, int, asyncio.Future[int]]],
+        ops: list[Op],
+        spans: Spans,
         messages: list[NewMessage],
         refused: set[int],
         acks: int,
@@ -318,3 +329,21 @@ class WriteBatcher:
             (m.queue_id for i, m in enumerate(messages) if i not in refused),
             acks,
         )
+
+
+def _resolve(ops: list[Op], results: list[tuple[Spans, set[int]]]) -> None:
+    """Each publish's future: its row count once committed, PublishRefused if a full
+    queue or the database refused it."""
+    for spans, refused in results:
+        for start, end, fut in spans:
+            if fut.done():
+                continue
+            if any(i in refused for i in range(start, end)):
+                fut.set_exception(PublishRefused())
+                fut.exception()  # retrieved: publishers without confirms never look
+            else:
+                fut.set_result(end - start)
+    for _work, fut, _ in ops:
+        if not fut.done():
+            fut.set_exception(PublishRefused())  # the database refused its rows
+            fut.exception()
