@@ -131,6 +131,15 @@ class FakeBroker:
         self.calls: list[str] = []
         self._id = 0
 
+    # -- flow ------------------------------------------------------------------
+
+    @property
+    def publishing_blocked(self) -> bool:
+        return self.batcher.blocked
+
+    async def flush(self) -> None:
+        await self.batcher.flush()
+
     # -- errors, ids -----------------------------------------------------------
 
     @staticmethod
