@@ -24,7 +24,8 @@ from cavalcade.settings import Settings
 from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.heartbeat import HeartbeatThread
 from cavalcade.storage.liveness import LivenessStore, NodeLock
-from cavalcade.storage.repository import NOTIFY_CHANNEL, TOPOLOGY_CHANNEL, Repository
+from cavalcade.storage.repository import NOTIFY_CHANNEL, Repository
+from cavalcade.storage.topology_log import TOPOLOGY_CHANNEL
 
 log = logging.getLogger(__name__)
 

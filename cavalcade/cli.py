@@ -696,7 +696,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             try:
                 embedded.stop()
-            except Exception as exc:  # report, then exit
+            except Exception as exc:  # noqa: BLE001 - report, then exit
                 log.error("could not stop the embedded PostgreSQL: %s", exc)
     return 0
 

@@ -721,7 +721,7 @@ async def _run(dsn: str, a: argparse.Namespace, out: Output) -> None:
 
     try:
         admin = await Admin.connect(dsn, timeout=a.timeout or 10.0)
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "unavailable"
+    except Exception as exc:  # any failure to connect means "unavailable"
         raise Unavailable(f"cannot reach the database: {exc or type(exc).__name__}") from exc
     try:
         await VERBS[a.verb][0](admin, a, out)
@@ -764,7 +764,7 @@ def run(argv: Sequence[str]) -> int:
         return _error(EX_DATAERR, str(exc))
     except Unavailable as exc:
         return _error(EX_UNAVAILABLE, str(exc))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_unavailable(exc):
             return _error(EX_UNAVAILABLE, f"database unavailable: {exc}")
         raise

@@ -77,7 +77,7 @@ def decode_method(payload: bytes) -> Frame:
     if len(payload) < 4 or ((cls << 16) | meth) not in commands.INDEX_MAPPING:
         raise NotImplemented_(f"unknown method {cls}/{meth}", cls, meth)
     try:
-        method = commands.INDEX_MAPPING[(cls << 16) | meth]()
+        method: Frame = commands.INDEX_MAPPING[(cls << 16) | meth]()
         method.unmarshal(payload[4:])
     except Exception as exc:  # noqa: BLE001 - pamqp raises many kinds on bad input
         if isinstance(exc, UnicodeDecodeError):

@@ -26,7 +26,7 @@ def parse_response(mechanism: str, response: str | bytes) -> tuple[str, str] | N
         if login is None or password is None:
             return None
 
-        def as_text(v):
+        def as_text(v: object) -> str:
             return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
         return as_text(login), as_text(password)
