@@ -19,12 +19,15 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from pydantic import ValidationError
 
 from cavalcade.errors import SchemaNotReady
 from cavalcade.settings import Settings
+
+if TYPE_CHECKING:
+    from cavalcade.storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger("cavalcade.cli")
 
@@ -603,12 +606,10 @@ def _reap(children: list[int], timeout: float = 30.0) -> None:
             os.waitpid(pid, 0)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = build_settings(args)
-    _configure_logging(settings.log_level, settings.log_format)
-    from cavalcade.storage import schema
-    from cavalcade.storage.dsn import redact
-
+def _bind_listeners(
+    settings: Settings,
+) -> tuple[socket.socket, socket.socket | None, socket.socket | None]:
+    """The AMQP, AMQPS and management sockets, bound (the TLS setup checked first)."""
     tls_sock = None
     if settings.tls_port is not None:
         from cavalcade.protocol.tls import TLSConfigError, server_context
@@ -628,58 +629,97 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         http_sock = bind_management_socket(settings)
     except CommandError:
-        sock.close()
-        if tls_sock is not None:
-            tls_sock.close()
+        _close_sockets(sock, tls_sock)
         raise
+    return sock, tls_sock, http_sock
+
+
+def _close_sockets(*socks: socket.socket | None) -> None:
+    for s in socks:
+        if s is not None:
+            s.close()
+
+
+def _external_database(settings: Settings) -> str:
+    """The normalised DSN of ``--database-url``, once it answers and its schema is current."""
+    from cavalcade.storage import schema
+    from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn, redact
+
+    assert settings.database_url
+    try:
+        dsn = normalize_dsn(settings.database_url)
+    except InvalidDatabaseURL as exc:
+        raise CommandError(str(exc)) from exc
+    display = redact(settings.database_url)
+    asyncio.run(wait_for_database(dsn, settings.database_wait, display))
+    try:
+        note = asyncio.run(schema.check_schema(dsn))
+        if note:
+            log.warning("%s", note)
+    except SchemaNotReady as exc:
+        raise CommandError(str(exc)) from exc
+    return dsn
+
+
+def _start_embedded(embedded: EmbeddedPostgres) -> str:
+    """Start the embedded cluster and upgrade its schema; its DSN."""
+    from cavalcade.storage import schema
+    from cavalcade.storage.embedded import EmbeddedPostgresError
+
+    try:
+        dsn = embedded.start()
+    except EmbeddedPostgresError as exc:
+        raise CommandError(str(exc)) from exc
+    schema.upgrade(dsn, "head")
+    return dsn
+
+
+def _listen(settings: Settings, sock: socket.socket, tls_sock: socket.socket | None) -> None:
+    """Load the broker, then start accepting on the bound sockets."""
+    try:
+        import cavalcade.app  # noqa: F401
+    except ImportError as exc:
+        raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
+    sock.listen(1024)
+    if tls_sock is not None:
+        tls_sock.listen(1024)
+        log.info("amqps listening on %s:%d", settings.host, tls_sock.getsockname()[1])
+
+
+def _log_listeners(
+    settings: Settings, sock: socket.socket, http_sock: socket.socket | None
+) -> None:
+    log.info(
+        "listening on %s:%d (%d worker%s)",
+        settings.host,
+        sock.getsockname()[1],
+        settings.workers,
+        "" if settings.workers == 1 else "s",
+    )
+    if http_sock is not None:
+        log.info(
+            "management listener on %s:%d",
+            settings.effective_management_host(),
+            http_sock.getsockname()[1],
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    _configure_logging(settings.log_level, settings.log_format)
+    sock, tls_sock, http_sock = _bind_listeners(settings)
     embedded = None
     try:
         with _signals_interrupt():
             if settings.database_url:
-                from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn
-
-                try:
-                    dsn = normalize_dsn(settings.database_url)
-                except InvalidDatabaseURL as exc:
-                    raise CommandError(str(exc)) from exc
-                display = redact(settings.database_url)
-                asyncio.run(wait_for_database(dsn, settings.database_wait, display))
-                try:
-                    note = asyncio.run(schema.check_schema(dsn))
-                    if note:
-                        log.warning("%s", note)
-                except SchemaNotReady as exc:
-                    raise CommandError(str(exc)) from exc
+                dsn = _external_database(settings)
             else:
-                from cavalcade.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
+                from cavalcade.storage.embedded import EmbeddedPostgres
 
                 embedded = EmbeddedPostgres(settings.data_dir)
-                try:
-                    dsn = embedded.start()
-                except EmbeddedPostgresError as exc:
-                    raise CommandError(str(exc)) from exc
-                schema.upgrade(dsn, "head")
-            try:
-                import cavalcade.app  # noqa: F401
-            except ImportError as exc:
-                raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
-            sock.listen(1024)
-            if tls_sock is not None:
-                tls_sock.listen(1024)
-                log.info("amqps listening on %s:%d", settings.host, tls_sock.getsockname()[1])
-        log.info(
-            "listening on %s:%d (%d worker%s)",
-            settings.host,
-            sock.getsockname()[1],
-            settings.workers,
-            "" if settings.workers == 1 else "s",
-        )
-        if http_sock is not None:
-            log.info(
-                "management listener on %s:%d",
-                settings.effective_management_host(),
-                http_sock.getsockname()[1],
-            )
+                dsn = _start_embedded(embedded)
+            _listen(settings, sock, tls_sock)
+        _log_listeners(settings, sock, http_sock)
         children = _fork_workers(settings.workers - 1, settings, dsn, sock, tls_sock, http_sock)
         try:
             _run_node_process(settings, dsn, sock, tls_sock, http_sock)
@@ -688,11 +728,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _Interrupted:
         log.info("interrupted while starting")
     finally:
-        sock.close()
-        if tls_sock is not None:
-            tls_sock.close()
-        if http_sock is not None:
-            http_sock.close()
+        _close_sockets(sock, tls_sock, http_sock)
         if embedded is not None:
             try:
                 embedded.stop()
