@@ -707,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(a: argparse.Namespace) -> Any:
-    from cavalcade.cli import CommandError, build_settings
+    from cavalcade.cli_settings import CommandError, build_settings
 
     ns = argparse.Namespace(database_url=a.database_url, data_dir=a.data_dir, log_level="WARNING")
     try:
@@ -751,10 +751,10 @@ def run(argv: Sequence[str]) -> int:
     )
     try:
         settings = _settings(a)
-        from cavalcade.cli import CommandError, _database
+        from cavalcade.cli_settings import CommandError, database
 
         try:
-            with _database(settings, stop_when_done=True) as dsn:
+            with database(settings, stop_when_done=True) as dsn:
                 asyncio.run(_run(dsn, a, out))
         except CommandError as exc:
             raise Unavailable(str(exc)) from exc
