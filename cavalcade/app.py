@@ -228,7 +228,7 @@ async def _sweeper(broker: Broker, settings: Settings) -> None:
                 next_vacuum = loop.time() + settings.vacuum_interval
                 try:
                     await broker.vacuum()
-                except Exception as exc:  # noqa: BLE001
+                except Exception as exc:
                     if broker.database_unavailable(exc):
                         raise
                     log.info("VACUUM not available (%s); not trying again", exc)

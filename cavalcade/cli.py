@@ -19,20 +19,19 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
-from pydantic import ValidationError
-
+from cavalcade.cli_settings import CommandError, build_settings, wait_for_database
+from cavalcade.cli_settings import database as _database
 from cavalcade.errors import SchemaNotReady
 from cavalcade.settings import Settings
+
+if TYPE_CHECKING:
+    from cavalcade.storage.embedded import EmbeddedPostgres
 
 log = logging.getLogger("cavalcade.cli")
 
 PROG = "cavalcade"
-
-
-class CommandError(Exception):
-    """An error that ends the command with one stderr line and exit status 1."""
 
 
 class _Interrupted(BaseException):
@@ -219,70 +218,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-_SETTING_FLAGS = (
-    "host",
-    "port",
-    "database_url",
-    "data_dir",
-    "node_name",
-    "workers",
-    "notify",
-    "poll_interval",
-    "database_wait",
-    "memory_high_watermark",
-    "log_level",
-    "log_format",
-    "tls_port",
-    "tls_cert",
-    "tls_key",
-    "tls_ca",
-    "tls_verify_peer",
-    "tls_fail_if_no_peer_cert",
-    "plain_listener",
-    "management",
-    "management_port",
-    "management_host",
-    "management_tls",
-    "stats_interval",
-)
-
-
-def build_settings(args: argparse.Namespace) -> Settings:
-    """``Settings`` from the environment, overridden by the flags given on the command line."""
-    overrides: dict[str, Any] = {}
-    for name in _SETTING_FLAGS:
-        value = getattr(args, name, None)
-        if value is not None:
-            overrides[name] = value
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise CommandError(f"invalid settings: {problems}") from exc
-    url_file = getattr(args, "database_url_file", None) or os.environ.get(
-        "CAVALCADE_DATABASE_URL_FILE"
-    )
-    if url_file:
-        if getattr(args, "database_url", None):
-            raise CommandError("give --database-url or --database-url-file, not both")
-        try:
-            url = Path(url_file).read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as exc:
-            raise CommandError(f"cannot read --database-url-file {url_file}: {exc}") from exc
-        if not url:
-            raise CommandError(f"--database-url-file {url_file} is empty")
-        settings.database_url = url
-    if settings.workers < 1:
-        raise CommandError("--workers must be at least 1")
-    if not 0 <= settings.port <= 65535:
-        raise CommandError(f"--port {settings.port} is not a TCP port")
-    if not 0 <= settings.management_port <= 65535:
-        raise CommandError(f"--management-port {settings.management_port} is not a TCP port")
-    return settings
-
-
 class _JSONFormatter(logging.Formatter):
     """One JSON object per line, for log shippers (``--log-format json``)."""
 
@@ -326,81 +261,6 @@ def _version() -> str:
 
 
 # --------------------------------------------------------------------------- database
-
-
-@contextlib.contextmanager
-def _database(settings: Settings, *, stop_when_done: bool) -> Iterator[str]:
-    """Yield an asyncpg DSN: ``--database-url`` normalised, or the embedded cluster's.
-
-    With ``stop_when_done`` the embedded cluster is stopped on the way out if this call
-    started it (a cluster a running ``serve`` started is left alone)."""
-    from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn
-
-    if settings.database_url:
-        try:
-            dsn = normalize_dsn(settings.database_url)
-        except InvalidDatabaseURL as exc:
-            raise CommandError(str(exc)) from exc
-        yield dsn
-        return
-    from cavalcade.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
-
-    embedded = EmbeddedPostgres(settings.data_dir)
-    was_running = embedded.is_running()
-    try:
-        dsn = embedded.start()
-    except EmbeddedPostgresError as exc:
-        raise CommandError(str(exc)) from exc
-    try:
-        yield dsn
-    finally:
-        if stop_when_done and not was_running:
-            try:
-                embedded.stop()
-            except EmbeddedPostgresError as exc:
-                log.error("%s", exc)
-
-
-async def wait_for_database(dsn: str, wait: float, display: str) -> None:
-    """Connect until it works, retrying with backoff (logging each failure) for ``wait`` s."""
-    import asyncpg
-
-    fatal = (
-        asyncpg.InvalidPasswordError,
-        asyncpg.InvalidAuthorizationSpecificationError,
-        asyncpg.InvalidCatalogNameError,
-    )
-    deadline = time.monotonic() + max(wait, 0.0)
-    delay = 0.25
-    attempt = 0
-    while True:
-        attempt += 1
-        remaining = deadline - time.monotonic()
-        try:
-            connection = await asyncpg.connect(dsn, timeout=max(1.0, min(10.0, remaining)))
-        except fatal as exc:
-            raise CommandError(f"cannot use the database at {display}: {exc}") from exc
-        except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-            reason = str(exc) or type(exc).__name__
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CommandError(
-                    f"cannot reach the database at {display} after {attempt} attempts "
-                    f"({wait:g}s, --database-wait): {reason}"
-                ) from exc
-            pause = min(delay, remaining)
-            log.warning(
-                "database at %s not reachable (attempt %d): %s; retrying in %.1fs",
-                display,
-                attempt,
-                reason,
-                pause,
-            )
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, 5.0)
-            continue
-        await connection.close()
-        return
 
 
 # --------------------------------------------------------------------------- db
@@ -603,12 +463,10 @@ def _reap(children: list[int], timeout: float = 30.0) -> None:
             os.waitpid(pid, 0)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    settings = build_settings(args)
-    _configure_logging(settings.log_level, settings.log_format)
-    from cavalcade.storage import schema
-    from cavalcade.storage.dsn import redact
-
+def _bind_listeners(
+    settings: Settings,
+) -> tuple[socket.socket, socket.socket | None, socket.socket | None]:
+    """The AMQP, AMQPS and management sockets, bound (the TLS setup checked first)."""
     tls_sock = None
     if settings.tls_port is not None:
         from cavalcade.protocol.tls import TLSConfigError, server_context
@@ -628,58 +486,97 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         http_sock = bind_management_socket(settings)
     except CommandError:
-        sock.close()
-        if tls_sock is not None:
-            tls_sock.close()
+        _close_sockets(sock, tls_sock)
         raise
+    return sock, tls_sock, http_sock
+
+
+def _close_sockets(*socks: socket.socket | None) -> None:
+    for s in socks:
+        if s is not None:
+            s.close()
+
+
+def _external_database(settings: Settings) -> str:
+    """The normalised DSN of ``--database-url``, once it answers and its schema is current."""
+    from cavalcade.storage import schema
+    from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn, redact
+
+    assert settings.database_url
+    try:
+        dsn = normalize_dsn(settings.database_url)
+    except InvalidDatabaseURL as exc:
+        raise CommandError(str(exc)) from exc
+    display = redact(settings.database_url)
+    asyncio.run(wait_for_database(dsn, settings.database_wait, display))
+    try:
+        note = asyncio.run(schema.check_schema(dsn))
+        if note:
+            log.warning("%s", note)
+    except SchemaNotReady as exc:
+        raise CommandError(str(exc)) from exc
+    return dsn
+
+
+def _start_embedded(embedded: EmbeddedPostgres) -> str:
+    """Start the embedded cluster and upgrade its schema; its DSN."""
+    from cavalcade.storage import schema
+    from cavalcade.storage.embedded import EmbeddedPostgresError
+
+    try:
+        dsn = embedded.start()
+    except EmbeddedPostgresError as exc:
+        raise CommandError(str(exc)) from exc
+    schema.upgrade(dsn, "head")
+    return dsn
+
+
+def _listen(settings: Settings, sock: socket.socket, tls_sock: socket.socket | None) -> None:
+    """Load the broker, then start accepting on the bound sockets."""
+    try:
+        import cavalcade.app  # noqa: F401
+    except ImportError as exc:
+        raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
+    sock.listen(1024)
+    if tls_sock is not None:
+        tls_sock.listen(1024)
+        log.info("amqps listening on %s:%d", settings.host, tls_sock.getsockname()[1])
+
+
+def _log_listeners(
+    settings: Settings, sock: socket.socket, http_sock: socket.socket | None
+) -> None:
+    log.info(
+        "listening on %s:%d (%d worker%s)",
+        settings.host,
+        sock.getsockname()[1],
+        settings.workers,
+        "" if settings.workers == 1 else "s",
+    )
+    if http_sock is not None:
+        log.info(
+            "management listener on %s:%d",
+            settings.effective_management_host(),
+            http_sock.getsockname()[1],
+        )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    settings = build_settings(args)
+    _configure_logging(settings.log_level, settings.log_format)
+    sock, tls_sock, http_sock = _bind_listeners(settings)
     embedded = None
     try:
         with _signals_interrupt():
             if settings.database_url:
-                from cavalcade.storage.dsn import InvalidDatabaseURL, normalize_dsn
-
-                try:
-                    dsn = normalize_dsn(settings.database_url)
-                except InvalidDatabaseURL as exc:
-                    raise CommandError(str(exc)) from exc
-                display = redact(settings.database_url)
-                asyncio.run(wait_for_database(dsn, settings.database_wait, display))
-                try:
-                    note = asyncio.run(schema.check_schema(dsn))
-                    if note:
-                        log.warning("%s", note)
-                except SchemaNotReady as exc:
-                    raise CommandError(str(exc)) from exc
+                dsn = _external_database(settings)
             else:
-                from cavalcade.storage.embedded import EmbeddedPostgres, EmbeddedPostgresError
+                from cavalcade.storage.embedded import EmbeddedPostgres
 
                 embedded = EmbeddedPostgres(settings.data_dir)
-                try:
-                    dsn = embedded.start()
-                except EmbeddedPostgresError as exc:
-                    raise CommandError(str(exc)) from exc
-                schema.upgrade(dsn, "head")
-            try:
-                import cavalcade.app  # noqa: F401
-            except ImportError as exc:
-                raise CommandError(f"cannot load the broker (cavalcade.app): {exc}") from exc
-            sock.listen(1024)
-            if tls_sock is not None:
-                tls_sock.listen(1024)
-                log.info("amqps listening on %s:%d", settings.host, tls_sock.getsockname()[1])
-        log.info(
-            "listening on %s:%d (%d worker%s)",
-            settings.host,
-            sock.getsockname()[1],
-            settings.workers,
-            "" if settings.workers == 1 else "s",
-        )
-        if http_sock is not None:
-            log.info(
-                "management listener on %s:%d",
-                settings.effective_management_host(),
-                http_sock.getsockname()[1],
-            )
+                dsn = _start_embedded(embedded)
+            _listen(settings, sock, tls_sock)
+        _log_listeners(settings, sock, http_sock)
         children = _fork_workers(settings.workers - 1, settings, dsn, sock, tls_sock, http_sock)
         try:
             _run_node_process(settings, dsn, sock, tls_sock, http_sock)
@@ -688,15 +585,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except _Interrupted:
         log.info("interrupted while starting")
     finally:
-        sock.close()
-        if tls_sock is not None:
-            tls_sock.close()
-        if http_sock is not None:
-            http_sock.close()
+        _close_sockets(sock, tls_sock, http_sock)
         if embedded is not None:
             try:
                 embedded.stop()
-            except Exception as exc:  # report, then exit
+            except Exception as exc:  # noqa: BLE001 - report, then exit
                 log.error("could not stop the embedded PostgreSQL: %s", exc)
     return 0
 

@@ -17,10 +17,28 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
+
+# The access verbs register first: VERBS keeps rabbitmqctl's order for --help.
+from cavalcade import ctl_access  # noqa: F401
+from cavalcade.ctl_registry import (
+    BINDING_COLUMNS,
+    CONNECTION_COLUMNS,
+    CONSUMER_COLUMNS,
+    EXCHANGE_COLUMNS,
+    NODE_COLUMNS,
+    QUEUE_COLUMNS,
+    VERBS,
+    Output,
+    Unavailable,
+    UsageError,
+    columns_arg,
+    pick_columns,
+    table_rows,
+    verb,
+)
 
 EX_OK = 0
 EX_USAGE = 64
@@ -28,14 +46,6 @@ EX_DATAERR = 65
 EX_UNAVAILABLE = 69
 
 PROG = "cavalcade ctl"
-
-
-class UsageError(Exception):
-    """Bad command line: exit 64."""
-
-
-class Unavailable(Exception):
-    """The database cannot be reached: exit 69."""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,526 +56,36 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
-# --------------------------------------------------------------------------- output
-
-
-def _erlang_table(value: dict[str, Any]) -> str:
-    """Arguments as rabbitmqctl prints them: ``[{"x-expires",10000}]``."""
-    parts = []
-    for k, v in value.items():
-        shown = json.dumps(v) if not isinstance(v, str) else f'"{v}"'
-        parts.append(f'{{"{k}",{shown}}}')
-    return "[" + ",".join(parts) + "]"
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, list):
-        return "[" + ", ".join(str(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return _erlang_table(value)
-    return str(value)
-
-
-@dataclass
-class Output:
-    quiet: bool
-    headers: bool
-    json: bool
-
-    def banner(self, text: str) -> None:
-        if not self.quiet and not self.json:
-            print(text)
-
-    def table(self, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-        if self.json:
-            objects = [
-                json.dumps(dict(zip(columns, row, strict=True)), separators=(",", ":"), default=str)
-                for row in rows
-            ]
-            print("[")
-            if objects:
-                print("\n,".join(objects))
-            print("]")
-            return
-        if self.headers:
-            print("\t".join(columns))
-        for row in rows:
-            print("\t".join(_cell(v) for v in row))
-
-    def value(self, value: Any) -> None:
-        """One JSON value (limits), as rabbitmqctl prints it."""
-        print(json.dumps(value, separators=(",", ":")))
-
-
-# --------------------------------------------------------------------------- columns
-
-Getter = Callable[[Any], Any]
-
-
-def _attr(name: str) -> Getter:
-    return lambda r: getattr(r, name)
-
-
-def _json_text(name: str) -> Getter:
-    return lambda r: json.dumps(getattr(r, name), separators=(",", ":"))
-
-
-QUEUE_COLUMNS: dict[str, Getter] = {
-    c: _attr(c)
-    for c in (
-        "name",
-        "vhost",
-        "durable",
-        "auto_delete",
-        "exclusive",
-        "arguments",
-        "policy",
-        "operator_policy",
-        "effective_policy_definition",
-        "messages",
-        "messages_ready",
-        "messages_unacknowledged",
-        "message_bytes",
-        "message_bytes_ready",
-        "message_bytes_unacknowledged",
-        "consumers",
-        "type",
-        "state",
-    )
-}
-QUEUE_COLUMNS["owner_pid"] = _attr("owner_node")
-EXCHANGE_COLUMNS: dict[str, Getter] = {
-    c: _attr(c)
-    for c in ("name", "vhost", "type", "durable", "auto_delete", "internal", "arguments", "policy")
-}
-BINDING_COLUMNS: dict[str, Getter] = {
-    c: _attr(c)
-    for c in (
-        "source_name",
-        "source_kind",
-        "destination_name",
-        "destination_kind",
-        "routing_key",
-        "arguments",
-        "vhost",
-    )
-}
-CONNECTION_COLUMNS: dict[str, Getter] = {
-    c: _attr(c)
-    for c in (
-        "pid",
-        "name",
-        "node",
-        "vhost",
-        "user",
-        "peer_host",
-        "peer_port",
-        "host",
-        "port",
-        "ssl",
-        "auth_mechanism",
-        "channels",
-        "frame_max",
-        "channel_max",
-        "timeout",
-        "client_properties",
-        "user_provided_name",
-        "connected_at",
-        "protocol",
-        "state",
-    )
-}
-CONSUMER_COLUMNS: dict[str, Getter] = {
-    c: _attr(c)
-    for c in (
-        "queue_name",
-        "channel_pid",
-        "consumer_tag",
-        "ack_required",
-        "exclusive",
-        "priority",
-        "active",
-        "arguments",
-        "vhost",
-    )
-}
-CONSUMER_COLUMNS["prefetch_count"] = lambda r: 0
-VHOST_COLUMNS: dict[str, Getter] = {
-    "name": _attr("name"),
-    "description": _attr("description"),
-    "tags": _attr("tags"),
-    "tracing": lambda r: False,
-}
-NODE_COLUMNS: dict[str, Getter] = {
-    "name": _attr("name"),
-    "id": _attr("id"),
-    "running": _attr("running"),
-    "started_at": _attr("started_at"),
-    "heartbeat_at": _attr("heartbeat_at"),
-    "seconds_since_heartbeat": lambda r: round(r.seconds_since_heartbeat, 1),
-    "connections": _attr("connections"),
-}
-POLICY_COLUMNS: dict[str, Getter] = {
-    "vhost": _attr("vhost"),
-    "name": _attr("name"),
-    "pattern": _attr("pattern"),
-    "apply-to": _attr("apply_to"),
-    "definition": _json_text("definition"),
-    "priority": _attr("priority"),
-}
-
-
-def _columns(
-    requested: Sequence[str], known: dict[str, Getter], default: Sequence[str]
-) -> list[str]:
-    if not requested:
-        return list(default)
-    unknown = [c for c in requested if c not in known]
-    if unknown:
-        raise UsageError(f"Info key(s) {','.join(unknown)} are not supported")
-    return list(requested)
-
-
-def _rows(
-    records: Sequence[Any], columns: Sequence[str], known: dict[str, Getter]
-) -> list[list[Any]]:
-    return [[known[c](r) for c in columns] for r in records]
-
-
-# --------------------------------------------------------------------------- verbs
-
-Verb = Callable[[Any, argparse.Namespace, Output], Awaitable[None]]
-VERBS: dict[str, tuple[Verb, Callable[[argparse.ArgumentParser], object], str]] = {}
-
-
-def verb(
-    name: str, help_: str, args: Callable[[argparse.ArgumentParser], object] = lambda p: None
-) -> Callable[[Verb], Verb]:
-    def register(fn: Verb) -> Verb:
-        VERBS[name] = (fn, args, help_)
-        return fn
-
-    return register
-
-
-def _password(given: str | None, user: str) -> str:
-    if given is not None:
-        return given
-    line = sys.stdin.readline()
-    if not line:
-        raise UsageError(f"no password given for user '{user}' (argument or stdin)")
-    return line.rstrip("\r\n")
-
-
-def _json_arg(text: str, what: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{what} is not valid JSON: {exc}") from exc
-
-
-def _user_and_password(p: argparse.ArgumentParser) -> None:
-    p.add_argument("username")
-    p.add_argument("password", nargs="?")
-
-
-@verb("add_user", "add a user (the password is read from stdin when omitted)", _user_and_password)
-async def _add_user(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Adding user "{a.username}" ...')
-    await admin.add_user(a.username, _password(a.password, a.username))
-
-
-@verb("delete_user", "delete a user", lambda p: p.add_argument("username"))
-async def _delete_user(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Deleting user "{a.username}" ...')
-    await admin.delete_user(a.username)
-
-
-@verb("change_password", "change a user's password (stdin when omitted)", _user_and_password)
-async def _change_password(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Changing password for user "{a.username}" ...')
-    await admin.change_password(a.username, _password(a.password, a.username))
-
-
-@verb("clear_password", "remove a user's password", lambda p: p.add_argument("username"))
-async def _clear_password(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing password for user "{a.username}" ...')
-    await admin.clear_password(a.username)
-
-
-@verb("authenticate_user", "check a user's password (stdin when omitted)", _user_and_password)
-async def _authenticate_user(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Authenticating user "{a.username}" ...')
-    await admin.authenticate_user(a.username, _password(a.password, a.username))
-    out.banner("Success")
-
-
-def _tags_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("username")
-    p.add_argument("tags", nargs="*")
-
-
-@verb("set_user_tags", "replace a user's tags (administrator, monitoring, ...)", _tags_args)
-async def _set_user_tags(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Setting tags for user "{a.username}" to [{", ".join(a.tags)}] ...')
-    await admin.set_user_tags(a.username, a.tags)
-
-
-@verb("list_users", "list users and their tags")
-async def _list_users(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner("Listing users ...")
-    out.table(["user", "tags"], [[u.name, u.tags] for u in await admin.list_users()])
-
-
-def _vhost_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("vhost_name", metavar="VHOST")
-    p.add_argument("--description", default="")
-    p.add_argument("--tags", default="", help="comma-separated")
-
-
-@verb("add_vhost", "add a vhost (with its default exchanges)", _vhost_args)
-async def _add_vhost(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Adding vhost "{a.vhost_name}" ...')
-    tags = [t for t in a.tags.split(",") if t]
-    await admin.add_vhost(a.vhost_name, a.description, tags)
-
-
-@verb(
-    "delete_vhost",
-    "delete a vhost and everything in it",
-    lambda p: p.add_argument("vhost_name", metavar="VHOST"),
-)
-async def _delete_vhost(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Deleting vhost "{a.vhost_name}" ...')
-    await admin.delete_vhost(a.vhost_name)
-
-
-def _columns_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("columns", nargs="*", metavar="COLUMN")
-
-
-@verb("list_vhosts", "list vhosts", _columns_arg)
-async def _list_vhosts(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    cols = _columns(a.columns, VHOST_COLUMNS, ["name"])
-    out.banner("Listing vhosts ...")
-    out.table(cols, _rows(await admin.list_vhosts(), cols, VHOST_COLUMNS))
-
-
-def _set_permissions_args(p: argparse.ArgumentParser) -> None:
-    for name in ("username", "conf", "write", "read"):
-        p.add_argument(name)
-
-
-@verb("set_permissions", "set a user's permissions in a vhost", _set_permissions_args)
-async def _set_permissions(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Setting permissions for user "{a.username}" in vhost "{a.vhost}" ...')
-    await admin.set_permissions(a.vhost, a.username, a.conf, a.write, a.read)
-
-
-@verb(
-    "clear_permissions",
-    "revoke a user's permissions in a vhost",
-    lambda p: p.add_argument("username"),
-)
-async def _clear_permissions(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing permissions for user "{a.username}" in vhost "{a.vhost}" ...')
-    await admin.clear_permissions(a.vhost, a.username)
-
-
-@verb("list_permissions", "list the permissions in a vhost")
-async def _list_permissions(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Listing permissions for vhost "{a.vhost}" ...')
-    perms = await admin.list_permissions(a.vhost)
-    out.table(
-        ["user", "configure", "write", "read"],
-        [[p.user, p.configure, p.write, p.read] for p in perms],
-    )
-
-
-@verb("list_user_permissions", "list a user's permissions", lambda p: p.add_argument("username"))
-async def _list_user_permissions(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Listing permissions for user "{a.username}" ...')
-    perms = await admin.list_user_permissions(a.username)
-    out.table(
-        ["vhost", "configure", "write", "read"],
-        [[p.vhost, p.configure, p.write, p.read] for p in perms],
-    )
-
-
-def _policy_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("name")
-    p.add_argument("pattern")
-    p.add_argument("definition")
-    p.add_argument("--priority", type=int, default=0)
-    p.add_argument(
-        "--apply-to", dest="apply_to", default="all", choices=["all", "queues", "exchanges"]
-    )
-
-
-async def _set_any_policy(admin: Any, a: argparse.Namespace, out: Output, operator: bool) -> None:
-    kind = "operator policy override" if operator else "policy"
-    out.banner(
-        f'Setting {kind} "{a.name}" for pattern "{a.pattern}" to "{a.definition}" with '
-        f'priority "{a.priority}" for vhost "{a.vhost}" ...'
-    )
-    definition = _json_arg(a.definition, "the policy definition")
-    await admin.set_policy(
-        a.vhost, a.name, a.pattern, definition, a.priority, a.apply_to, operator=operator
-    )
-
-
-@verb("set_policy", "set a policy", _policy_args)
-async def _set_policy(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    await _set_any_policy(admin, a, out, False)
-
-
-@verb("set_operator_policy", "set an operator policy (caps what policies may set)", _policy_args)
-async def _set_operator_policy(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    await _set_any_policy(admin, a, out, True)
-
-
-@verb("clear_policy", "remove a policy", lambda p: p.add_argument("name"))
-async def _clear_policy(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing policy "{a.name}" on vhost "{a.vhost}" ...')
-    await admin.clear_policy(a.vhost, a.name)
-
-
-@verb("clear_operator_policy", "remove an operator policy", lambda p: p.add_argument("name"))
-async def _clear_operator_policy(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing operator policy "{a.name}" on vhost "{a.vhost}" ...')
-    await admin.clear_policy(a.vhost, a.name, operator=True)
-
-
-async def _list_any_policies(
-    admin: Any, a: argparse.Namespace, out: Output, operator: bool
-) -> None:
-    kind = "operator policy overrides" if operator else "policies"
-    out.banner(f'Listing {kind} for vhost "{a.vhost}" ...')
-    cols = list(POLICY_COLUMNS)
-    out.table(
-        cols, _rows(await admin.list_policies(a.vhost, operator=operator), cols, POLICY_COLUMNS)
-    )
-
-
-@verb("list_policies", "list the policies of a vhost")
-async def _list_policies(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    await _list_any_policies(admin, a, out, False)
-
-
-@verb("list_operator_policies", "list the operator policies of a vhost")
-async def _list_operator_policies(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    await _list_any_policies(admin, a, out, True)
-
-
-@verb(
-    "set_vhost_limits",
-    "set a vhost's limits (max-connections, max-queues)",
-    lambda p: p.add_argument("definition"),
-)
-async def _set_vhost_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Setting vhost limits to "{a.definition}" for vhost "{a.vhost}" ...')
-    await admin.set_vhost_limits(a.vhost, _json_arg(a.definition, "the limits"))
-
-
-@verb("clear_vhost_limits", "remove a vhost's limits")
-async def _clear_vhost_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing vhost "{a.vhost}" limits ...')
-    await admin.clear_vhost_limits(a.vhost)
-
-
-@verb(
-    "list_vhost_limits",
-    "show a vhost's limits (--global: every vhost's)",
-    lambda p: p.add_argument("--global", dest="all", action="store_true"),
-)
-async def _list_vhost_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    if a.all:
-        out.banner("Listing limits for all vhosts ...")
-        vhosts = [v for v in await admin.list_vhosts() if v.limits]
-        out.table(
-            ["vhost", "limits"],
-            [[v.name, json.dumps(v.limits, separators=(",", ":"))] for v in vhosts],
-        )
-        return
-    out.banner(f'Listing limits for vhost "{a.vhost}" ...')
-    out.value(await admin.list_vhost_limits(a.vhost))
-
-
-def _user_limits_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("username")
-    p.add_argument("definition")
-
-
-@verb("set_user_limits", "set a user's limits (max-connections, max-channels)", _user_limits_args)
-async def _set_user_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Setting user limits to "{a.definition}" for user "{a.username}" ...')
-    await admin.set_user_limits(a.username, _json_arg(a.definition, "the limits"))
-
-
-def _clear_user_limits_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("username")
-    p.add_argument("limit", nargs="?", default="all")
-
-
-@verb("clear_user_limits", "remove one of a user's limits (or all)", _clear_user_limits_args)
-async def _clear_user_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    out.banner(f'Clearing "{a.limit}" limit for user "{a.username}" ...')
-    await admin.clear_user_limits(a.username, a.limit)
-
-
-def _list_user_limits_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--user", default="guest")
-    p.add_argument("--global", dest="all", action="store_true")
-
-
-@verb("list_user_limits", "show a user's limits (--global: every user's)", _list_user_limits_args)
-async def _list_user_limits(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    if a.all:
-        out.banner("Listing limits for all users ...")
-        users = [u for u in await admin.list_users() if u.limits]
-        out.table(
-            ["user", "limits"],
-            [[u.name, json.dumps(u.limits, separators=(",", ":"))] for u in users],
-        )
-        return
-    out.banner(f'Listing limits for user "{a.user}" ...')
-    out.value(await admin.list_user_limits(a.user))
-
-
-@verb("list_queues", "list queues (columns: name messages ... policy)", _columns_arg)
+@verb("list_queues", "list queues (columns: name messages ... policy)", columns_arg)
 async def _list_queues(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    cols = _columns(a.columns, QUEUE_COLUMNS, ["name", "messages"])
+    cols = pick_columns(a.columns, QUEUE_COLUMNS, ["name", "messages"])
     out.banner(f"Listing queues for vhost {a.vhost} ...")
-    out.table(cols, _rows(await admin.list_queues(a.vhost), cols, QUEUE_COLUMNS))
+    out.table(cols, table_rows(await admin.list_queues(a.vhost), cols, QUEUE_COLUMNS))
 
 
-@verb("list_exchanges", "list exchanges", _columns_arg)
+@verb("list_exchanges", "list exchanges", columns_arg)
 async def _list_exchanges(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    cols = _columns(a.columns, EXCHANGE_COLUMNS, ["name", "type"])
+    cols = pick_columns(a.columns, EXCHANGE_COLUMNS, ["name", "type"])
     out.banner(f"Listing exchanges for vhost {a.vhost} ...")
-    out.table(cols, _rows(await admin.list_exchanges(a.vhost), cols, EXCHANGE_COLUMNS))
+    out.table(cols, table_rows(await admin.list_exchanges(a.vhost), cols, EXCHANGE_COLUMNS))
 
 
-@verb("list_bindings", "list bindings", _columns_arg)
+@verb("list_bindings", "list bindings", columns_arg)
 async def _list_bindings(admin: Any, a: argparse.Namespace, out: Output) -> None:
     default = [c for c in BINDING_COLUMNS if c != "vhost"]
-    cols = _columns(a.columns, BINDING_COLUMNS, default)
+    cols = pick_columns(a.columns, BINDING_COLUMNS, default)
     out.banner(f"Listing bindings for vhost {a.vhost}...")
-    out.table(cols, _rows(await admin.list_bindings(a.vhost), cols, BINDING_COLUMNS))
+    out.table(cols, table_rows(await admin.list_bindings(a.vhost), cols, BINDING_COLUMNS))
 
 
-@verb("list_connections", "list client connections on every node", _columns_arg)
+@verb("list_connections", "list client connections on every node", columns_arg)
 async def _list_connections(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    cols = _columns(a.columns, CONNECTION_COLUMNS, ["user", "peer_host", "peer_port", "state"])
+    cols = pick_columns(a.columns, CONNECTION_COLUMNS, ["user", "peer_host", "peer_port", "state"])
     out.banner("Listing connections ...")
-    out.table(cols, _rows(await admin.list_connections(), cols, CONNECTION_COLUMNS))
+    out.table(cols, table_rows(await admin.list_connections(), cols, CONNECTION_COLUMNS))
 
 
-@verb("list_consumers", "list consumers", _columns_arg)
+@verb("list_consumers", "list consumers", columns_arg)
 async def _list_consumers(admin: Any, a: argparse.Namespace, out: Output) -> None:
     default = [
         "queue_name",
@@ -576,16 +96,16 @@ async def _list_consumers(admin: Any, a: argparse.Namespace, out: Output) -> Non
         "active",
         "arguments",
     ]
-    cols = _columns(a.columns, CONSUMER_COLUMNS, default)
+    cols = pick_columns(a.columns, CONSUMER_COLUMNS, default)
     out.banner(f"Listing consumers in vhost {a.vhost} ...")
-    out.table(cols, _rows(await admin.list_consumers(a.vhost), cols, CONSUMER_COLUMNS))
+    out.table(cols, table_rows(await admin.list_consumers(a.vhost), cols, CONSUMER_COLUMNS))
 
 
-@verb("list_nodes", "list broker nodes (live and not yet reaped)", _columns_arg)
+@verb("list_nodes", "list broker nodes (live and not yet reaped)", columns_arg)
 async def _list_nodes(admin: Any, a: argparse.Namespace, out: Output) -> None:
-    cols = _columns(a.columns, NODE_COLUMNS, ["name", "id", "running", "connections"])
+    cols = pick_columns(a.columns, NODE_COLUMNS, ["name", "id", "running", "connections"])
     out.banner("Listing nodes ...")
-    out.table(cols, _rows(await admin.list_nodes(), cols, NODE_COLUMNS))
+    out.table(cols, table_rows(await admin.list_nodes(), cols, NODE_COLUMNS))
 
 
 async def _maintenance(admin: Any, a: argparse.Namespace, out: Output, draining: bool) -> None:
@@ -707,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _settings(a: argparse.Namespace) -> Any:
-    from cavalcade.cli import CommandError, build_settings
+    from cavalcade.cli_settings import CommandError, build_settings
 
     ns = argparse.Namespace(database_url=a.database_url, data_dir=a.data_dir, log_level="WARNING")
     try:
@@ -721,7 +241,7 @@ async def _run(dsn: str, a: argparse.Namespace, out: Output) -> None:
 
     try:
         admin = await Admin.connect(dsn, timeout=a.timeout or 10.0)
-    except Exception as exc:  # noqa: BLE001 - any failure to connect means "unavailable"
+    except Exception as exc:  # any failure to connect means "unavailable"
         raise Unavailable(f"cannot reach the database: {exc or type(exc).__name__}") from exc
     try:
         await VERBS[a.verb][0](admin, a, out)
@@ -751,10 +271,10 @@ def run(argv: Sequence[str]) -> int:
     )
     try:
         settings = _settings(a)
-        from cavalcade.cli import CommandError, _database
+        from cavalcade.cli_settings import CommandError, database
 
         try:
-            with _database(settings, stop_when_done=True) as dsn:
+            with database(settings, stop_when_done=True) as dsn:
                 asyncio.run(_run(dsn, a, out))
         except CommandError as exc:
             raise Unavailable(str(exc)) from exc
@@ -764,7 +284,7 @@ def run(argv: Sequence[str]) -> int:
         return _error(EX_DATAERR, str(exc))
     except Unavailable as exc:
         return _error(EX_UNAVAILABLE, str(exc))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         if is_unavailable(exc):
             return _error(EX_UNAVAILABLE, f"database unavailable: {exc}")
         raise

@@ -12,7 +12,7 @@ from typing import Any
 from cavalcade.broker import definitions
 from cavalcade.broker.admin import ValidationError
 
-from .ctl import Output, UsageError, verb
+from .ctl_registry import Output, UsageError, verb
 
 
 def _file_arg(p: argparse.ArgumentParser) -> None:

@@ -56,7 +56,7 @@ class ChannelError(AMQPError):
     """A soft error: the channel is closed, the connection lives on."""
 
 
-class ConnectionError_(AMQPError):  # noqa: N801 - avoid shadowing the builtin
+class ConnectionError_(AMQPError):  # trailing underscore: avoid shadowing the builtin
     """A hard error: the whole connection is closed."""
 
     hard = True

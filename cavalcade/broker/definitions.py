@@ -167,8 +167,24 @@ async def import_definitions(
         raise ValidationError("definitions must be a JSON object")
     _validate(doc)
     summary = ImportSummary()
-    pool = admin.store.pool
-    for u in _list(doc, "users"):
+    await _import_users(admin, _list(doc, "users"), summary)
+    vhost_entries: list[dict[str, Any]] = [{"name": vhost}] if vhost else _list(doc, "vhosts")
+    await _import_vhosts(admin, vhost_entries, summary)
+    for step, section in (
+        (_import_permissions, "permissions"),
+        (_import_policies, "policies"),
+        (_import_parameters, "parameters"),
+        (_import_exchanges, "exchanges"),
+        (_import_queues, "queues"),
+        (_import_bindings, "bindings"),
+    ):
+        for entry in _list(doc, section):
+            await step(admin, entry, vhost or str(entry.get("vhost", "/")), summary)
+    return summary
+
+
+async def _import_users(admin: Admin, users: list[dict[str, Any]], summary: ImportSummary) -> None:
+    for u in users:
         name = _name("user", u.get("name"))
         algorithm = u.get("hashing_algorithm", HASHING)
         if algorithm != HASHING and u.get("password_hash"):
@@ -181,11 +197,15 @@ async def import_definitions(
         if "password" in u:
             await admin.change_password(name, str(u["password"]))
         else:
-            await sql.set_password_hash(pool, name, u.get("password_hash") or None)
+            await sql.set_password_hash(admin.store.pool, name, u.get("password_hash") or None)
         if u.get("limits"):
             await admin.set_user_limits(name, dict(u["limits"]))
-    vhost_entries: list[dict[str, Any]] = [{"name": vhost}] if vhost else _list(doc, "vhosts")
-    for v in vhost_entries:
+
+
+async def _import_vhosts(
+    admin: Admin, vhosts: list[dict[str, Any]], summary: ImportSummary
+) -> None:
+    for v in vhosts:
         meta = v.get("metadata") or {}
         if not isinstance(meta, dict):
             meta = {}
@@ -197,95 +217,119 @@ async def import_definitions(
         if created:
             summary.add("vhosts")
 
-    def where(entry: dict[str, Any]) -> str:
-        return vhost or str(entry.get("vhost", "/"))
 
-    for p in _list(doc, "permissions"):
-        await admin.set_permissions(
-            where(p), str(p["user"]), str(p["configure"]), str(p["write"]), str(p["read"])
-        )
-        summary.add("permissions")
-    for p in _list(doc, "policies"):
+async def _import_permissions(
+    admin: Admin, p: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    await admin.set_permissions(
+        vhost, str(p["user"]), str(p["configure"]), str(p["write"]), str(p["read"])
+    )
+    summary.add("permissions")
+
+
+async def _import_policies(
+    admin: Admin, p: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    await admin.set_policy(
+        vhost,
+        str(p["name"]),
+        str(p["pattern"]),
+        dict(p.get("definition") or {}),
+        int(p.get("priority", 0)),
+        str(p.get("apply-to", "all")),
+    )
+    summary.add("policies")
+
+
+async def _import_parameters(
+    admin: Admin, p: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    component = p.get("component")
+    value = p.get("value") or {}
+    if component == "vhost-limits":
+        await admin.set_vhost_limits(vhost, dict(value))
+        summary.add("vhost_limits")
+    elif component == "operator_policy":
         await admin.set_policy(
-            where(p),
+            vhost,
             str(p["name"]),
-            str(p["pattern"]),
-            dict(p.get("definition") or {}),
-            int(p.get("priority", 0)),
-            str(p.get("apply-to", "all")),
+            str(value["pattern"]),
+            dict(value.get("definition") or {}),
+            int(value.get("priority", 0)),
+            str(value.get("apply-to", "queues")),
+            operator=True,
         )
-        summary.add("policies")
-    for p in _list(doc, "parameters"):
-        component = p.get("component")
-        value = p.get("value") or {}
-        if component == "vhost-limits":
-            await admin.set_vhost_limits(where(p), dict(value))
-            summary.add("vhost_limits")
-        elif component == "operator_policy":
-            await admin.set_policy(
-                where(p),
-                str(p["name"]),
-                str(value["pattern"]),
-                dict(value.get("definition") or {}),
-                int(value.get("priority", 0)),
-                str(value.get("apply-to", "queues")),
-                operator=True,
-            )
-            summary.add("operator_policies")
-        else:
-            summary.skipped.append(f"parameter {component}/{p.get('name')}")
-    for e in _list(doc, "exchanges"):
-        name = _name("exchange", e.get("name"))
-        if not name or name.startswith("amq."):
-            continue
-        args = json_safe(e.get("arguments") or {})
-        try:
-            check_exchange_type(str(e.get("type", "direct")), args)
-        except AMQPError as exc:
-            raise ValidationError(f"exchange '{name}': {exc}") from exc
-        vid = await admin._vhost_id(where(e))
-        if await sql.add_exchange(
-            pool,
+        summary.add("operator_policies")
+    else:
+        summary.skipped.append(f"parameter {component}/{p.get('name')}")
+
+
+async def _import_exchanges(
+    admin: Admin, e: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    name = _name("exchange", e.get("name"))
+    if not name or name.startswith("amq."):
+        return
+    args = json_safe(e.get("arguments") or {})
+    try:
+        check_exchange_type(str(e.get("type", "direct")), args)
+    except AMQPError as exc:
+        raise ValidationError(f"exchange '{name}': {exc}") from exc
+    vid = await admin._vhost_id(vhost)
+    if await sql.add_exchange(
+        admin.store.pool,
+        vid,
+        name,
+        str(e.get("type", "direct")),
+        bool(e.get("durable", True)),
+        bool(e.get("auto_delete", False)),
+        bool(e.get("internal", False)),
+        args,
+    ):
+        summary.add("exchanges")
+
+
+async def _import_queues(
+    admin: Admin, q: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    name = _name("queue", q.get("name"))
+    args = json_safe(q.get("arguments") or {})
+    try:
+        validate_queue_arguments(args)
+    except AMQPError as exc:
+        raise ValidationError(f"queue '{name}': {exc}") from exc
+    vid = await admin._vhost_id(vhost)
+    if await sql.add_queue(
+        admin.store.pool,
+        vid,
+        name,
+        bool(q.get("durable", True)),
+        bool(q.get("auto_delete", False)),
+        args,
+    ):
+        summary.add("queues")
+
+
+async def _import_bindings(
+    admin: Admin, b: dict[str, Any], vhost: str, summary: ImportSummary
+) -> None:
+    vid = await admin._vhost_id(vhost)
+    try:
+        made = await sql.add_binding(
+            admin.store.pool,
             vid,
-            name,
-            str(e.get("type", "direct")),
-            bool(e.get("durable", True)),
-            bool(e.get("auto_delete", False)),
-            bool(e.get("internal", False)),
-            args,
-        ):
-            summary.add("exchanges")
-    for q in _list(doc, "queues"):
-        name = _name("queue", q.get("name"))
-        args = json_safe(q.get("arguments") or {})
-        try:
-            validate_queue_arguments(args)
-        except AMQPError as exc:
-            raise ValidationError(f"queue '{name}': {exc}") from exc
-        vid = await admin._vhost_id(where(q))
-        if await sql.add_queue(
-            pool, vid, name, bool(q.get("durable", True)), bool(q.get("auto_delete", False)), args
-        ):
-            summary.add("queues")
-    for b in _list(doc, "bindings"):
-        vid = await admin._vhost_id(where(b))
-        try:
-            made = await sql.add_binding(
-                pool,
-                vid,
-                str(b["source"]),
-                str(b["destination"]),
-                str(b.get("destination_type", "queue")),
-                str(b.get("routing_key", "")),
-                json_safe(b.get("arguments") or {}),
-            )
-        except LookupError as exc:
-            raise ValidationError(
-                f"binding {b.get('source')} -> {b.get('destination')}: {exc}"
-            ) from exc
-        if made:
-            summary.add("bindings")
-    return summary
+            str(b["source"]),
+            str(b["destination"]),
+            str(b.get("destination_type", "queue")),
+            str(b.get("routing_key", "")),
+            json_safe(b.get("arguments") or {}),
+        )
+    except LookupError as exc:
+        raise ValidationError(
+            f"binding {b.get('source')} -> {b.get('destination')}: {exc}"
+        ) from exc
+    if made:
+        summary.add("bindings")
 
 
 async def set_password_hash(admin: Admin, name: str, password_hash: str) -> None:

@@ -37,7 +37,7 @@ async def _retrying(
             return result
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if is_data_error(exc):
                 raise
             if is_resource_alarm(exc):
@@ -79,7 +79,7 @@ async def isolate(
             return
         try:
             spans, refused, t = await _retrying(commit, alarm, list(part), [], [], [], set())
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not is_data_error(exc):
                 raise
             if len(part) == 1:

@@ -189,7 +189,7 @@ def assert_flag(kind: str, name: str, vhost: str, flag: str, received: Any, curr
     """406 when a declare flag (durable, type, …) differs from the existing entity."""
     if received != current:
 
-        def shown(v):
+        def shown(v: Any) -> str:
             return str(v).lower() if isinstance(v, bool) else str(v)
 
         raise PreconditionFailed(

@@ -77,7 +77,7 @@ def decode_properties(raw: bytes) -> dict[str, Any]:
     content = header.ContentHeader()
     try:
         content.unmarshal(frame_payload)
-    except Exception as exc:  # noqa: BLE001 - pamqp raises several kinds
+    except Exception as exc:  # pamqp raises several kinds
         raise MalformedProperties(str(exc)) from exc
     props = content.properties
     out: dict[str, Any] = {}

@@ -191,7 +191,7 @@ class ExchangeInfo:
                 index = self._index = TopicTrie()
                 for b in self.bindings:
                     index.add(b.routing_key, b)
-            return index.match(routing_key)  # type: ignore[no-any-return]
+            return index.match(routing_key)
         if not isinstance(index, dict):
             index = self._index = {}
             for b in self.bindings:

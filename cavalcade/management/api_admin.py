@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from cavalcade.broker import admin as admin_uc
 from cavalcade.broker import definitions, monitoring
@@ -34,7 +35,7 @@ def admin_errors(exc: admin_uc.AdminError) -> ApiError:
 
 
 @web.middleware
-async def admin_error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def admin_error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
         return await handler(request)
     except admin_uc.AdminError as exc:

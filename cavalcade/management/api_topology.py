@@ -388,7 +388,9 @@ def _same_key(properties: str, given: str) -> bool:
     return given in (properties, unquote_plus(properties))
 
 
-def _binding(vhost: str, source: str, dest: str, kind: str, key: str, args: dict[str, Any]):
+def _binding(
+    vhost: str, source: str, dest: str, kind: str, key: str, args: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "source": source,
         "vhost": vhost,

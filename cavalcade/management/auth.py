@@ -37,21 +37,21 @@ def is_policymaker(user: ManagementUser) -> bool:
 
 
 def require_admin(request: web.Request) -> ManagementUser:
-    user = request[USER]
+    user: ManagementUser = request[USER]
     if not is_admin(user):
         raise forbidden("Not administrator user")
     return user
 
 
 def require_monitor(request: web.Request) -> ManagementUser:
-    user = request[USER]
+    user: ManagementUser = request[USER]
     if not is_monitor(user):
         raise forbidden("Not monitor user")
     return user
 
 
 def require_policymaker(request: web.Request) -> ManagementUser:
-    user = request[USER]
+    user: ManagementUser = request[USER]
     if not is_policymaker(user):
         raise forbidden("Not policymaker user")
     return user

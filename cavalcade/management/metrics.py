@@ -8,7 +8,7 @@ the whole cluster's on every node (aggregate them with ``max``, not ``sum``)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp import web
@@ -134,7 +134,7 @@ class _Collector:
 
     def _queues(self) -> Iterator[Metric]:
         s = self.snap
-        specs = (
+        specs: tuple[tuple[str, str, Callable[[QueueDepth], int]], ...] = (
             (
                 "rabbitmq_queue_messages_ready",
                 "Messages ready to be delivered to consumers",
@@ -271,7 +271,7 @@ async def _scrape(request: web.Request, per_object: bool) -> web.Response:
         up = False
     snap = _Snapshot(broker, ctx.settings.effective_node_name(), queues, nodes, up, per_object)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snap))  # type: ignore[arg-type]
+    registry.register(_Collector(snap))
     return web.Response(
         body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
     )

@@ -223,7 +223,7 @@ class Channel:
         """``teardown``, its failure logged (once per outage if the database is away)."""
         try:
             await self.teardown()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not self.broker.outage.report(exc):
                 log.exception("channel teardown failed")
 
@@ -377,7 +377,7 @@ class Channel:
                 if not exc.class_id and not isinstance(method, _Fail):
                     exc.class_id, exc.method_id = _ids(method)
                 self.fail(exc)
-            except Exception as exc:  # noqa: BLE001 - never take the node down
+            except Exception as exc:  # never take the node down
                 log.exception("channel %s: %s failed", self.number, type(method).__name__)
                 self.fail(exc)
 
@@ -441,7 +441,7 @@ class Channel:
             for c in consumers:
                 try:
                     await self.broker.cancel(session, c.queue_id, c)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     log.exception("cancel of %s on close failed", c.tag)
 
     async def on_channel_close(self, m: commands.Channel.Close, _: None) -> None:

@@ -146,7 +146,7 @@ class AMQPConnection(asyncio.Protocol):
                 self._on_frame(f)
         except AMQPError as exc:
             self.fail(exc)
-        except Exception as exc:  # noqa: BLE001 - bad input never takes the node down
+        except Exception as exc:  # bad input never takes the node down
             log.exception("error handling frames")
             self.fail(exc)
 
@@ -594,7 +594,7 @@ class AMQPConnection(asyncio.Protocol):
             self.channels.clear()
             if self.session is not None:
                 await self.broker.close_session(self.session)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             if not self.broker.outage.report(exc):
                 log.exception("connection cleanup failed")
         finally:

@@ -79,7 +79,7 @@ def decode_method(payload: bytes) -> Frame:
     try:
         method: Frame = commands.INDEX_MAPPING[(cls << 16) | meth]()
         method.unmarshal(payload[4:])
-    except Exception as exc:  # noqa: BLE001 - pamqp raises many kinds on bad input
+    except Exception as exc:  # pamqp raises many kinds on bad input
         if isinstance(exc, UnicodeDecodeError):
             raise FrameError("Malformed UTF-8 in shortstr") from exc  # RabbitMQ's words
         raise FrameError(f"cannot decode method {cls}/{meth}: {exc}", cls, meth) from exc

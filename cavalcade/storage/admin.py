@@ -96,17 +96,17 @@ class AdminStore:
             name,
             hash_password(password) if password is not None else None,
         )
-        return status != "UPDATE 0"
+        return bool(status != "UPDATE 0")
 
     async def set_user_tags(self, name: str, tags: str) -> bool:
         status = await self.pool.execute("UPDATE users SET tags = $2 WHERE name = $1", name, tags)
-        return status != "UPDATE 0"
+        return bool(status != "UPDATE 0")
 
     async def set_user_limits(self, name: str, limits: dict[str, Any]) -> bool:
         status = await self.pool.execute(
             "UPDATE users SET limits = $2::jsonb WHERE name = $1", name, _dump(limits)
         )
-        return status != "UPDATE 0"
+        return bool(status != "UPDATE 0")
 
     async def user(self, name: str) -> Record | None:
         rows = await self.pool.fetch(
@@ -176,7 +176,7 @@ class AdminStore:
             name,
             _dump(limits),
         )
-        return status != "UPDATE 0"
+        return bool(status != "UPDATE 0")
 
     async def bump_topology(self, vhost_id: int) -> None:
         await self.pool.execute(
@@ -203,7 +203,7 @@ class AdminStore:
         status = await self.pool.execute(
             "DELETE FROM permissions WHERE user_id = $1 AND vhost_id = $2", user_id, vhost_id
         )
-        return status != "DELETE 0"
+        return bool(status != "DELETE 0")
 
     async def permissions(
         self, vhost_id: int | None = None, user_id: int | None = None

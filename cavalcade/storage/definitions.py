@@ -19,7 +19,7 @@ async def set_password_hash(pool: asyncpg.Pool, name: str, password_hash: str | 
     status = await pool.execute(
         "UPDATE users SET password_hash = $2 WHERE name = $1", name, password_hash or None
     )
-    return status != "UPDATE 0"
+    return bool(status != "UPDATE 0")
 
 
 async def _bump(conn: asyncpg.Connection, vhost_id: int) -> None:

@@ -170,7 +170,7 @@ class Resources:
             return
         try:
             c = connect(self.url)
-        except Exception:
+        except Exception:  # noqa: BLE001 - nothing to clean up without a broker
             return
         try:
             ch = c.channel()

@@ -44,7 +44,7 @@ class Recorder:
     def __init__(self) -> None:
         self.deliveries: list[tuple[pika.spec.Basic.Deliver, pika.BasicProperties, bytes]] = []
 
-    def __call__(self, ch, method, props, body) -> None:  # noqa: ANN001
+    def __call__(self, ch, method, props, body) -> None:
         self.deliveries.append((method, props, body))
 
     def __len__(self) -> int:

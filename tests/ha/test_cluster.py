@@ -73,7 +73,7 @@ def drain(conn: pika.BlockingConnection, box: list, count: int, timeout: float) 
 
 
 def collector(box: list) -> callable:
-    def on_message(ch, method, properties, body) -> None:  # noqa: ANN001
+    def on_message(ch, method, properties, body) -> None:
         box.append((time.monotonic(), method, properties, body))
 
     return on_message
