@@ -80,6 +80,9 @@ class NodeState:
             if change is None:
                 change = TopologyChange(queues={queue_deleted})
         await self.repo.topology.bump(vh.id, change, payload)
+        # Again: a fresh() during the bump (the sweeper's, another session's) read the
+        # version before it and cleared ``stale``; it would miss this change for good.
+        vh.stale = True
 
     # -- dispatchers ----------------------------------------------------------
 

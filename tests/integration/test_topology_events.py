@@ -123,3 +123,35 @@ async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> N
     finally:
         await broker.stop()
         await repo.close()
+
+
+async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str) -> None:
+    """Another reader (the sweeper) may refresh the cache while a change's version bump is
+    in flight: it reads the version before the bump. The change must still be seen next,
+    e.g. a binding by the delete of its queue (the auto-delete exchange goes with it)."""
+    repo = await Repository.connect(database_url, size=4)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    broker = Broker(repo, node)
+    broker.start()
+    real_bump = repo.topology.bump
+    try:
+        user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
+        s = await broker.open_session(user_id, user, "/")
+
+        async def bump_after_a_read(vhost_id: int, change: object, payload: str) -> int:
+            await s.vhost.fresh(repo)  # the interloper, just before the bump commits
+            return await real_bump(vhost_id, change, payload)  # type: ignore[arg-type]
+
+        repo.topology.bump = bump_after_a_read  # type: ignore[method-assign]
+        await broker.declare_exchange(s, "ad", "fanout", False, False, True, False, {})
+        await broker.declare_queue(s, "ad-q", False, False, False, False, {})
+        await broker.bind_queue(s, "ad-q", "ad", "", {})
+        vh = await s.vhost.fresh(repo)
+        assert vh.edges_into.get((vh.queues["ad-q"].id, 0))
+        await broker.delete_queue(s, "ad-q", False, False)
+        assert await repo.find_exchange(s.vhost.id, "ad") is None
+    finally:
+        repo.topology.bump = real_bump  # type: ignore[method-assign]
+        await broker.stop()
+        await repo.close()
