@@ -116,7 +116,7 @@ class Channel:
         self.consumers: dict[str, Consumer] = {}
         self._lingering: list[Consumer] = []  # cancelled, still holding unacked messages
         self._held_cancels: list[str] | None = None  # server cancels waiting for delete-ok
-        self._last_stored: asyncio.Future[int] | None = None  # last publish owing a reply
+        self._last_stored: asyncio.Future[int] | None = None  # last publish not yet settled
         self.unacked: dict[int, Unacked] = {}
         self.next_tag = 0
         self.consumer_prefetch = 0
@@ -611,7 +611,9 @@ class Channel:
             seq = self.publish_seq
         if m.mandatory or seq:
             fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
-            self._last_stored = fut
+        # Every publish, confirmed or not, is routed before the channel's next synchronous
+        # method takes effect (RabbitMQ's order: publish, then unbind or purge).
+        self._last_stored = fut
 
     async def _settle_publishes(self) -> None:
         """Before answering a synchronous method, send the returns and confirms of every

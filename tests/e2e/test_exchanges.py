@@ -176,6 +176,16 @@ def test_queue_unbind_stops_routing(channel, resources):
     channel.queue_unbind(q, x, "never-bound")
 
 
+def test_publish_then_purge_on_one_channel_purges_it(channel, resources):
+    """A publish without confirms is routed before the channel's next method: purge-ok
+    counts it and nothing arrives after the purge (RabbitMQ's order)."""
+    q = make_queue(channel, resources)
+    for i in range(20):
+        channel.basic_publish("", q, b"m%d" % i)
+    assert channel.queue_purge(q).method.message_count == 20
+    assert bodies(channel, q) == []
+
+
 def test_exchange_to_exchange_binding(channel, resources):
     src = resources.exchange("src")
     dst = resources.exchange("dst")
