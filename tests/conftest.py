@@ -20,15 +20,10 @@ import concurrent.futures
 import contextlib
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +33,9 @@ import pytest
 from cavalcade.storage import schema
 from cavalcade.storage.dsn import normalize_dsn, with_database
 from cavalcade.storage.embedded import EmbeddedPostgres
+from tests.nodes import Node, Nodes, cavalcade_command, free_port, start_node
+
+__all__ = ["BrokerProcess", "broker_command", "free_port", "spawn_broker"]
 
 BROKER_START_TIMEOUT = 60.0
 
@@ -74,12 +72,6 @@ def _unique(prefix: str) -> str:
 
 def _drop(pg_dsn: str, name: str) -> None:
     admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -141,88 +133,14 @@ def empty_database_url(pg_dsn: str) -> Iterator[str]:
 
 # --------------------------------------------------------------------------- broker nodes
 
-
-def broker_command(*args: str) -> list[str]:
-    """The ``cavalcade`` command of the interpreter running the tests."""
-    return [sys.executable, "-m", "cavalcade.cli", *args]
-
-
-@dataclass
-class BrokerProcess:
-    """A ``cavalcade serve`` subprocess."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float = BROKER_START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"cavalcade serve exited with {self.process.returncode} before "
-                    f"listening:\n{self.stderr()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        pytest.fail(
-            f"cavalcade serve did not listen on {self.port} in {timeout}s:\n{self.stderr()}"
-        )
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait (SIGKILL after ``timeout``); return the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+# The launcher lives in tests/nodes.py (shared with the benchmarks); these names stay.
+BrokerProcess = Node
+broker_command = cavalcade_command
 
 
 def spawn_broker(database_url: str | None, port: int, tmp: Path, **opts: Any) -> BrokerProcess:
-    """Start ``cavalcade serve`` without waiting for it (see BrokerProcess.wait_ready)."""
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    if database_url is not None:
-        args += ["--database-url", database_url]
-    for key, value in opts.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is not None and value is not False:
-            args += [flag, str(value)]
-    stderr_path = tmp / f"cavalcade-{port}-{uuid.uuid4().hex[:6]}.stderr"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            broker_command(*args),
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env=env,
-        )
-    return BrokerProcess(process=process, port=port, stderr_path=stderr_path)
-
-
-def _report(broker: BrokerProcess, code: int, failed: bool) -> None:
-    if code not in (0, -signal.SIGTERM) or failed:
-        print(f"\n--- cavalcade serve on port {broker.port} exited {code}; its stderr:")
-        print(broker.stderr())
+    """Start ``cavalcade serve`` without waiting for it (see ``Node.wait_ready``)."""
+    return start_node(tmp, database_url, port=port, wait=False, **opts)
 
 
 @pytest.fixture(scope="session")
@@ -248,8 +166,8 @@ def cavalcade_url(
             broker.wait_ready()
             yield broker.url
         finally:
-            code = broker.stop()
-            _report(broker, code, request.session.testsfailed > 0)
+            broker.stop()
+            broker.report(request.session.testsfailed > 0)
 
 
 @pytest.fixture
@@ -257,19 +175,13 @@ def start_broker(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., BrokerProcess]]:
     """``start_broker(database_url, **opts)``: a node of this test's own, stopped after it."""
-    started: list[BrokerProcess] = []
+    nodes = Nodes(tmp_path)
 
     def start(database_url: str | None, **opts: Any) -> BrokerProcess:
-        port = int(opts.pop("port", 0)) or free_port()
-        broker = spawn_broker(database_url, port, tmp_path, **opts)
-        started.append(broker)
-        broker.wait_ready()
-        return broker
+        return nodes.start(database_url, port=int(opts.pop("port", 0)) or None, **opts)
 
     yield start
-    failed = bool(getattr(request.node, "rep_call_failed", False))
-    for broker in started:
-        _report(broker, broker.stop(), failed)
+    nodes.stop_all(bool(getattr(request.node, "rep_call_failed", False)))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
