@@ -18,10 +18,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import os
 import shutil
 import socket
 import tempfile
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -190,6 +192,59 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed:
         item.rep_call_failed = True  # type: ignore[attr-defined]
     return report
+
+
+# --------------------------------------------------------------------------- lost exceptions
+
+_loop_errors: list[str] = []
+_default_exception_handler = asyncio.BaseEventLoop.default_exception_handler
+
+
+def _describe(context: dict[str, Any]) -> str:
+    lines = [str(context.get("message") or "event loop error")]
+    for key in ("task", "future", "handle"):
+        if key in context:
+            lines.append(f"{key}: {context[key]!r}"[:500])
+    exc = context.get("exception")
+    if isinstance(exc, BaseException):
+        lines.append("".join(traceback.format_exception(exc)).rstrip())
+    return "\n".join(lines)
+
+
+def _recording_exception_handler(loop: asyncio.BaseEventLoop, context: dict[str, Any]) -> None:
+    """Every loop's default handler: log as asyncio does, and remember it for the test."""
+    _loop_errors.append(_describe(context))
+    _default_exception_handler(loop, context)
+
+
+asyncio.BaseEventLoop.default_exception_handler = _recording_exception_handler  # type: ignore[method-assign]
+
+
+def _take_loop_errors() -> list[str]:
+    gc.collect()  # a task that failed unobserved says so when it is collected
+    taken = list(_loop_errors)
+    del _loop_errors[:]
+    return taken
+
+
+@pytest.fixture(autouse=True)
+def fail_on_loop_errors() -> Iterator[None]:
+    """Fail the test when an event loop of this process reported an exception nobody
+    handled ("Task exception was never retrieved", a callback that raised, ...)."""
+    stray = _take_loop_errors()
+    if stray:
+        pytest.fail(
+            "event loop errors before this test (a previous test's or fixture's teardown):\n\n"
+            + "\n\n".join(stray),
+            pytrace=False,
+        )
+    yield
+    errors = _take_loop_errors()
+    if errors:
+        pytest.fail(
+            "unhandled event loop errors during the test:\n\n" + "\n\n".join(errors),
+            pytrace=False,
+        )
 
 
 # --------------------------------------------------------------------------- RabbitMQ
