@@ -17,11 +17,13 @@ from typing import Any
 
 import asyncpg
 import pika
+import pika.exceptions
 
 from cavalcade.storage.dsn import normalize_dsn
 from tests.conftest import BrokerProcess, run_sync
 from tests.nodes import Nodes as _Nodes
-from tests.nodes import node_env, wait_until
+from tests.nodes import node_env
+from tests.waiting import wait_until
 
 # Short node timers for tests that kill nodes: declared dead 3 s after the last heartbeat.
 FAST_HEARTBEAT = 0.5
@@ -67,6 +69,34 @@ def connect(url: str, **params: Any) -> pika.BlockingConnection:
     return pika.BlockingConnection(parameters)
 
 
+def publish_refused(url: str, exchange: str, key: str = "") -> int:
+    """Publish (with confirms) on a fresh connection: 200 if taken, else the channel's
+    reply code (404 once the node knows the exchange is gone)."""
+    conn = connect(url)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange, key, b"probe")
+        return 200
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def consumer_count(url: str, queue: str) -> int:
+    """Consumers of ``queue`` by a passive declare on a fresh connection (0 if missing)."""
+    conn = connect(url)
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
 def sql(database_url: str, query: str, *args: Any) -> list[Any]:
     """Run one query against a node's database (outside the broker) and fetch the rows."""
 
@@ -90,7 +120,9 @@ __all__ = [
     "FAST_THRESHOLD",
     "Nodes",
     "connect",
+    "consumer_count",
     "kill",
+    "publish_refused",
     "sql",
     "unique",
     "wait_until",
