@@ -11,6 +11,11 @@
 * ``start_broker`` (function): ``start_broker(database_url, **opts) -> BrokerProcess``
   starts another node (``opts`` become flags: ``workers=2`` -> ``--workers 2``).
 * ``rabbitmq_url`` (session): the local RabbitMQ for comparisons, or the test is skipped.
+* ``fail_on_loop_errors`` (autouse): a test fails when an event loop of this process
+  reported an exception nobody handled ("Task exception was never retrieved", ...).
+
+Nodes are launched by ``tests/nodes.py`` (shared with the benchmarks); waiting for a
+condition is ``tests/waiting.py``.
 """
 
 from __future__ import annotations

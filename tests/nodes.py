@@ -185,6 +185,7 @@ class Node:
         if self.alive():
             raise NodeError(f"node on {self.port} still runs")
         self.process = _spawn(self.command, self.log_path, self.env, self.cwd)
+        self.hung = False
         return self.wait_ready(timeout) if wait else self
 
     def report(self, failed: bool = False, tail: int | None = None) -> None:
