@@ -40,7 +40,7 @@ import pytest
 from cavalcade.storage import schema
 from cavalcade.storage.dsn import normalize_dsn, with_database
 from cavalcade.storage.embedded import EmbeddedPostgres
-from tests.nodes import Node, Nodes, cavalcade_command, free_port, start_node
+from tests.nodes import Node, Nodes, cavalcade_command, free_port, start_node, stop_nodes_on
 
 __all__ = ["BrokerProcess", "broker_command", "free_port", "spawn_broker"]
 
@@ -118,9 +118,11 @@ def _fresh_database(pg_dsn: str, template: str | None) -> Iterator[str]:
     name = _unique("cavalcade_test")
     clause = f' TEMPLATE "{template}"' if template else ""
     admin_execute(pg_dsn, f'CREATE DATABASE "{name}"{clause}')
+    url = with_database(pg_dsn, name)
     try:
-        yield with_database(pg_dsn, name)
+        yield url
     finally:
+        stop_nodes_on(url)  # nodes of a fixture torn down after this one
         _drop(pg_dsn, name)
 
 

@@ -13,6 +13,7 @@ imports it too (it puts the repository root on ``sys.path``). A failure raises
   killed like a crash (:meth:`Node.kill`), restarted where it was (:meth:`Node.restart`);
   its stdout and stderr go to one log file, printed by :meth:`Node.report`.
 * :class:`Nodes` starts nodes into one folder and stops what is left (:meth:`Nodes.stop_all`).
+* :func:`stop_nodes_on` stops the nodes of a database that is about to be dropped.
 """
 
 from __future__ import annotations
@@ -36,6 +37,9 @@ PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 # frame type 1 (method), channel 0, then after the size: class 10, method 10
 _START_PREFIX = b"\x01\x00\x00"
 _START_METHOD = b"\x00\x0a\x00\x0a"
+
+
+_BY_DATABASE: dict[str, list[Node]] = {}
 
 
 class NodeError(AssertionError):
@@ -242,7 +246,16 @@ def start_node(
     tls = bool(opts.get("no_plain_listener")) and str(opts.get("tls_port")) == str(port)
     env_copy = dict(env) if env is not None else node_env()
     node = Node(_spawn(full, log_path, env_copy, cwd), port, log_path, full, env_copy, cwd, tls)
+    if database_url is not None:
+        _BY_DATABASE.setdefault(database_url, []).append(node)
     return node.wait_ready(timeout) if wait else node
+
+
+def stop_nodes_on(database_url: str, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop every node started on ``database_url`` (before the database is dropped: a
+    fixture's teardown order may otherwise drop it under running nodes)."""
+    for node in _BY_DATABASE.pop(database_url, []):
+        node.stop(timeout)
 
 
 class Nodes:
