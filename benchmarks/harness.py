@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,6 +33,7 @@ REPO = HERE.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from tests import nodes  # noqa: E402 - the node launcher shared with the tests (stdlib only)
 
 # --------------------------------------------------------------------------- options
 
@@ -64,23 +63,19 @@ def database_label(server_url: str | None) -> str:
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return nodes.free_port()
 
 
 def wait_port(port: int, process: subprocess.Popen | None = None, timeout: float = 60.0) -> None:
-    """Return once 127.0.0.1:``port`` accepts connections; exit if ``process`` dies first."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    """Return once 127.0.0.1:``port`` answers an AMQP round trip; exit if ``process`` dies
+    first or nothing answers in ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not nodes.amqp_answers(port):
         if process is not None and process.poll() is not None:
             raise SystemExit(f"cavalcade serve on {port} exited with {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.5):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise SystemExit(f"cavalcade did not listen on {port}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"cavalcade did not answer on {port}")
+        time.sleep(0.1)
 
 
 def amqp_url(port: int, path: str = "/") -> str:
@@ -178,20 +173,12 @@ def embedded_server(data_dir: Path) -> Iterator[str]:
 
 def node_env(**settings: object) -> dict[str, str]:
     """This process's environment without ``CAVALCADE_*``, plus ``CAVALCADE_<KEY>`` settings."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-    env.update({f"CAVALCADE_{k.upper()}": str(v) for k, v in settings.items()})
-    return env
+    return nodes.node_env({f"CAVALCADE_{k.upper()}": str(v) for k, v in settings.items()})
 
 
 def stop_node(process: subprocess.Popen, timeout: float = 30.0) -> None:
     """SIGTERM a node that still runs, SIGKILL it after ``timeout`` seconds, reap it."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-    process.wait()
+    nodes.Node(process, 0, Path(os.devnull)).stop(timeout)
 
 
 @contextmanager
@@ -202,25 +189,29 @@ def running_node(
     extra: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
 ) -> Iterator[subprocess.Popen]:
-    """Run ``cavalcade serve`` on 127.0.0.1:``port``; yield its process once it listens.
+    """Run ``cavalcade serve`` on 127.0.0.1:``port``; yield its process once it answers AMQP.
 
     ``storage`` is ``["--database-url", url]`` or ``["--data-dir", dir]``, ``extra`` more
     serve options, ``env`` the node's environment (default: :func:`node_env`); the output
-    goes to ``log_path``. Afterwards the node is stopped with :func:`stop_node`.
+    goes to ``log_path``. Afterwards the node is stopped (SIGTERM, then SIGKILL).
     """
-    serve = [*cavalcade_cmd(), "serve", "--host", "127.0.0.1", "--port", str(port)]
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [*serve, *storage, *extra],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else node_env(),
-        )
+    node = nodes.start_node(
+        log_path.parent,
+        port=port,
+        command=cavalcade_cmd(),
+        env=env if env is not None else node_env(),
+        log_path=log_path,
+        args=[*storage, *extra],
+        wait=False,
+    )
     try:
-        wait_port(port, process)
-        yield process
+        try:
+            node.wait_ready()
+        except nodes.NodeError as exc:
+            raise SystemExit(str(exc)) from None
+        yield node.process
     finally:
-        stop_node(process)
+        node.stop()
 
 
 @contextmanager

@@ -11,6 +11,11 @@
 * ``start_broker`` (function): ``start_broker(database_url, **opts) -> BrokerProcess``
   starts another node (``opts`` become flags: ``workers=2`` -> ``--workers 2``).
 * ``rabbitmq_url`` (session): the local RabbitMQ for comparisons, or the test is skipped.
+* ``fail_on_loop_errors`` (autouse): a test fails when an event loop of this process
+  reported an exception nobody handled ("Task exception was never retrieved", ...).
+
+Nodes are launched by ``tests/nodes.py`` (shared with the benchmarks); waiting for a
+condition is ``tests/waiting.py``.
 """
 
 from __future__ import annotations
@@ -18,17 +23,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import gc
 import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
-import time
+import traceback
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,9 @@ import pytest
 from cavalcade.storage import schema
 from cavalcade.storage.dsn import normalize_dsn, with_database
 from cavalcade.storage.embedded import EmbeddedPostgres
+from tests.nodes import Node, Nodes, cavalcade_command, free_port, start_node, stop_nodes_on
+
+__all__ = ["BrokerProcess", "broker_command", "free_port", "spawn_broker"]
 
 BROKER_START_TIMEOUT = 60.0
 
@@ -74,12 +79,6 @@ def _unique(prefix: str) -> str:
 
 def _drop(pg_dsn: str, name: str) -> None:
     admin_execute(pg_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 # --------------------------------------------------------------------------- PostgreSQL
@@ -119,9 +118,11 @@ def _fresh_database(pg_dsn: str, template: str | None) -> Iterator[str]:
     name = _unique("cavalcade_test")
     clause = f' TEMPLATE "{template}"' if template else ""
     admin_execute(pg_dsn, f'CREATE DATABASE "{name}"{clause}')
+    url = with_database(pg_dsn, name)
     try:
-        yield with_database(pg_dsn, name)
+        yield url
     finally:
+        stop_nodes_on(url)  # nodes of a fixture torn down after this one
         _drop(pg_dsn, name)
 
 
@@ -141,88 +142,14 @@ def empty_database_url(pg_dsn: str) -> Iterator[str]:
 
 # --------------------------------------------------------------------------- broker nodes
 
-
-def broker_command(*args: str) -> list[str]:
-    """The ``cavalcade`` command of the interpreter running the tests."""
-    return [sys.executable, "-m", "cavalcade.cli", *args]
-
-
-@dataclass
-class BrokerProcess:
-    """A ``cavalcade serve`` subprocess."""
-
-    process: subprocess.Popen[bytes]
-    port: int
-    stderr_path: Path
-    url: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.url = f"amqp://guest:guest@127.0.0.1:{self.port}/"
-
-    def stderr(self) -> str:
-        try:
-            return self.stderr_path.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def wait_ready(self, timeout: float = BROKER_START_TIMEOUT) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(
-                    f"cavalcade serve exited with {self.process.returncode} before "
-                    f"listening:\n{self.stderr()}"
-                )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        self.stop()
-        pytest.fail(
-            f"cavalcade serve did not listen on {self.port} in {timeout}s:\n{self.stderr()}"
-        )
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait (SIGKILL after ``timeout``); return the exit status."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+# The launcher lives in tests/nodes.py (shared with the benchmarks); these names stay.
+BrokerProcess = Node
+broker_command = cavalcade_command
 
 
 def spawn_broker(database_url: str | None, port: int, tmp: Path, **opts: Any) -> BrokerProcess:
-    """Start ``cavalcade serve`` without waiting for it (see BrokerProcess.wait_ready)."""
-    args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    if database_url is not None:
-        args += ["--database-url", database_url]
-    for key, value in opts.items():
-        flag = "--" + key.replace("_", "-")
-        if value is True:
-            args.append(flag)
-        elif value is not None and value is not False:
-            args += [flag, str(value)]
-    stderr_path = tmp / f"cavalcade-{port}-{uuid.uuid4().hex[:6]}.stderr"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            broker_command(*args),
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-            env=env,
-        )
-    return BrokerProcess(process=process, port=port, stderr_path=stderr_path)
-
-
-def _report(broker: BrokerProcess, code: int, failed: bool) -> None:
-    if code not in (0, -signal.SIGTERM) or failed:
-        print(f"\n--- cavalcade serve on port {broker.port} exited {code}; its stderr:")
-        print(broker.stderr())
+    """Start ``cavalcade serve`` without waiting for it (see ``Node.wait_ready``)."""
+    return start_node(tmp, database_url, port=port, wait=False, **opts)
 
 
 @pytest.fixture(scope="session")
@@ -248,8 +175,8 @@ def cavalcade_url(
             broker.wait_ready()
             yield broker.url
         finally:
-            code = broker.stop()
-            _report(broker, code, request.session.testsfailed > 0)
+            broker.stop()
+            broker.report(request.session.testsfailed > 0)
 
 
 @pytest.fixture
@@ -257,19 +184,13 @@ def start_broker(
     request: pytest.FixtureRequest, tmp_path: Path
 ) -> Iterator[Callable[..., BrokerProcess]]:
     """``start_broker(database_url, **opts)``: a node of this test's own, stopped after it."""
-    started: list[BrokerProcess] = []
+    nodes = Nodes(tmp_path)
 
     def start(database_url: str | None, **opts: Any) -> BrokerProcess:
-        port = int(opts.pop("port", 0)) or free_port()
-        broker = spawn_broker(database_url, port, tmp_path, **opts)
-        started.append(broker)
-        broker.wait_ready()
-        return broker
+        return nodes.start(database_url, port=int(opts.pop("port", 0)) or None, **opts)
 
     yield start
-    failed = bool(getattr(request.node, "rep_call_failed", False))
-    for broker in started:
-        _report(broker, broker.stop(), failed)
+    nodes.stop_all(bool(getattr(request.node, "rep_call_failed", False)))
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
@@ -278,6 +199,59 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if report.when == "call" and report.failed:
         item.rep_call_failed = True  # type: ignore[attr-defined]
     return report
+
+
+# --------------------------------------------------------------------------- lost exceptions
+
+_loop_errors: list[str] = []
+_default_exception_handler = asyncio.BaseEventLoop.default_exception_handler
+
+
+def _describe(context: dict[str, Any]) -> str:
+    lines = [str(context.get("message") or "event loop error")]
+    for key in ("task", "future", "handle"):
+        if key in context:
+            lines.append(f"{key}: {context[key]!r}"[:500])
+    exc = context.get("exception")
+    if isinstance(exc, BaseException):
+        lines.append("".join(traceback.format_exception(exc)).rstrip())
+    return "\n".join(lines)
+
+
+def _recording_exception_handler(loop: asyncio.BaseEventLoop, context: dict[str, Any]) -> None:
+    """Every loop's default handler: log as asyncio does, and remember it for the test."""
+    _loop_errors.append(_describe(context))
+    _default_exception_handler(loop, context)
+
+
+asyncio.BaseEventLoop.default_exception_handler = _recording_exception_handler  # type: ignore[method-assign]
+
+
+def _take_loop_errors() -> list[str]:
+    gc.collect()  # a task that failed unobserved says so when it is collected
+    taken = list(_loop_errors)
+    del _loop_errors[:]
+    return taken
+
+
+@pytest.fixture(autouse=True)
+def fail_on_loop_errors() -> Iterator[None]:
+    """Fail the test when an event loop of this process reported an exception nobody
+    handled ("Task exception was never retrieved", a callback that raised, ...)."""
+    stray = _take_loop_errors()
+    if stray:
+        pytest.fail(
+            "event loop errors before this test (a previous test's or fixture's teardown):\n\n"
+            + "\n\n".join(stray),
+            pytrace=False,
+        )
+    yield
+    errors = _take_loop_errors()
+    if errors:
+        pytest.fail(
+            "unhandled event loop errors during the test:\n\n" + "\n\n".join(errors),
+            pytrace=False,
+        )
 
 
 # --------------------------------------------------------------------------- RabbitMQ

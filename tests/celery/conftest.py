@@ -34,6 +34,8 @@ import kombu
 import pytest
 from celery import Celery
 
+from tests.waiting import wait_until
+
 from .tasks import CONFIG_ENV
 from .tasks import make_app as _make_app
 
@@ -94,14 +96,7 @@ def queue_counts(url: str, name: str) -> tuple[int, int]:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(step)
+    return wait_until(predicate, timeout, what, step)
 
 
 class Cleanup:

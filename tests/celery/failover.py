@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from tests import nodes
+from tests.nodes import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 REDIS_URL = os.environ.get("CAVALCADE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -47,12 +49,6 @@ def redis_available(url: str = REDIS_URL) -> bool:
         return False
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 # --------------------------------------------------------------------------- nodes
 
 
@@ -64,44 +60,39 @@ class Node:
     port: int
     log_path: Path
     env: dict[str, str]
-    process: subprocess.Popen[bytes] | None = None
+    node: nodes.Node | None = None
 
     @property
     def url(self) -> str:
         return f"amqp://guest:guest@127.0.0.1:{self.port}//"
 
+    @property
+    def process(self) -> subprocess.Popen[bytes] | None:
+        return None if self.node is None else self.node.process
+
     def start(self, timeout: float = 60.0) -> Node:
-        cmd = [sys.executable, "-m", "cavalcade.cli", "serve", "--host", "127.0.0.1"]
-        cmd += ["--port", str(self.port), "--database-url", self.database_url]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-        env.update(self.env)
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=env, cwd=ROOT
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"node on {self.port} exited:\n{self.log()[-3000:]}")
-            with contextlib.suppress(OSError):
-                with socket.create_connection(("127.0.0.1", self.port), 0.5):
-                    return self
-            time.sleep(0.05)
-        raise RuntimeError(f"node on {self.port} did not listen:\n{self.log()[-3000:]}")
+        """Start the node (again, after a fault) and wait until it answers AMQP."""
+        if self.node is not None:
+            self.node.restart(timeout=timeout)
+            return self
+        self.node = nodes.start_node(
+            self.log_path.parent,
+            self.database_url,
+            port=self.port,
+            env=nodes.node_env(self.env),
+            cwd=ROOT,
+            log_path=self.log_path,
+            timeout=timeout,
+        )
+        return self
 
     def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(30)
+        assert self.node is not None
+        self.node.signal(sig)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.node is not None:
+            self.node.stop()
 
     def log(self) -> str:
         try:

@@ -12,6 +12,8 @@ import pika
 import pika.exceptions
 import pytest
 
+from tests.waiting import wait_until
+
 from .conftest import drain, settle
 
 pytestmark = pytest.mark.timeout(30)
@@ -73,14 +75,8 @@ def test_delayed_message_not_in_queue_before_delay(conn, resources):
     settle(conn, 0.3)
     assert ch.queue_declare(q, passive=True).method.message_count == 0
     assert ch.basic_get(q, auto_ack=True)[0] is None
-    deadline = time.monotonic() + 4.0
-    while time.monotonic() < deadline:
-        method, _, body = ch.basic_get(q, auto_ack=True)
-        if method is not None:
-            assert body == b"later"
-            return
-        time.sleep(0.02)
-    pytest.fail("delayed message never reached the queue")
+    got = wait_until(lambda: ch.basic_get(q, auto_ack=True)[2], 4.0, "the delayed message", 0.02)
+    assert got == b"later"
 
 
 def test_delayed_messages_come_out_in_delay_order(conn, resources):

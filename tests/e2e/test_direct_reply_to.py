@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pika
 
+from tests.waiting import wait_until
+
 from .conftest import channel_error, connect, drain, safe_close
 
 REPLY_TO = "amq.rabbitmq.reply-to"
@@ -21,12 +23,12 @@ def test_rpc_round_trip(conn, resources):
     client.basic_publish(
         "", q, b"ping", pika.BasicProperties(reply_to=REPLY_TO, correlation_id="c1")
     )
-    method, props, body = None, None, None
-    for _ in range(50):
-        method, props, body = server.basic_get(q, auto_ack=True)
-        if method is not None:
-            break
-        conn.sleep(0.05)
+
+    def request() -> tuple | None:
+        got = server.basic_get(q, auto_ack=True)
+        return got if got[0] is not None else None
+
+    method, props, body = wait_until(request, 2.5, "the request")
     assert body == b"ping"
     assert props.reply_to.startswith(REPLY_TO + ".")
     server.basic_publish(

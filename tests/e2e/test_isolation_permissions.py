@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +20,7 @@ import pytest
 
 from cavalcade.domain.passwords import hash_password
 from cavalcade.storage.dsn import normalize_dsn
+from tests.waiting import wait_until
 
 from .conftest import connect, run_sync_sql, safe_close
 
@@ -120,7 +120,8 @@ def test_permission_rules(limited):
         ch.queue_declare(other)
         ch.exchange_declare(f"x-{other}", "fanout")
         set_perms("^mine-", "^mine-", "q")  # read: unanchored, so "xq-..." is readable
-        time.sleep(1.5)  # permissions re-read on open connections
+        # permissions re-read on open connections: configure on "other-" is gone
+        wait_until(lambda: _code(lambda: _fresh(admin).queue_declare(other)) == 403, 10, "perms")
         ch = _fresh(admin)
         assert _code(lambda: ch.queue_declare(mine)) == 200
         # default exchange: write on amq.default needed
@@ -158,7 +159,7 @@ def test_permission_rules(limited):
         ch = _fresh(admin)
         # cleared permissions apply to open connections: a new channel gets 403
         set_perms("", "", "")
-        time.sleep(1.5)
+        wait_until(lambda: _code(lambda: _fresh(admin).queue_declare(mine)) == 403, 10, "no perms")
         ch = _fresh(admin)
         assert _code(lambda: ch.queue_declare(f"mine-late-{tag}")) == 403
     finally:

@@ -9,6 +9,8 @@ import kombu
 import pytest
 from kombu import Consumer, Exchange, Producer, Queue
 
+from tests.waiting import wait_until
+
 from .conftest import OP_TIMEOUT
 
 pytestmark = pytest.mark.timeout(30)
@@ -92,9 +94,7 @@ def test_simple_queue(kconn, resources):
     try:
         for i in range(3):
             sq.put({"i": i})
-        deadline = time.monotonic() + OP_TIMEOUT
-        while sq.qsize() != 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: sq.qsize() >= 3, OP_TIMEOUT, "3 messages in the queue", 0.02)
         assert sq.qsize() == 3  # passive declare with junk flags
         msgs = [sq.get(block=True, timeout=OP_TIMEOUT) for _ in range(3)]
         assert [m.payload for m in msgs] == [{"i": 0}, {"i": 1}, {"i": 2}]

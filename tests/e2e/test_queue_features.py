@@ -20,6 +20,8 @@ import pika.exceptions
 import pytest
 from pamqp import commands
 
+from tests.waiting import wait_until
+
 from .conftest import (
     OP_TIMEOUT,
     RawClient,
@@ -686,9 +688,7 @@ def test_dead_letter_x_death_wire_types(conn, resources, amqp_url):
     try:
         c.handshake()
         c.open_channel(1)
-        deadline = time.monotonic() + OP_TIMEOUT
-        while count(ch, dq) == 0 and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_until(lambda: count(ch, dq), OP_TIMEOUT, "the dead-lettered copy", 0.02)
         headers = dict(_raw_get_headers(c, dq))
     finally:
         c.close()
@@ -741,9 +741,7 @@ def test_dead_letter_wire_field_order(conn, resources, amqp_url):
         for _ in range(2):
             method, _, _ = poll_get(ch, q, auto_ack=False)
             ch.basic_reject(method.delivery_tag, requeue=False)
-            deadline = time.monotonic() + OP_TIMEOUT
-            while count(ch, q) == 0 and time.monotonic() < deadline:
-                time.sleep(0.02)
+            wait_until(lambda: count(ch, q), OP_TIMEOUT, "the dead-lettered message back", 0.02)
             c.send(commands.Basic.Get(queue=q, no_ack=False), 1)
             ok = c.expect(commands.Basic.GetOk, channel=1)
             _, _, payload = c.recv_raw_frame()

@@ -2,30 +2,28 @@
 
 Helpers shared by ``test_cluster.py`` and ``test_chaos.py``.
 
-The ``start_broker`` fixture of ``tests/conftest.py`` strips every ``CAVALCADE_*``
-variable from the node's environment and has no flags for the node heartbeat and the
-death threshold (``Settings.node_heartbeat`` / ``node_death_threshold`` exist only as
-``CAVALCADE_NODE_HEARTBEAT`` / ``CAVALCADE_NODE_DEATH_THRESHOLD``). :class:`Nodes`
-starts nodes the same way but with extra environment variables, so a test can use a
-short death threshold and a fixed port (to restart a killed node where it was).
+The launcher (``tests/nodes.py``) strips every ``CAVALCADE_*`` variable from the node's
+environment, and ``serve`` has no flags for the node heartbeat and the death threshold
+(``Settings.node_heartbeat`` / ``node_death_threshold`` exist only as
+``CAVALCADE_NODE_HEARTBEAT`` / ``CAVALCADE_NODE_DEATH_THRESHOLD``). :meth:`Nodes.spawn`
+adds environment variables, so a test can use a short death threshold and a fixed port
+(to restart a killed node where it was).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import time
 import uuid
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pika
+import pika.exceptions
 
 from cavalcade.storage.dsn import normalize_dsn
-from tests.conftest import BrokerProcess, broker_command, free_port, run_sync
+from tests.conftest import BrokerProcess, run_sync
+from tests.nodes import Nodes as _Nodes
+from tests.nodes import node_env
+from tests.waiting import wait_until
 
 # Short node timers for tests that kill nodes: declared dead 3 s after the last heartbeat.
 FAST_HEARTBEAT = 0.5
@@ -36,12 +34,8 @@ FAST_ENV = {
 }
 
 
-class Nodes:
-    """Starts ``cavalcade serve`` nodes (with extra env) and stops what is left at the end."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.tmp = tmp
-        self.started: list[BrokerProcess] = []
+class Nodes(_Nodes):
+    """:class:`tests.nodes.Nodes` whose ``spawn`` adds environment variables to the node's."""
 
     def spawn(
         self,
@@ -52,44 +46,17 @@ class Nodes:
         wait: bool = True,
         **opts: Any,
     ) -> BrokerProcess:
-        port = port or free_port()
-        args = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-        args += ["--database-url", database_url]
-        for key, value in opts.items():
-            flag = "--" + key.replace("_", "-")
-            if value is True:
-                args.append(flag)
-            elif value is not None and value is not False:
-                args += [flag, str(value)]
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("CAVALCADE_")}
-        full_env.update(env or {})
-        stderr_path = self.tmp / f"node-{port}-{uuid.uuid4().hex[:6]}.log"
-        with stderr_path.open("wb") as out:
-            process = subprocess.Popen(
-                broker_command(*args),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env=full_env,
-            )
-        node = BrokerProcess(process=process, port=port, stderr_path=stderr_path)
-        self.started.append(node)
-        if wait:
-            node.wait_ready()
-        return node
+        return self.start(database_url, port=port, env=node_env(env), wait=wait, **opts)
 
-    def stop_all(self, report: bool) -> None:
-        for node in self.started:
-            code = node.stop(timeout=20)
-            if report or code not in (0, -signal.SIGKILL, -signal.SIGTERM):
-                print(f"\n--- node on port {node.port} exited {code}; its log:")
-                print(node.stderr()[-6000:])
+    def stop_all(  # type: ignore[override]
+        self, report: bool = False, timeout: float = 20.0, tail: int | None = 6000
+    ) -> None:
+        super().stop_all(report, timeout, tail)
 
 
 def kill(node: BrokerProcess) -> None:
     """SIGKILL a node (and wait for it), as a crash would."""
-    node.process.send_signal(signal.SIGKILL)
-    node.process.wait(10)
+    node.kill()
 
 
 def connect(url: str, **params: Any) -> pika.BlockingConnection:
@@ -102,17 +69,32 @@ def connect(url: str, **params: Any) -> pika.BlockingConnection:
     return pika.BlockingConnection(parameters)
 
 
-def wait_until(
-    predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05
-) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+def publish_refused(url: str, exchange: str, key: str = "") -> int:
+    """Publish (with confirms) on a fresh connection: 200 if taken, else the channel's
+    reply code (404 once the node knows the exchange is gone)."""
+    conn = connect(url)
+    try:
+        ch = conn.channel()
+        ch.confirm_delivery()
+        ch.basic_publish(exchange, key, b"probe")
+        return 200
+    except pika.exceptions.ChannelClosedByBroker as exc:
+        return int(exc.reply_code)
+    finally:
+        if conn.is_open:
+            conn.close()
+
+
+def consumer_count(url: str, queue: str) -> int:
+    """Consumers of ``queue`` by a passive declare on a fresh connection (0 if missing)."""
+    conn = connect(url)
+    try:
+        return int(conn.channel().queue_declare(queue, passive=True).method.consumer_count)
+    except pika.exceptions.ChannelClosedByBroker:
+        return 0
+    finally:
+        if conn.is_open:
+            conn.close()
 
 
 def sql(database_url: str, query: str, *args: Any) -> list[Any]:
@@ -138,7 +120,9 @@ __all__ = [
     "FAST_THRESHOLD",
     "Nodes",
     "connect",
+    "consumer_count",
     "kill",
+    "publish_refused",
     "sql",
     "unique",
     "wait_until",

@@ -30,7 +30,16 @@ from cavalcade.storage.dsn import with_database
 from cavalcade.storage.embedded import EmbeddedPostgres
 from tests.conftest import admin_execute, run_sync
 
-from . import FAST_ENV, FAST_THRESHOLD, Nodes, connect, kill, unique
+from . import (
+    FAST_ENV,
+    FAST_THRESHOLD,
+    Nodes,
+    connect,
+    consumer_count,
+    kill,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -189,7 +198,7 @@ def test_sigkill_each_node_in_turn_mid_stream(nodes, database_url):
     publisher = Publisher(urls, q, start_at=0, interval=0.004)
     consumer = Consumer(urls, q, start_at=1)
     consumer.start()
-    time.sleep(0.5)
+    wait_until(lambda: consumer_count(b.url, q), 20, "the consumer on B")
     publisher.start()
     recoveries = []
     try:
@@ -276,7 +285,7 @@ def test_postgres_crash_and_restart_mid_stream(nodes, owned_postgres):
     publisher = Publisher([a.url, b.url], q, start_at=0, interval=0.004)
     consumer = Consumer([a.url, b.url], q, start_at=1)
     consumer.start()
-    time.sleep(0.5)
+    wait_until(lambda: consumer_count(b.url, q), 20, "the consumer on B")
     publisher.start()
     try:
         time.sleep(3.0)

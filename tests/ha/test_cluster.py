@@ -26,6 +26,7 @@ from . import (
     Nodes,
     connect,
     kill,
+    publish_refused,
     sql,
     unique,
     wait_until,
@@ -165,7 +166,7 @@ def test_topology_declared_on_a_is_visible_on_b(start_broker, database_url):
         wait_until(lambda: not routes_on_b(q2, b"gone", exchange=""), 2, "queue delete on B")
         # an exchange deleted on A is a 404 on B
         ch_a.exchange_delete(ex)
-        time.sleep(0.2)
+        wait_until(lambda: publish_refused(b.url, ex, "k1") == 404, 2, "exchange delete on B")
         with pytest.raises(pika.exceptions.ChannelClosedByBroker) as closed:
             ch_b.basic_publish(ex, "k1", b"x")
         assert closed.value.reply_code == 404

@@ -31,7 +31,7 @@ from cavalcade.broker import maintenance
 from cavalcade.storage import schema
 from cavalcade.storage.dsn import normalize_dsn
 from cavalcade.storage.repository import Repository
-from tests.conftest import BrokerProcess, free_port, run_sync
+from tests.conftest import BrokerProcess, run_sync
 
 from . import Nodes, connect, sql, unique, wait_until
 
@@ -83,21 +83,13 @@ def _old_cli(src: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def _spawn_old(nodes: Nodes, src: Path, url: str, name: str) -> BrokerProcess:
     """A node of the previous release (its own folder first on the path: ``-m`` would put
     the current folder, this checkout, before PYTHONPATH)."""
-    port = free_port()
-    log = nodes.tmp / f"old-{port}.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "cavalcade.cli", "serve", "--host", "127.0.0.1",
-             "--port", str(port), "--database-url", url, "--node-name", name],
-            cwd=src,
-            env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-        )  # fmt: skip
-    node = BrokerProcess(process=process, port=port, stderr_path=log)
-    nodes.started.append(node)
-    node.wait_ready()
+    node = nodes.start(
+        url,
+        node_name=name,
+        command=[sys.executable, "-m", "cavalcade.cli"],
+        cwd=src,
+        env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"},
+    )
     assert not (src / "migrations" / "versions" / "0007_sql_surface.py").exists()
     return node
 

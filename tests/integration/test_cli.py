@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -15,19 +13,8 @@ from pathlib import Path
 import pytest
 
 from cavalcade.storage.embedded import EmbeddedPostgres
-
-AMQP_HEADER = b"AMQP\x00\x00\x09\x01"
-FRAME_METHOD = 1
-
-
-def broker_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cavalcade.cli", *args]
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+from tests.nodes import amqp_answers, free_port, start_node
+from tests.nodes import cavalcade_command as broker_command
 
 
 def _accepts(port: int) -> bool:
@@ -107,47 +94,19 @@ def data_dir() -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _handshake(port: int, process: subprocess.Popen[bytes], timeout: float = 60.0) -> bytes:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "cavalcade serve exited before listening"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-                sock.sendall(AMQP_HEADER)
-                sock.settimeout(10)
-                return sock.recv(7)
-        except (ConnectionRefusedError, ConnectionResetError):
-            time.sleep(0.1)
-    raise AssertionError(f"nothing listened on {port} within {timeout}s")
-
-
-def _serve_once(data_dir: Path, tmp_path: Path, run: int) -> None:
-    port = free_port()
-    stderr_path = tmp_path / f"serve-{run}.stderr"
-    with stderr_path.open("wb") as stderr:
-        process = subprocess.Popen(
-            broker_command(
-                "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)
-            ),
-            stdin=subprocess.DEVNULL,
-            stdout=stderr,
-            stderr=stderr,
-        )
+def _serve_once(data_dir: Path, tmp_path: Path) -> None:
+    node = start_node(tmp_path, data_dir=str(data_dir))  # waits for connection.start
     try:
-        frame = _handshake(port, process)
-        assert frame[:1] == bytes([FRAME_METHOD]), frame
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(60) == 0, stderr_path.read_text(errors="replace")
+        assert amqp_answers(node.port)
+        assert node.stop(60) == 0, node.log()
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        node.kill()
     assert not EmbeddedPostgres(data_dir).is_running(), "the embedded PostgreSQL still runs"
 
 
 def test_embedded_serve_starts_stops_and_restarts(data_dir: Path, tmp_path: Path) -> None:
-    _serve_once(data_dir, tmp_path, 1)
-    _serve_once(data_dir, tmp_path, 2)  # the same data dir again: reused, data intact
+    _serve_once(data_dir, tmp_path)
+    _serve_once(data_dir, tmp_path)  # the same data dir again: reused, data intact
 
     current = subprocess.run(
         broker_command("db", "current", "--data-dir", str(data_dir)),

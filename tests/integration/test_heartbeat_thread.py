@@ -9,6 +9,7 @@ import uuid
 
 from cavalcade.storage.heartbeat import HeartbeatThread
 from cavalcade.storage.repository import Repository
+from tests.waiting import wait_until_async
 
 
 async def _age(repo: Repository, node: uuid.UUID) -> float | None:
@@ -68,11 +69,8 @@ async def test_a_loop_stuck_for_good_stops_the_heartbeat(database_url: str) -> N
         stopped_at = beating.beats
         time.sleep(1.5)
         assert beating.beats == stopped_at
-        await asyncio.sleep(0.5)  # the loop runs again: beating resumes
-        for _ in range(100):
-            if beating.beats > stopped_at:
-                break
-            await asyncio.sleep(0.1)
+        # the loop runs again: beating resumes
+        await wait_until_async(lambda: beating.beats > stopped_at, 10.5, "beats again", 0.1)
         assert beating.beats > stopped_at
     finally:
         await asyncio.to_thread(beating.stop)

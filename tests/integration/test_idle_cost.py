@@ -8,6 +8,7 @@ from typing import Any
 
 from cavalcade.broker.service import Broker
 from cavalcade.storage.repository import ClaimedMessage, NewMessage, Repository
+from tests.waiting import wait_until_async
 
 QUEUES = 40
 
@@ -66,13 +67,13 @@ async def test_idle_dispatchers_run_no_statements(database_url: str) -> None:
             await broker.declare_queue(s, f"idle-{i}", False, False, False, False, {})
             targets.append(Target(f"c{i}"))
             await broker.consume(s, f"idle-{i}", targets[-1], False)
-        while CountingRepository.claims < QUEUES:  # each queue's first (empty) drain
-            await asyncio.sleep(0.05)
+        await wait_until_async(  # each queue's first (empty) drain
+            lambda: CountingRepository.claims >= QUEUES, 30, "the first drains"
+        )
         await asyncio.sleep(0.2)
         before = CountingRepository.claims, CountingRepository.next_dues
         start = broker.poller.polls
-        while broker.poller.polls < start + 20:
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: broker.poller.polls >= start + 20, 30, "20 polls")
         assert (CountingRepository.claims, CountingRepository.next_dues) == before
         # A message published meanwhile by "another node" (straight into the table,
         # with no wake-up at all) is still found by the one poll.
@@ -81,10 +82,7 @@ async def test_idle_dispatchers_run_no_statements(database_url: str) -> None:
         await repo.write_batch(
             [NewMessage(q.id, 0, True, "", "idle-7", b"\x00\x00", None, None, None, None, b"m")]
         )
-        for _ in range(200):
-            if targets[7].got:
-                break
-            await asyncio.sleep(0.05)
+        await wait_until_async(lambda: targets[7].got, 10, "the delivery")
         assert [m.body for m in targets[7].got] == [b"m"]
     finally:
         await broker.stop()

@@ -9,6 +9,7 @@ import uuid
 from cavalcade.broker.liveness import Liveness
 from cavalcade.storage.liveness import LivenessStore, NodeLock, lock_key
 from cavalcade.storage.repository import NewMessage, Repository
+from tests.waiting import wait_until_async
 
 
 async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
@@ -68,10 +69,7 @@ async def test_a_node_whose_session_ends_is_reaped_at_once(database_url: str) ->
         assert lock.conn is not None
         lock.conn.terminate()
         # The server ends the session a moment after the socket closes: look until then.
-        for _ in range(100):
-            if found := await live.check():
-                break
-            await asyncio.sleep(0.05)
+        found = await wait_until_async(live.check, 5, "the lock gone")
         assert found == [other]
         assert reaped == [other]
         assert await repo.ready_count(qid) == 3

@@ -98,9 +98,8 @@ def node(
                 "cavalcade", f"http://127.0.0.1:{http_port}/api/", broker.url, _session(), broker
             )
         finally:
-            code = broker.stop()
-            if code not in (0, -15):
-                print(broker.stderr())
+            broker.stop()
+            broker.report()
 
 
 @pytest.fixture(scope="session")

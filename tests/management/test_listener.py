@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import time
 
 import pytest
 import requests
 
 from tests.conftest import broker_command, free_port
+from tests.waiting import wait_until
 
 from .conftest import _wait_http
 
@@ -71,9 +71,7 @@ def test_workers_share_the_management_socket(start_broker, database_url: str) ->
     def node_count() -> int:
         return len(_get(port, "api/nodes").json())
 
-    deadline = time.monotonic() + 30
-    while node_count() < 2 and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: node_count() >= 2, 30, "both workers in api/nodes", 0.2)
     assert node_count() == 2
     # whichever sibling accepts a request answers for the whole cluster
     for _ in range(10):

@@ -43,9 +43,8 @@ def node(
             broker.wait_ready()
             yield Node(url, broker)
         finally:
-            code = broker.stop()
-            if code not in (0, -15):
-                print(broker.stderr())
+            broker.stop()
+            broker.report()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from cavalcade.broker import maintenance
 from cavalcade.broker.maintenance import NodeNotFound
 from cavalcade.storage.repository import Repository
 from tests.integration.test_ctl import ctl
+from tests.waiting import wait_until
 
 from .conftest import Node, name, wait_messages
 
@@ -73,10 +74,7 @@ async def test_drain_and_revive(
         assert [b for *_, b in wait_messages(channel, q, 1)] == [b"via-sql"]
         revived = ctl(node.database_url, "revive", node_id)  # by id, this time
         assert revived.returncode == 0, revived.stderr
-        deadline = time.monotonic() + 30
-        while _refused(other.url):
-            assert time.monotonic() < deadline, "the revived node never accepted again"
-            time.sleep(0.2)
+        wait_until(lambda: not _refused(other.url), 30, "the revived node to accept", 0.2)
         assert not await sql.fetchval("SELECT draining FROM nodes WHERE id = $1::uuid", node_id)
     finally:
         await repo.close()

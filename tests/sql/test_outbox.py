@@ -8,7 +8,6 @@ arriving alone proves the other never will.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -18,6 +17,7 @@ import pytest
 
 from cavalcade import client
 from tests.conftest import admin_execute
+from tests.waiting import wait_until_async
 
 from .conftest import Node, drained, name, wait_messages
 
@@ -62,14 +62,12 @@ async def test_committed_publish_arrives_with_every_property(
     async with sql.transaction():
         outbox_id = await client.publish(sql, "", q, b"payload", ALL_PROPERTIES)
     assert isinstance(outbox_id, int)
-    decoded = None
-    for _ in range(400):  # the view decodes the stored header bytes back to JSON
-        decoded = await sql.fetchval(
-            "SELECT properties FROM cavalcade_messages WHERE queue = $1", q
-        )
-        if decoded is not None:
-            break
-        await asyncio.sleep(0.05)
+    # the view decodes the stored header bytes back to JSON
+    decoded = await wait_until_async(
+        lambda: sql.fetchval("SELECT properties FROM cavalcade_messages WHERE queue = $1", q),
+        20,
+        "the message in cavalcade_messages",
+    )
     assert decoded is not None and json.loads(decoded) == ALL_PROPERTIES
     [(method, props, body)] = wait_messages(channel, q, 1)
     assert body == b"payload" and method.exchange == "" and method.routing_key == q
