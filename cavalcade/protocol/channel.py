@@ -116,7 +116,8 @@ class Channel:
         self.consumers: dict[str, Consumer] = {}
         self._lingering: list[Consumer] = []  # cancelled, still holding unacked messages
         self._held_cancels: list[str] | None = None  # server cancels waiting for delete-ok
-        self._last_stored: asyncio.Future[int] | None = None  # last publish not yet settled
+        self._last_stored: asyncio.Future[int] | None = None  # last publish owing a reply
+        self._last_publish: asyncio.Future[int] | None = None  # last publish, for ordering
         self.unacked: dict[int, Unacked] = {}
         self.next_tag = 0
         self.consumer_prefetch = 0
@@ -364,10 +365,8 @@ class Channel:
                         f"unexpected method {type(method).__name__} on a channel",
                         *_ids(method),
                     )
-                if self._last_stored is not None and not isinstance(method, _ASYNC_METHODS):
-                    await self._settle_publishes()
                 if not isinstance(method, _ASYNC_METHODS):
-                    _strip_cr_lf(method)
+                    await self._before_synchronous(method)
                 await self._handle(handler, method, content)
                 if self._torn_down:
                     return
@@ -611,9 +610,25 @@ class Channel:
             seq = self.publish_seq
         if m.mandatory or seq:
             fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
-        # Every publish, confirmed or not, is routed before the channel's next synchronous
-        # method takes effect (RabbitMQ's order: publish, then unbind or purge).
-        self._last_stored = fut
+            self._last_stored = fut
+        self._last_publish = fut
+
+    async def _before_synchronous(self, method: Frame) -> None:
+        """Order a synchronous method after the channel's earlier publishes."""
+        if self._last_stored is not None:
+            await self._settle_publishes()
+        if self._last_publish is not None and isinstance(method, _SEES_EARLIER_PUBLISHES):
+            await self._routed()
+        _strip_cr_lf(method)
+
+    async def _routed(self) -> None:
+        """Wait until every earlier publish on this channel is stored: RabbitMQ routes a
+        publish before the channel's next method, so an unbind, purge, delete or get that
+        follows it sees it where it was routed (not awaited for other methods: a declare
+        after each publish, as kombu sends, would pay a commit each)."""
+        fut, self._last_publish = self._last_publish, None
+        if fut is not None and not fut.done():
+            await asyncio.wait([fut])  # batches commit in order: all earlier ones are done
 
     async def _settle_publishes(self) -> None:
         """Before answering a synchronous method, send the returns and confirms of every
@@ -958,6 +973,18 @@ _ASYNC_METHODS = (
     commands.Basic.Ack,
     commands.Basic.Nack,
     commands.Basic.Reject,
+)
+
+# Methods whose outcome depends on where earlier publishes on the channel were routed.
+_SEES_EARLIER_PUBLISHES = (
+    commands.Queue.Bind,
+    commands.Queue.Unbind,
+    commands.Queue.Purge,
+    commands.Queue.Delete,
+    commands.Exchange.Bind,
+    commands.Exchange.Unbind,
+    commands.Exchange.Delete,
+    commands.Basic.Get,
 )
 
 
