@@ -16,6 +16,8 @@ from pamqp.base import Frame
 
 from cavalcade.errors import FrameError, NotImplemented_
 
+from .fastcodec import decode_hot
+
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_METHOD = 1
 FRAME_HEADER = 2
@@ -73,6 +75,9 @@ class FrameReader:
 
 def decode_method(payload: bytes) -> Frame:
     """Decode a method frame payload: 540 for unknown methods, 501 for bad arguments."""
+    hot = decode_hot(payload)  # publish and ack by hand (pamqp for the rest)
+    if hot is not None:
+        return hot
     cls, meth = method_ids(payload)
     if len(payload) < 4 or ((cls << 16) | meth) not in commands.INDEX_MAPPING:
         raise NotImplemented_(f"unknown method {cls}/{meth}", cls, meth)

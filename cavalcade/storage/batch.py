@@ -67,24 +67,24 @@ _REQUEUE_COUNTED = REQUEUE.strip() + " RETURNING id, queue_id, delivery_count"
 _TAKE = f"DELETE FROM messages WHERE id = ANY($1::bigint[]) RETURNING {_DEAD_COLUMNS}"
 
 _EXPIRE = f"""
-WITH c AS MATERIALIZED (
+DELETE FROM messages m
+ WHERE m.id = ANY(ARRAY(
   SELECT id FROM messages
    WHERE expires_at <= now() AND owner_node IS NULL
      AND NOT ({FRESH_ZERO_TTL}
               AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = messages.queue_id))
    ORDER BY expires_at
    LIMIT $1
-   FOR UPDATE SKIP LOCKED)
-DELETE FROM messages m
- USING c
- WHERE m.id = c.id
+   FOR UPDATE SKIP LOCKED))
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """  # ix_messages_expires order (an ORDER BY id walked the whole table when few have a
-# TTL); each batch is dead-lettered in id order, the order they were queued
+# TTL); each batch is dead-lettered in id order, the order they were queued. Rows by
+# primary key from an InitPlan, never joined (see queries.CLAIM: the slow mode)
 
 # Keep the newest messages (in delivery order, the last ones) within the limits.
 _DROP_HEAD = f"""
-WITH c AS MATERIALIZED (
+DELETE FROM messages m
+ WHERE m.id = ANY(ARRAY(
   SELECT id FROM (
     SELECT id,
            row_number() OVER w AS n,
@@ -92,10 +92,7 @@ WITH c AS MATERIALIZED (
       FROM messages
      WHERE queue_id = $1 AND {READY}
     WINDOW w AS (ORDER BY priority ASC, id DESC)) t
-   WHERE t.n > $2 OR t.bytes > $3)
-DELETE FROM messages m
- USING c
- WHERE m.id = c.id
+   WHERE t.n > $2 OR t.bytes > $3))
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """
 

@@ -63,25 +63,26 @@ _CLAIMED_COLUMNS = (
 
 # Claim up to $2 ready messages of queue $1 (zero-TTL ones since $3) for node $4,
 # channel $5 (an unacked delivery).
-# MATERIALIZED: evaluated once. As a plain subquery the planner may rescan it (the inner
-# side of a nested loop), and every rescan with SKIP LOCKED yields *other* rows: the
-# statement then claims (or deletes) more than LIMIT rows.
+# ``id = ANY(ARRAY(head))``, not a join with the head: the ARRAY sub-select is an
+# InitPlan, evaluated once (a joined subquery may be rescanned, and every rescan with
+# SKIP LOCKED yields *other* rows), and the rows are then fetched by primary key
+# whatever the statistics say. As a join (``WITH c AS MATERIALIZED (head) ... FROM c``)
+# the planner, once a VACUUM of a drained table has recorded reltuples = 0, takes
+# ``messages`` for one row and walks the whole primary key once per claim, testing
+# each row against the claimed ids: 2.7 s per 250-row claim over a 20k-row table, the
+# rawbench "slow mode" (issue 13; docs/performance.md).
 CLAIM = f"""
-WITH c AS MATERIALIZED ({_HEAD})
 UPDATE messages m
    SET owner_node = $4, owner_channel = $5, delivery_count = m.delivery_count + 1
-  FROM c
- WHERE m.id = c.id
+ WHERE m.id = ANY(ARRAY({_HEAD}))
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
 """
 
 # Take up to $2 ready messages of queue $1 (zero-TTL ones since $3) for a no-ack
 # delivery: they are deleted at once.
 CLAIM_DELETE = f"""
-WITH c AS MATERIALIZED ({_HEAD})
 DELETE FROM messages m
- USING c
- WHERE m.id = c.id
+ WHERE m.id = ANY(ARRAY({_HEAD}))
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
 """
 
