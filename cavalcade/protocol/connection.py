@@ -1,4 +1,6 @@
-"""One client connection: handshake, heartbeats, channel table, closing, flow control."""
+"""One client connection: handshake state, heartbeats, channel table, closing, flow control.
+
+What the handshake offers, accepts and refuses is decided in ``handshake.py``."""
 
 from __future__ import annotations
 
