@@ -1,23 +1,22 @@
-"""One client connection: handshake, heartbeats, channel table, closing, flow control."""
+"""One client connection: handshake state, heartbeats, channel table, closing, flow control.
+
+What the handshake offers, accepts and refuses is decided in ``handshake.py``."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import platform
 import time
 from typing import Any
 
 from pamqp import commands
 from pamqp.base import Frame
 
-from cavalcade import __version__
 from cavalcade.broker.api import BrokerPort, Session, check_channel_limit
 from cavalcade.errors import (
     AMQPError,
     ChannelErrorHard,
     CommandInvalid,
-    ConnectionAccessRefused,
     ConnectionForced,
     FrameError,
     NotAllowed,
@@ -41,24 +40,18 @@ from .framing import (
     heartbeat_frame,
     method_ids,
 )
+from .handshake import (
+    ClientCapabilities,
+    login,
+    start_method,
+    tune_method,
+    tune_ok_refusal,
+)
 from .link import ConnectionState
-from .sasl import MECHANISMS, parse_response
 from .tasks import keep, spawn
 from .tls import peer_common_name
 
 log = logging.getLogger(__name__)
-
-CAPABILITIES = {
-    "publisher_confirms": True,
-    "exchange_exchange_bindings": True,
-    "basic.nack": True,
-    "consumer_cancel_notify": True,
-    "connection.blocked": True,
-    "authentication_failure_close": True,
-    "per_consumer_qos": True,
-    "consumer_priorities": True,
-    "direct_reply_to": True,
-}
 
 
 class AMQPConnection(asyncio.Protocol):
@@ -256,29 +249,7 @@ class AMQPConnection(asyncio.Protocol):
     # -- channel 0 --------------------------------------------------------------------
 
     def _send_start(self) -> None:
-        props: dict[str, Any] = {
-            "product": "Cavalcade",
-            "version": __version__,
-            "platform": f"Python {platform.python_version()}",
-            "cluster_name": self.settings.effective_node_name(),
-            "copyright": "Cavalcade contributors",
-            "information": "AMQP 0-9-1 on PostgreSQL",
-            "capabilities": CAPABILITIES,
-        }
-        self.send_method(
-            0,
-            commands.Connection.Start(
-                version_major=0,
-                version_minor=9,
-                server_properties=props,
-                mechanisms=self._mechanisms(),
-                locales="en_US",
-            ),
-        )
-
-    def _mechanisms(self) -> str:
-        """EXTERNAL is offered when the client presented a verified certificate."""
-        return f"{MECHANISMS} EXTERNAL" if self.cert_user else MECHANISMS
+        self.send_method(0, start_method(self.settings, self.cert_user))
 
     async def _connection_methods(self) -> None:
         while not self.closed:
@@ -337,59 +308,22 @@ class AMQPConnection(asyncio.Protocol):
     async def _on_start_ok(self, m: commands.Connection.StartOk) -> None:
         props = m.client_properties if isinstance(m.client_properties, dict) else {}
         self._client_properties = props
-        caps = props.get("capabilities")
-        self.cancel_notify = isinstance(caps, dict) and bool(caps.get("consumer_cancel_notify"))
-        self.blocked_notify = isinstance(caps, dict) and bool(caps.get("connection.blocked"))
+        caps = ClientCapabilities.of(props)
+        self.cancel_notify = caps.cancel_notify
+        self.blocked_notify = caps.blocked_notify
         self.mechanism = m.mechanism
-        creds = parse_response(m.mechanism, m.response)
-        if m.mechanism not in self._mechanisms().split():
-            raise ConnectionAccessRefused(
-                f"unsupported authentication mechanism '{m.mechanism}'", 10, 11
-            )
-        refused = ConnectionAccessRefused(
-            f"Login was refused using authentication mechanism {m.mechanism}. "
-            "For details see the broker logfile.",
-            10,
-            11,
-        )
-        if m.mechanism == "EXTERNAL" and self.cert_user:
-            creds = (self.cert_user, "")
-        # As RabbitMQ: only a client that says it understands a 403 connection.close
-        # after start-ok gets one; for the others the socket is simply closed.
-        close_on_failure = isinstance(caps, dict) and bool(caps.get("authentication_failure_close"))
-        if creds is None:
-            if not close_on_failure:
-                self._abort()
-                return
-            raise refused
-        try:
-            if m.mechanism == "EXTERNAL":
-                self._user = await self.broker.authenticate_external(creds[0], self.peer)
-            else:
-                self._user = await self.broker.authenticate(creds[0], creds[1], self.peer)
-        except ConnectionAccessRefused as exc:
-            log.info("login of %r from %s refused: %s", creds[0], self.peer, exc.text)
-            if not close_on_failure:
-                self._abort()
-                return
-            raise refused from exc
+        user = await login(self.broker, m, self.cert_user, self.peer, caps.close_on_failure)
+        if user is None:
+            self._abort()  # refused, and the client does not understand a 403 close
+            return
+        self._user = user
         self._state = ConnectionState.TUNE
-        self.send_method(
-            0,
-            commands.Connection.Tune(
-                channel_max=self.settings.channel_max,
-                frame_max=self.settings.frame_max,
-                heartbeat=self.settings.heartbeat,
-            ),
-        )
+        self.send_method(0, tune_method(self.settings))
 
     def _on_tune_ok(self, m: commands.Connection.TuneOk) -> None:
-        """The server's proposal is a ceiling, as on RabbitMQ: a tune-ok above it (0 means
-        "no limit", also above it) or a frame_max below 4096 fails the negotiation. RabbitMQ
-        logs it and closes the socket without a close method; so do we. The client's
-        heartbeat wins whatever it is (RabbitMQ accepts a higher one too)."""
-        refusal = _tune_refusal("channel_max", m.channel_max, self.settings.channel_max)
-        refusal = refusal or _tune_refusal("frame_max", m.frame_max, self.settings.frame_max)
+        """A refused tune-ok is logged and the socket closed without a close method, as
+        RabbitMQ does (``handshake.tune_ok_refusal`` says which are refused)."""
+        refusal = tune_ok_refusal(m, self.settings)
         if refusal:
             log.error("%s: failed to negotiate connection parameters: %s", self.peer, refusal)
             self._abort()
@@ -599,13 +533,3 @@ class AMQPConnection(asyncio.Protocol):
                 log.exception("connection cleanup failed")
         finally:
             self.registry.discard(self)
-
-
-def _tune_refusal(name: str, value: int, ceiling: int) -> str | None:
-    """RabbitMQ's words for a tune-ok value it refuses, or None."""
-    if value == 0 or value > ceiling:
-        shown = f"{value} (no limit)" if value == 0 and name == "channel_max" else str(value)
-        return f"negotiated {name} = {shown} is higher than the maximum allowed value ({ceiling})"
-    if name == "frame_max" and value < 4096:
-        return f"negotiated {name} = {value} is lower than the minimum allowed value (4096)"
-    return None

@@ -11,9 +11,9 @@ from pamqp import commands, common
 from cavalcade import __version__
 from cavalcade.errors import FrameError, NotFound
 from cavalcade.protocol.closing import close_frame
-from cavalcade.protocol.connection import CAPABILITIES
 from cavalcade.protocol.flow import BLOCKED, WRITE_HIGH, WRITE_LOW, FlowControl
 from cavalcade.protocol.framing import PROTOCOL_HEADER
+from cavalcade.protocol.handshake import CAPABILITIES
 from cavalcade.protocol.link import ConnectionState
 from cavalcade.settings import Settings
 
