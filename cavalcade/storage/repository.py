@@ -25,13 +25,11 @@ import asyncpg
 from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 
 from . import batch, notify, queries, textsafe
-from .batch import BatchOutcome, BatchRules
 from .notify import NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
 from .topology_log import TopologyLog
 
 __all__ = [
-    "BatchRules",
     "ClaimedMessage",
     "NewMessage",
     "QueueRow",
@@ -551,36 +549,6 @@ class Repository:
             return int(left or 0)
 
     # -- the hot path --------------------------------------------------------
-
-    async def write_batch(
-        self,
-        messages: Sequence[NewMessage],
-        acks: Sequence[int] = (),
-        requeues: Sequence[int] = (),
-        rejects: Sequence[int] = (),
-        *,
-        node_id: uuid.UUID | None = None,
-        wake: set[int] | None = None,
-        rules: BatchRules | None = None,
-    ) -> BatchOutcome:
-        """One transaction for a batch: see :func:`cavalcade.storage.batch.write`."""
-        async with self.durable_pool.acquire() as conn, conn.transaction():
-            return await batch.write(
-                conn,
-                messages,
-                acks,
-                requeues,
-                rejects,
-                node_id=node_id,
-                wake=wake or set(),
-                rules=rules or BatchRules(),
-                notify=self.notify,
-            )
-
-    async def expire_messages(self, limit: int, rules: BatchRules) -> set[int]:
-        """Drop (or dead-letter) expired ready messages; returns the queues that gained some."""
-        async with self.durable_pool.acquire() as conn, conn.transaction():
-            return await batch.expire(conn, limit, rules, notify=self.notify)
 
     async def expire_queues(self, effective: dict[int, int] | None = None) -> list[tuple[int, int]]:
         """Delete queues unused for longer than their ``x-expires`` (or the effective value
