@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 from cavalcade.domain.limits import BatchRules
@@ -41,6 +41,13 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 class PublishRefused(Exception):
     """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it, or
     the database refused its rows."""
+
+
+class PublishBacklog(NamedTuple):
+    """Bytes published and not yet committed; above ``limit`` publishers are blocked."""
+
+    bytes: int
+    limit: int
 
 
 @dataclass(slots=True)
