@@ -6,7 +6,7 @@ import asyncio
 import logging
 import platform
 import time
-from typing import Any
+from typing import Any, Generic
 
 from pamqp import commands
 from pamqp.base import Frame
@@ -25,7 +25,6 @@ from cavalcade.errors import (
 )
 from cavalcade.settings import Settings
 
-from .channel import Channel
 from .closing import close_frame
 from .flow import BLOCKED, FlowControl
 from .framing import (
@@ -41,7 +40,7 @@ from .framing import (
     heartbeat_frame,
     method_ids,
 )
-from .link import ConnectionState
+from .link import C, ChannelFactory, ConnectionState
 from .sasl import MECHANISMS, parse_response
 from .tasks import keep, spawn
 from .tls import peer_common_name
@@ -61,17 +60,21 @@ CAPABILITIES = {
 }
 
 
-class AMQPConnection(asyncio.Protocol):
-    """The asyncio protocol of one client socket; the ``Link`` its channels use."""
+class AMQPConnection(asyncio.Protocol, Generic[C]):
+    """The asyncio protocol of one client socket; the ``Link`` its channels use. Its
+    channels come from ``new_channel`` (protocol/server.py passes channel.Channel)."""
 
     def __init__(
         self,
         broker: BrokerPort,
         settings: Settings,
-        registry: set[AMQPConnection],
+        registry: set[AMQPConnection[C]],
         server: Any = None,
+        *,
+        new_channel: ChannelFactory[C],
     ) -> None:
         self.broker = broker
+        self.new_channel = new_channel
         self.server = server  # for the user's channel count (max-channels)
         self.name = "?"
         self.tls = False
@@ -88,7 +91,7 @@ class AMQPConnection(asyncio.Protocol):
         self.frame_max = settings.frame_max
         self.channel_max = settings.channel_max
         self.heartbeat = 0
-        self.channels: dict[int, Channel] = {}
+        self.channels: dict[int, C] = {}
         self.closed = False
         self.cancel_notify = False
         self.blocked_notify = False
@@ -246,7 +249,7 @@ class AMQPConnection(asyncio.Protocol):
                 f"number of channels opened ({len(self.channels)}) has reached the "
                 f"negotiated channel_max ({self.channel_max})"
             )
-        self.channels[number] = Channel(self, number)
+        self.channels[number] = self.new_channel(self, number)
         self.send_method(number, commands.Channel.OpenOk())
 
     @property

@@ -22,11 +22,15 @@ from typing import Any
 
 import asyncpg
 
-from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+from cavalcade.domain.routing import ExchangeInfo
 
 from . import batch, notify, queries, textsafe
 from .notify import NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
+from .rows import binding_info as _binding_info
+from .rows import exchange_info as _exchange_info
+from .rows import json_args as _args
+from .rows import queue_row as _queue_row
 from .topology_log import TopologyLog
 
 __all__ = [
@@ -49,10 +53,6 @@ def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
     out = [ClaimedMessage(*r) for r in rows]
     out.sort(key=lambda m: (-m.priority, m.id))  # the order the claim chose
     return out
-
-
-def _args(value: Any) -> dict[str, Any]:
-    return dict(textsafe.load_json(value) or {})
 
 
 class Repository:
@@ -633,42 +633,6 @@ class Repository:
     def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
         """A write transaction: the broker runs a batch's statements on its handle."""
         return batch.transaction(self.pool, node_id, self.notify)
-
-
-def _exchange_info(r: asyncpg.Record) -> ExchangeInfo:
-    """An exchange (without its bindings) from a row of ``exchanges``."""
-    return ExchangeInfo(
-        id=r["id"],
-        name=r["name"],
-        type=r["type"],
-        durable=r["durable"],
-        auto_delete=r["auto_delete"],
-        internal=r["internal"],
-        arguments=_args(r["arguments"]),
-    )
-
-
-def _binding_info(r: asyncpg.Record) -> BindingInfo:
-    """A binding from a row of ``bindings``."""
-    return BindingInfo(
-        source_id=r["source_id"],
-        routing_key=r["routing_key"],
-        arguments=_args(r["arguments"]),
-        queue_id=r["queue_id"],
-        exchange_id=r["exchange_id"],
-    )
-
-
-def _queue_row(r: asyncpg.Record) -> QueueRow:
-    return QueueRow(
-        id=r["id"],
-        name=r["name"],
-        durable=r["durable"],
-        auto_delete=r["auto_delete"],
-        exclusive_node=r["exclusive_node"],
-        exclusive_connection=r["exclusive_connection"],
-        arguments=_args(r["arguments"]),
-    )
 
 
 async def _keep(conn: asyncpg.Connection) -> None:
