@@ -11,7 +11,7 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
-from cavalcade.broker.api import CLAIM_CAP, DIRECT_REPLY_TO, ClaimedMessage
+from cavalcade.broker.api import CLAIM_CAP, DIRECT_REPLY_TO, Backoff, ClaimedMessage, retry
 from cavalcade.domain.arguments import server_generated_name
 from cavalcade.domain.properties import (
     MalformedProperties,
@@ -386,20 +386,13 @@ class Channel:
     ) -> None:
         """Run a handler; while the database is away, hold this channel and retry (the
         handlers are idempotent or reconciled), up to the database wait."""
-        delay, waited = 0.1, 0.0
-        while True:
-            try:
-                await handler(method, content)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self.broker.database_unavailable(exc) or waited >= self.link.database_wait:
-                    raise
-                self.broker.outage.report(exc)  # logged once per outage, not per channel
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 2.0)
+        backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
+        await retry(
+            lambda: handler(method, content),
+            self.broker.database_unavailable,
+            backoff,
+            lambda exc: self.broker.outage.report(exc),  # logged once per outage, not per channel
+        )
 
     def _held(self) -> list[tuple[int, int]]:
         """(queue id, message id) of what this channel holds unacked, incl. settlements

@@ -12,7 +12,7 @@ from pamqp import commands
 from pamqp.base import Frame
 
 from cavalcade import __version__
-from cavalcade.broker.api import BrokerPort, Session, check_channel_limit
+from cavalcade.broker.api import Backoff, BrokerPort, Session, check_channel_limit, retry
 from cavalcade.errors import (
     AMQPError,
     ChannelErrorHard,
@@ -299,18 +299,15 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         """Login and open need the database: while it is away, retry until shortly before
         the handshake timeout, then close with 320 so the client reconnects later."""
         deadline = time.monotonic() + max(self.settings.handshake_timeout - 1.0, 0.5)
-        delay = 0.1
-        while True:
-            try:
-                await self._on_connection_method(m)
-                return
-            except Exception as exc:
-                if not self.broker.database_unavailable(exc):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise ConnectionForced("database unavailable, try again") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        away = self.broker.database_unavailable
+        try:
+            await retry(
+                lambda: self._on_connection_method(m), away, Backoff(0.1, 1.0, deadline=deadline)
+            )
+        except Exception as exc:
+            if not away(exc):
+                raise
+            raise ConnectionForced("database unavailable, try again") from exc
 
     async def _on_connection_method(self, m: Frame) -> None:
         if isinstance(m, commands.Connection.StartOk) and self._state is ConnectionState.START:
