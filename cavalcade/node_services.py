@@ -14,7 +14,8 @@ from cavalcade.broker.service import Broker
 from cavalcade.protocol.server import AMQPServer
 from cavalcade.settings import Settings
 from cavalcade.storage import maintenance
-from cavalcade.storage.outbox import OUTBOX_CHANNEL, OutboxStore
+from cavalcade.storage.notify import OUTBOX_CHANNEL
+from cavalcade.storage.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class NodeServices:
         self.drainer.paused = True
         log.warning("node %s entering maintenance mode: closing every client", self.node_id)
         await self.server.drain()
-        await self.broker.batcher.flush()
+        await self.broker.flush()
         requeued = await self.broker.reconcile()
         log.warning("node %s in maintenance mode (%d deliveries handed back)", self.node_id,
                     requeued)  # fmt: skip

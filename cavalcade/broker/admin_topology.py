@@ -159,7 +159,7 @@ async def get_messages(
         broker.requeue(held)
     elif ackmode == "reject_requeue_false":
         broker.discard(held)
-    await broker.batcher.flush()
+    await broker.flush()
     out = []
     for message, remaining in got:
         try:

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.records import ClaimedMessage
+from cavalcade.storage.retry import Backoff, retry
 
 from .dispatch import CLAIM_CAP, DeliveryTarget
 from .limits import check_channel_limit
@@ -22,6 +23,7 @@ from .sessions import Session
 
 __all__ = [
     "CLAIM_CAP",
+    "Backoff",
     "DIRECT_REPLY_TO",
     "BrokerPort",
     "ClaimedMessage",
@@ -34,6 +36,7 @@ __all__ = [
     "Session",
     "Sessions",
     "check_channel_limit",
+    "retry",
 ]
 
 

@@ -15,13 +15,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from uuid import UUID
 
 from cavalcade.domain.limits import BatchRules
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.records import DeadRow, NewMessage
 from cavalcade.storage.repository import Repository
+from cavalcade.storage.retry import Backoff, retry
 from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 
 from . import write_path
@@ -41,6 +42,13 @@ MAX_BATCH_BYTES = 16 * 1024 * 1024
 class PublishRefused(Exception):
     """A queue at its ``x-max-length`` with ``x-overflow: reject-publish`` refused it, or
     the database refused its rows."""
+
+
+class PublishBacklog(NamedTuple):
+    """Bytes published and not yet committed; above ``limit`` publishers are blocked."""
+
+    bytes: int
+    limit: int
 
 
 @dataclass(slots=True)
@@ -286,26 +294,30 @@ class WriteBatcher:
     ) -> set[int]:
         """Commit, retrying while the database is away; a batch the database refuses for
         its data is written in parts (see isolation.py). Returns the touched queues."""
-        delay = 0.05
-        while True:
-            try:
-                spans, refused, touched = await self._commit(ops, *settlements)
-                results.append((spans, refused))
-                self.alarm.clear()
-                return touched
-            except asyncio.CancelledError:
+
+        async def attempt() -> set[int]:
+            spans, refused, touched = await self._commit(ops, *settlements)
+            results.append((spans, refused))
+            self.alarm.clear()
+            return touched
+
+        def failed(exc: Exception) -> None:  # the database may come back: retried for ever
+            self.stats.timings.batch_failures += 1
+            if is_resource_alarm(exc):
+                self.alarm.raised(exc)
+            elif self.outage is None or not self.outage.report(exc):
+                log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
+
+        try:
+            return await retry(
+                attempt, lambda exc: not is_data_error(exc), Backoff(0.05, 2.0), failed
+            )
+        except Exception as exc:
+            if not is_data_error(exc):
                 raise
-            except Exception as exc:  # noqa: BLE001 - the database may come back
-                self.stats.timings.batch_failures += 1
-                if is_data_error(exc):
-                    # Refused rows: never retry them, and never fail anyone else's work.
-                    return await isolate(self._commit, exc, ops, settlements, results, self.alarm)
-                if is_resource_alarm(exc):
-                    self.alarm.raised(exc)
-                elif self.outage is None or not self.outage.report(exc):
-                    log.warning("write batch failed (%s: %s); retrying", type(exc).__name__, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+            # Refused rows: never retry them, and never fail anyone else's work.
+            self.stats.timings.batch_failures += 1
+            return await isolate(self._commit, exc, ops, settlements, results, self.alarm)
 
     def _count(
         self,

@@ -10,17 +10,8 @@ keeps heartbeating, so it is not reaped, and ``revive`` brings it back.
 
 from __future__ import annotations
 
-from typing import Protocol
-
-import asyncpg
-
 from cavalcade.storage import maintenance
-
-
-class HasPool(Protocol):
-    """A node's Repository or ``ctl``'s AdminStore: anything holding an asyncpg pool."""
-
-    pool: asyncpg.Pool
+from cavalcade.storage.maintenance import HasPool
 
 
 class NodeNotFound(LookupError):

@@ -62,9 +62,10 @@ async def database_reachable(broker: Broker) -> bool:
 
 def gauges(broker: Broker) -> dict[str, Any]:
     """Gauges of this node, published with its counters."""
+    backlog = broker.publish_backlog()
     return {
-        "publish_backlog_bytes": broker.batcher.backlog_bytes,
-        "publish_backlog_limit": broker.batcher.backlog_limit,
+        "publish_backlog_bytes": backlog.bytes,
+        "publish_backlog_limit": backlog.limit,
         "blocked_connections": broker.stats.blocked_connections(),
         "dispatchers": len(broker._dispatchers),
         "os_pid": os.getpid(),

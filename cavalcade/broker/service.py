@@ -26,7 +26,7 @@ from .api import BrokerPort
 from .consuming import Consuming
 from .dispatch import DeliveryTarget, QueueDispatcher
 from .exchanges import Exchanges
-from .group_commit import PendingPublish, WriteBatcher
+from .group_commit import PendingPublish, PublishBacklog, WriteBatcher
 from .liveness import Liveness
 from .node import NodeState
 from .outage import Outage
@@ -55,7 +55,7 @@ class Broker:
     ) -> None:
         self.repo = repo
         self.node_id = node_id
-        self.admin_store = AdminStore(repo.pool)
+        self.admin_store = AdminStore(repo.durable_pool)
         self.poll_interval = poll_interval
         self.batcher = WriteBatcher(
             repo,
@@ -139,6 +139,10 @@ class Broker:
     async def flush(self) -> None:
         """Wait until every publish and settlement queued so far is committed."""
         await self.batcher.flush()
+
+    def publish_backlog(self) -> PublishBacklog:
+        """Bytes published and not yet committed, and the backlog that blocks publishers."""
+        return PublishBacklog(self.batcher.backlog_bytes, self.batcher.backlog_limit)
 
     @staticmethod
     def amqp_error(exc: BaseException) -> BaseException:

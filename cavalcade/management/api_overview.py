@@ -224,7 +224,7 @@ async def _alarm_check(request: web.Request, local: bool) -> web.Response:
         problems.append(
             {"node": request.app[CTX].settings.effective_node_name(), "resource": "database"}
         )
-    if broker.batcher.blocked:
+    if broker.publishing_blocked:
         problems.append(
             {"node": request.app[CTX].settings.effective_node_name(), "resource": "publish_backlog"}
         )

@@ -216,12 +216,12 @@ class _Collector:
         yield GaugeMetricFamily(
             "cavalcade_publish_backlog_bytes",
             "Bytes published and not yet committed",
-            value=s.broker.batcher.backlog_bytes,
+            value=s.broker.publish_backlog().bytes,
         )
         yield GaugeMetricFamily(
             "cavalcade_publish_backlog_limit_bytes",
             "Backlog above which publishers block",
-            value=s.broker.batcher.backlog_limit,
+            value=s.broker.publish_backlog().limit,
         )
         yield GaugeMetricFamily(
             "cavalcade_blocked_connections",

@@ -17,6 +17,7 @@ from typing import Any
 from pamqp import commands
 from pamqp.base import Frame
 
+from cavalcade.broker.api import Backoff, retry
 from cavalcade.errors import AMQPError, CommandInvalid, NotImplemented_
 
 from .closing import close_frame
@@ -268,20 +269,13 @@ class Channel:
     ) -> None:
         """Run a handler; while the database is away, hold this channel and retry (the
         handlers are idempotent or reconciled), up to the database wait."""
-        delay, waited = 0.1, 0.0
-        while True:
-            try:
-                await handler(method, content)
-                return
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if not self.broker.database_unavailable(exc) or waited >= self.link.database_wait:
-                    raise
-                self.broker.outage.report(exc)  # logged once per outage, not per channel
-                await asyncio.sleep(delay)
-                waited += delay
-                delay = min(delay * 2, 2.0)
+        backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
+        await retry(
+            lambda: handler(method, content),
+            self.broker.database_unavailable,
+            backoff,
+            lambda exc: self.broker.outage.report(exc),  # logged once per outage, not per channel
+        )
 
     def _held(self) -> list[tuple[int, int]]:
         """(queue id, message id) of what this channel holds unacked, incl. settlements

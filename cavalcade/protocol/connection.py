@@ -7,12 +7,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, Generic
 
 from pamqp import commands
 from pamqp.base import Frame
 
-from cavalcade.broker.api import BrokerPort, Session, check_channel_limit
+from cavalcade.broker.api import Backoff, BrokerPort, Session, check_channel_limit, retry
 from cavalcade.errors import (
     AMQPError,
     ChannelErrorHard,
@@ -24,7 +24,6 @@ from cavalcade.errors import (
 )
 from cavalcade.settings import Settings
 
-from .channel import Channel
 from .closing import close_frame
 from .flow import BLOCKED, FlowControl
 from .framing import (
@@ -47,24 +46,28 @@ from .handshake import (
     tune_method,
     tune_ok_refusal,
 )
-from .link import ConnectionState
+from .link import C, ChannelFactory, ConnectionState
 from .tasks import keep, spawn
 from .tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
 
-class AMQPConnection(asyncio.Protocol):
-    """The asyncio protocol of one client socket; the ``Link`` its channels use."""
+class AMQPConnection(asyncio.Protocol, Generic[C]):
+    """The asyncio protocol of one client socket; the ``Link`` its channels use. Its
+    channels come from ``new_channel`` (protocol/server.py passes channel.Channel)."""
 
     def __init__(
         self,
         broker: BrokerPort,
         settings: Settings,
-        registry: set[AMQPConnection],
+        registry: set[AMQPConnection[C]],
         server: Any = None,
+        *,
+        new_channel: ChannelFactory[C],
     ) -> None:
         self.broker = broker
+        self.new_channel = new_channel
         self.server = server  # for the user's channel count (max-channels)
         self.name = "?"
         self.tls = False
@@ -81,7 +84,7 @@ class AMQPConnection(asyncio.Protocol):
         self.frame_max = settings.frame_max
         self.channel_max = settings.channel_max
         self.heartbeat = 0
-        self.channels: dict[int, Channel] = {}
+        self.channels: dict[int, C] = {}
         self.closed = False
         self.cancel_notify = False
         self.blocked_notify = False
@@ -239,7 +242,7 @@ class AMQPConnection(asyncio.Protocol):
                 f"number of channels opened ({len(self.channels)}) has reached the "
                 f"negotiated channel_max ({self.channel_max})"
             )
-        self.channels[number] = Channel(self, number)
+        self.channels[number] = self.new_channel(self, number)
         self.send_method(number, commands.Channel.OpenOk())
 
     @property
@@ -267,18 +270,15 @@ class AMQPConnection(asyncio.Protocol):
         """Login and open need the database: while it is away, retry until shortly before
         the handshake timeout, then close with 320 so the client reconnects later."""
         deadline = time.monotonic() + max(self.settings.handshake_timeout - 1.0, 0.5)
-        delay = 0.1
-        while True:
-            try:
-                await self._on_connection_method(m)
-                return
-            except Exception as exc:
-                if not self.broker.database_unavailable(exc):
-                    raise
-                if time.monotonic() + delay > deadline:
-                    raise ConnectionForced("database unavailable, try again") from exc
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 1.0)
+        away = self.broker.database_unavailable
+        try:
+            await retry(
+                lambda: self._on_connection_method(m), away, Backoff(0.1, 1.0, deadline=deadline)
+            )
+        except Exception as exc:
+            if not away(exc):
+                raise
+            raise ConnectionForced("database unavailable, try again") from exc
 
     async def _on_connection_method(self, m: Frame) -> None:
         if isinstance(m, commands.Connection.StartOk) and self._state is ConnectionState.START:

@@ -7,7 +7,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from .channel import Channel
 from .connection import AMQPConnection
+
+Connection = AMQPConnection[Channel]
 
 
 def _address(value: object) -> tuple[str | None, int | None]:
@@ -16,11 +19,11 @@ def _address(value: object) -> tuple[str | None, int | None]:
     return None, None
 
 
-def _blocked(conn: AMQPConnection) -> bool:
+def _blocked(conn: Connection) -> bool:
     return conn.flow is not None and conn.flow.blocked
 
 
-def describe_connection(conn: AMQPConnection) -> dict[str, Any] | None:
+def describe_connection(conn: Connection) -> dict[str, Any] | None:
     """One open connection (None while it is still in the handshake)."""
     session = conn.session
     if session is None or conn.transport is None or conn.closed:
@@ -62,9 +65,9 @@ def describe_connection(conn: AMQPConnection) -> dict[str, Any] | None:
     }
 
 
-def describe_connections(connections: Iterable[AMQPConnection]) -> list[dict[str, Any]]:
+def describe_connections(connections: Iterable[Connection]) -> list[dict[str, Any]]:
     return [d for c in list(connections) if (d := describe_connection(c)) is not None]
 
 
-def blocked_count(connections: Iterable[AMQPConnection]) -> int:
+def blocked_count(connections: Iterable[Connection]) -> int:
     return sum(1 for c in list(connections) if _blocked(c))

@@ -7,12 +7,15 @@ implements it. Channel state belongs to the channel, connection state to the con
 from __future__ import annotations
 
 import enum
-from typing import Protocol
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 from pamqp.base import Frame
 
 from cavalcade.broker.api import BrokerPort as Broker
 from cavalcade.broker.api import Session
+
+from .framing import RawFrame
 
 
 class ConnectionState(enum.Enum):
@@ -103,3 +106,40 @@ class Link(Protocol):
     def forget_channel(self, number: int, channel: object) -> None:
         """``channel`` (number ``number``) is closed: drop it from the channel table."""
         ...
+
+
+class ChannelHandle(Protocol):
+    """A channel as its connection uses it (the connection never imports channel.py)."""
+
+    @property
+    def is_open(self) -> bool:
+        """The channel is open (not closing, not closed)."""
+        ...
+
+    @property
+    def needs_teardown(self) -> bool:
+        """Open, or still holding consumers or unacked deliveries."""
+        ...
+
+    def on_frame(self, f: RawFrame) -> None:
+        """One frame for this channel."""
+        ...
+
+    def wake_queues(self) -> None:
+        """The socket takes writes again: let every consumer's queue deliver."""
+        ...
+
+    async def teardown_logged(self) -> None:
+        """Tear the channel down, logging (not raising) a failure."""
+        ...
+
+    def stop(self) -> None:
+        """Stop the channel's tasks."""
+        ...
+
+
+C = TypeVar("C", bound=ChannelHandle)
+
+# How the connection gets a channel: given itself (the channel's link) and the number.
+# protocol/server.py passes channel.Channel.
+ChannelFactory = Callable[[Link, int], C]

@@ -9,6 +9,7 @@ import ssl
 from cavalcade.broker.api import BrokerPort, Session
 from cavalcade.settings import Settings
 
+from .channel import Channel
 from .connection import AMQPConnection
 from .describe import blocked_count, describe_connections
 
@@ -19,7 +20,7 @@ class AMQPServer:
     def __init__(self, broker: BrokerPort, settings: Settings) -> None:
         self.broker = broker
         self.settings = settings
-        self.connections: set[AMQPConnection] = set()
+        self.connections: set[AMQPConnection[Channel]] = set()
         self.draining = False  # maintenance mode: new sockets are closed at once
         self._servers: list[asyncio.base_events.Server] = []
         broker.attach(
@@ -73,7 +74,9 @@ class AMQPServer:
             lambda: (
                 _Refused()
                 if self.draining
-                else AMQPConnection(self.broker, self.settings, self.connections, self)
+                else AMQPConnection(
+                    self.broker, self.settings, self.connections, self, new_channel=Channel
+                )
             ),
             sock=sock,
             backlog=1024,

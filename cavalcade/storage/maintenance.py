@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Protocol
 
 import asyncpg
 
@@ -11,6 +12,12 @@ UPDATE nodes SET draining = $2
  WHERE id::text = $1 OR name = $1
 RETURNING id, name
 """
+
+
+class HasPool(Protocol):
+    """A node's Repository or ``ctl``'s AdminStore: anything holding an asyncpg pool."""
+
+    pool: asyncpg.Pool
 
 
 async def is_draining(pool: asyncpg.Pool, node_id: uuid.UUID) -> bool:

@@ -21,8 +21,6 @@ import asyncpg
 
 from .batch import WriteBatch
 
-OUTBOX_CHANNEL = "cavalcade_outbox"
-
 _LOCK = "SELECT id FROM outbox_drain WHERE id = 1 FOR UPDATE SKIP LOCKED"
 
 _TAKE = """

@@ -1,4 +1,4 @@
-"""Every SQL statement on ``messages`` outside the write batch, by name.
+"""Every SQL statement on ``messages``, by name.
 
 procrastinate keeps its queue SQL in one ``sql/queries.sql``; this is that file, in
 Python so the statements can share their fragments. A message row is in one of
@@ -8,8 +8,8 @@ not yet due). Everything that counts, claims or purges "ready" messages uses the
 ``READY``, so queue.declare-ok, basic.get-ok, queue.purge-ok and queue.delete-ok count
 the same messages, and exactly the ones a consumer could get.
 
-The write batch's own statements (insert, ack, requeue, overflow, expiry) are still
-in :mod:`cavalcade.storage.batch`; ``ACK`` and ``REQUEUE`` here are the same text.
+The write batch's statements (insert, ack, requeue, overflow, expiry) are here too;
+:class:`cavalcade.storage.batch.WriteBatch` runs them inside one transaction.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ DELETE FROM messages m
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count + 1
 """
 
-# -- settle (the same text as the write batch's) ---------------------------------------
+# -- settle ----------------------------------------------------------------------------
 
 # Ack: delete the deliveries $1 that node $2 holds.
 # ``(owner_node = $2) IS TRUE``, not ``owner_node = $2``: the same rows, but the planner
@@ -120,6 +120,85 @@ REQUEUE_NODES = (
 
 # Ids of the deliveries node $1 holds (compared with what its channels still track).
 OWNED_IDS = "SELECT id FROM messages WHERE owner_node = $1"
+
+# -- the write batch (run by storage.batch.WriteBatch) --------------------------------
+
+# Insert the publishes (13 parallel arrays), in the given order (FIFO ids), into the
+# queues that still exist.
+INSERT = """
+INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
+                      content_type, message_id, correlation_id, expiration, body,
+                      expires_at, available_at)
+SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
+       CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 millisecond' END,
+       CASE WHEN dly IS NULL OR dly <= 0 THEN NULL
+            ELSE now() + dly * interval '1 millisecond' END
+  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
+              $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+              $12::bigint[], $13::bigint[])
+       WITH ORDINALITY AS u(q, p, d, e, r, h, ct, mi, ci, x, b, ttl, dly, n)
+ WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ ORDER BY n
+"""
+
+# What a dead-lettered copy is built from (storage.records.DeadRow).
+_DEAD_COLUMNS = "id, queue_id, exchange, routing_key, properties, body, priority, persistent"
+
+# Reject: delete the deliveries $1 node $2 holds, returning them (to dead-letter).
+TAKE_OWNED = (
+    f"DELETE FROM messages WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE"
+    f" RETURNING {_DEAD_COLUMNS}"
+)
+
+# ``REQUEUE``, with each row's queue and delivery count (the delivery limit).
+REQUEUE_COUNTED = REQUEUE.strip() + " RETURNING id, queue_id, delivery_count"
+
+# Delete rows $1 whoever holds them, returning them (past their delivery limit).
+TAKE = f"DELETE FROM messages WHERE id = ANY($1::bigint[]) RETURNING {_DEAD_COLUMNS}"
+
+# The sweep: delete up to $1 expired unowned rows (fresh zero-TTL ones while their
+# queue has consumers stay), returning them.
+EXPIRE = f"""
+DELETE FROM messages m
+ WHERE m.id = ANY(ARRAY(
+  SELECT id FROM messages
+   WHERE expires_at <= now() AND owner_node IS NULL
+     AND NOT ({FRESH_ZERO_TTL}
+              AND EXISTS (SELECT 1 FROM consumers c WHERE c.queue_id = messages.queue_id))
+   ORDER BY expires_at
+   LIMIT $1
+   FOR UPDATE SKIP LOCKED))
+RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
+"""  # ix_messages_expires order (an ORDER BY id walked the whole table when few have a
+# TTL); each batch is dead-lettered in id order, the order they were queued. Rows by
+# primary key from an InitPlan, never joined (see CLAIM: the slow mode)
+
+# Keep the newest messages (in delivery order, the last ones) within the limits.
+DROP_HEAD = f"""
+DELETE FROM messages m
+ WHERE m.id = ANY(ARRAY(
+  SELECT id FROM (
+    SELECT id,
+           row_number() OVER w AS n,
+           sum(octet_length(body)) OVER w AS bytes
+      FROM messages
+     WHERE queue_id = $1 AND {READY}
+    WINDOW w AS (ORDER BY priority ASC, id DESC)) t
+   WHERE t.n > $2 OR t.bytes > $3))
+RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
+"""
+
+# Ready (messages, bytes) of each queue $1, the queue rows locked until commit.
+READY_LENGTHS = f"""
+SELECT q.id,
+       (SELECT count(*) FROM messages WHERE queue_id = q.id AND {READY}),
+       (SELECT coalesce(sum(octet_length(body)), 0) FROM messages
+         WHERE queue_id = q.id AND {READY})
+  FROM queues q WHERE q.id = ANY($1::bigint[]) ORDER BY q.id FOR UPDATE
+"""
+
+# Lock queue $1's row (its overflow is decided under the lock).
+LOCK_QUEUE = "SELECT 1 FROM queues WHERE id = $1 FOR UPDATE"
 
 # -- counts ----------------------------------------------------------------------------
 

@@ -22,16 +22,18 @@ from typing import Any
 
 import asyncpg
 
-from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+from cavalcade.domain.routing import ExchangeInfo
 
 from . import batch, notify, queries, textsafe
-from .batch import BatchOutcome, BatchRules
 from .notify import NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
+from .rows import binding_info as _binding_info
+from .rows import exchange_info as _exchange_info
+from .rows import json_args as _args
+from .rows import queue_row as _queue_row
 from .topology_log import TopologyLog
 
 __all__ = [
-    "BatchRules",
     "ClaimedMessage",
     "NewMessage",
     "QueueRow",
@@ -53,10 +55,6 @@ def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
     return out
 
 
-def _args(value: Any) -> dict[str, Any]:
-    return dict(textsafe.load_json(value) or {})
-
-
 class Repository:
     """All SQL of the broker. One instance per node, over its two pools."""
 
@@ -75,12 +73,6 @@ class Repository:
         # out: a claim lost in a crash only makes the message ready again.
         self.async_commit_pool = async_commit_pool or durable_pool
         self.topology = TopologyLog(durable_pool, notify)
-
-    @property
-    def pool(self) -> asyncpg.Pool:
-        """Transitional alias of :attr:`durable_pool` for callers being restructured in
-        parallel (broker/service.py); remove once none is left."""
-        return self.durable_pool
 
     @classmethod
     async def connect(cls, dsn: str, size: int = 8, notify: bool = True) -> Repository:
@@ -552,36 +544,6 @@ class Repository:
 
     # -- the hot path --------------------------------------------------------
 
-    async def write_batch(
-        self,
-        messages: Sequence[NewMessage],
-        acks: Sequence[int] = (),
-        requeues: Sequence[int] = (),
-        rejects: Sequence[int] = (),
-        *,
-        node_id: uuid.UUID | None = None,
-        wake: set[int] | None = None,
-        rules: BatchRules | None = None,
-    ) -> BatchOutcome:
-        """One transaction for a batch: see :func:`cavalcade.storage.batch.write`."""
-        async with self.durable_pool.acquire() as conn, conn.transaction():
-            return await batch.write(
-                conn,
-                messages,
-                acks,
-                requeues,
-                rejects,
-                node_id=node_id,
-                wake=wake or set(),
-                rules=rules or BatchRules(),
-                notify=self.notify,
-            )
-
-    async def expire_messages(self, limit: int, rules: BatchRules) -> set[int]:
-        """Drop (or dead-letter) expired ready messages; returns the queues that gained some."""
-        async with self.durable_pool.acquire() as conn, conn.transaction():
-            return await batch.expire(conn, limit, rules, notify=self.notify)
-
     async def expire_queues(self, effective: dict[int, int] | None = None) -> list[tuple[int, int]]:
         """Delete queues unused for longer than their ``x-expires`` (or the effective value
         given per queue id, policies applied): (vhost id, queue id)."""
@@ -668,43 +630,7 @@ class Repository:
     # Added for the broker-driven write path (H1, broker/write_path.py).
     def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
         """A write transaction: the broker runs a batch's statements on its handle."""
-        return batch.transaction(self.pool, node_id, self.notify)
-
-
-def _exchange_info(r: asyncpg.Record) -> ExchangeInfo:
-    """An exchange (without its bindings) from a row of ``exchanges``."""
-    return ExchangeInfo(
-        id=r["id"],
-        name=r["name"],
-        type=r["type"],
-        durable=r["durable"],
-        auto_delete=r["auto_delete"],
-        internal=r["internal"],
-        arguments=_args(r["arguments"]),
-    )
-
-
-def _binding_info(r: asyncpg.Record) -> BindingInfo:
-    """A binding from a row of ``bindings``."""
-    return BindingInfo(
-        source_id=r["source_id"],
-        routing_key=r["routing_key"],
-        arguments=_args(r["arguments"]),
-        queue_id=r["queue_id"],
-        exchange_id=r["exchange_id"],
-    )
-
-
-def _queue_row(r: asyncpg.Record) -> QueueRow:
-    return QueueRow(
-        id=r["id"],
-        name=r["name"],
-        durable=r["durable"],
-        auto_delete=r["auto_delete"],
-        exclusive_node=r["exclusive_node"],
-        exclusive_connection=r["exclusive_connection"],
-        arguments=_args(r["arguments"]),
-    )
+        return batch.transaction(self.durable_pool, node_id, self.notify)
 
 
 async def _keep(conn: asyncpg.Connection) -> None:

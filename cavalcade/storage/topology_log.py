@@ -21,6 +21,7 @@ from cavalcade.domain.routing import BindingInfo, ExchangeInfo
 from . import notify
 from .notify import TopologyChanged
 from .records import QueueRow
+from .rows import binding_info, exchange_info, queue_row
 
 KEEP_EVENTS = 2000  # versions of history kept per vhost; a node further behind reloads
 
@@ -125,8 +126,6 @@ class TopologyLog:
     ) -> TopologyRows:
         """Current rows of the changed queues, exchanges (``full_exchanges`` with all
         their bindings as a source) and binding edges."""
-        from .repository import _binding_info, _exchange_info, _queue_row  # one row shape each
-
         full = sorted(set(full_exchanges))
         async with self.pool.acquire() as conn:
             q_rows = await conn.fetch(
@@ -154,12 +153,12 @@ class TopologyLog:
                     [e[2] for e in edges],
                     full,
                 )
-        queues = {r["id"]: _queue_row(r) for r in q_rows}
-        exchanges = {r["id"]: _exchange_info(r) for r in x_rows}
+        queues = {r["id"]: queue_row(r) for r in q_rows}
+        exchanges = {r["id"]: exchange_info(r) for r in x_rows}
         by_edge: dict[Edge, list[BindingInfo]] = {e: [] for e in edges}
         full_set = set(full)
         for r in b_rows:
-            b = _binding_info(r)
+            b = binding_info(r)
             edge = (b.source_id, b.queue_id or 0, b.exchange_id or 0)
             if edge in by_edge:
                 by_edge[edge].append(b)

@@ -8,6 +8,12 @@ import uuid
 from cavalcade.storage.repository import NewMessage, Repository
 
 
+async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
+    """Publish ``rows`` as the broker's write path does (one write transaction)."""
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+
+
 async def _setup(database_url: str, n: int) -> tuple[Repository, int]:
     repo = await Repository.connect(database_url, size=10)
     vhost = await repo.find_vhost("/")
@@ -19,7 +25,7 @@ async def _setup(database_url: str, n: int) -> tuple[Repository, int]:
         NewMessage(q.id, 0, True, "", "claim-test", b"\x00\x00", None, None, None, None, b"%d" % i)
         for i in range(n)
     ]
-    await repo.write_batch(rows)
+    await _insert(repo, rows)
     return repo, q.id
 
 
@@ -94,14 +100,17 @@ async def test_a_fenced_node_cannot_settle_what_it_no_longer_owns(database_url: 
         again = await repo.claim(qid, new, 1, 2, no_ack=False)
         assert [m.id for m in again] == [m.id for m in first]
         # The dead node's late ack and requeue touch nothing; the new owner's ack works.
-        await repo.write_batch((), [first[0].id], [first[1].id], node_id=old)
+        async with repo.write_transaction(old) as tx:
+            await tx.ack([first[0].id])
+            await tx.requeue([first[1].id])
         assert (
             await repo.durable_pool.fetchval(
                 "SELECT count(*) FROM messages WHERE owner_node = $1", new
             )
             == 2
         )
-        await repo.write_batch((), [m.id for m in again], node_id=new)
+        async with repo.write_transaction(new) as tx:
+            await tx.ack([m.id for m in again])
         assert await repo.durable_pool.fetchval("SELECT count(*) FROM messages") == 0
     finally:
         await repo.close()

@@ -9,6 +9,12 @@ from cavalcade.storage.counting import CAP
 from cavalcade.storage.repository import NewMessage, Repository
 
 
+async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
+    """Publish ``rows`` as the broker's write path does (one write transaction)."""
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+
+
 def _rows(qid: int, n: int, priority: int = 0) -> list[NewMessage]:
     return [
         NewMessage(qid, priority, False, "", "k", b"\x00\x00", None, None, None, None, b"x")
@@ -30,21 +36,21 @@ async def test_counts_are_exact_when_small_and_close_when_large(database_url: st
         assert vhost is not None
         a, b, p = [await _queue(repo, vhost, n) for n in ("a", "b", "prio")]
         assert await repo.ready_count(a) == 0
-        await repo.write_batch(_rows(a, 1))
+        await _insert(repo, _rows(a, 1))
         assert await repo.ready_count(a) == 1
-        await repo.write_batch(_rows(a, 2 * CAP - 2))
+        await _insert(repo, _rows(a, 2 * CAP - 2))
         assert await repo.ready_count(a) == 2 * CAP - 1  # the largest exact count
         # Priorities shuffle the index order; small counts stay exact.
         for prio in (0, 5, 2, 9, 0, 5):
-            await repo.write_batch(_rows(p, 300, prio))
+            await _insert(repo, _rows(p, 300, prio))
         assert await repo.ready_count(p) == 1800
         # Large: a queue published to alone, then two interleaved ones.
-        await repo.write_batch(_rows(a, 20_000))
+        await _insert(repo, _rows(a, 20_000))
         total_a = 2 * CAP - 1 + 20_000
         # (the priority queue's 1800 ids between its windows count as its own: ~8% high)
         assert abs(await repo.ready_count(a) - total_a) <= total_a * 0.1
         for _ in range(20):
-            await repo.write_batch(_rows(a, 500) + _rows(b, 500))
+            await _insert(repo, _rows(a, 500) + _rows(b, 500))
         total_a += 10_000
         assert abs(await repo.ready_count(a) - total_a) <= total_a * 0.1
         # Blocks of 500 interleaved: the windows see density 2/3 where it is 1/2. An
@@ -73,9 +79,9 @@ async def test_one_ready_for_declare_get_purge_and_delete(database_url: str) -> 
         q = await _queue(repo, vhost, "ready-defs")
         node = uuid.uuid4()
         await repo.register_node(node, "n")
-        await repo.write_batch(_rows(q, 4))
-        await repo.write_batch([replace(_rows(q, 1)[0], delay_ms=60_000)])
-        await repo.write_batch([replace(_rows(q, 1)[0], ttl_ms=60_000)])
+        await _insert(repo, _rows(q, 4))
+        await _insert(repo, [replace(_rows(q, 1)[0], delay_ms=60_000)])
+        await _insert(repo, [replace(_rows(q, 1)[0], ttl_ms=60_000)])
         await repo.durable_pool.execute(
             "UPDATE messages SET expires_at = now() - interval '1 second'"
             " WHERE queue_id = $1 AND expires_at IS NOT NULL",
@@ -96,7 +102,7 @@ async def test_one_ready_for_declare_get_purge_and_delete(database_url: str) -> 
             "SELECT count(*) FROM messages WHERE queue_id = $1", q
         )
         assert left == 3  # the unacked, the delayed and the expired (for the sweep)
-        await repo.write_batch(_rows(q, 2))
+        await _insert(repo, _rows(q, 2))
         assert await repo.delete_queue(q) == 2
     finally:
         await repo.close()

@@ -52,6 +52,12 @@ class Target:
         pass
 
 
+async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
+    """Publish ``rows`` as the broker's write path does (one write transaction)."""
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+
+
 async def test_idle_dispatchers_run_no_statements(database_url: str) -> None:
     base = await Repository.connect(database_url, size=4)
     repo = CountingRepository(base.durable_pool, base.async_commit_pool, notify=True)
@@ -79,8 +85,9 @@ async def test_idle_dispatchers_run_no_statements(database_url: str) -> None:
         # with no wake-up at all) is still found by the one poll.
         q = await repo.find_queue(s.vhost.id, "idle-7")
         assert q is not None
-        await repo.write_batch(
-            [NewMessage(q.id, 0, True, "", "idle-7", b"\x00\x00", None, None, None, None, b"m")]
+        await _insert(
+            repo,
+            [NewMessage(q.id, 0, True, "", "idle-7", b"\x00\x00", None, None, None, None, b"m")],
         )
         await wait_until_async(lambda: targets[7].got, 10, "the delivery")
         assert [m.body for m in targets[7].got] == [b"m"]

@@ -12,6 +12,12 @@ from cavalcade.storage.repository import NewMessage, Repository
 from tests.waiting import wait_until_async
 
 
+async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
+    """Publish ``rows`` as the broker's write path does (one write transaction)."""
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+
+
 async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
     vhost = await repo.find_vhost("/")
     assert vhost is not None
@@ -22,7 +28,7 @@ async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
         NewMessage(q.id, 0, True, "", "liveness", b"\x00\x00", None, None, None, None, b"x")
         for _ in range(n)
     ]
-    await repo.write_batch(rows)
+    await _insert(repo, rows)
     assert len(await repo.claim(q.id, owner, 1, n, no_ack=False)) == n
     return q.id
 

@@ -17,6 +17,7 @@ from cavalcade.broker.service import DeclaredQueue, Session
 from cavalcade.broker.topology import VhostTopology
 from cavalcade.domain.properties import Properties
 from cavalcade.errors import ConnectionAccessRefused, NotAllowed, NotFound
+from cavalcade.protocol.channel import Channel
 from cavalcade.protocol.connection import AMQPConnection
 from cavalcade.protocol.framing import PROTOCOL_HEADER
 from cavalcade.settings import Settings
@@ -333,11 +334,12 @@ class Client:
     def __init__(self, settings: Settings | None = None, broker: FakeBroker | None = None) -> None:
         self.broker = broker or FakeBroker()
         self.settings = settings or Settings(heartbeat=0)
-        self.registry: set[AMQPConnection] = set()
+        self.registry: set[AMQPConnection[Channel]] = set()
         self.conn = AMQPConnection(
             self.broker,  # type: ignore[arg-type]  # the fake has the methods the protocol calls
             self.settings,
             self.registry,
+            new_channel=Channel,
         )
         self.transport = FakeTransport()
         self.conn.connection_made(self.transport)  # type: ignore[arg-type]

@@ -1,0 +1,55 @@
+"""Row shapes: a stored row of ``exchanges``, ``bindings`` or ``queues`` as the record the
+broker uses, one converter each (the repository and the topology log read the same rows)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from cavalcade.domain.routing import BindingInfo, ExchangeInfo
+
+from . import textsafe
+from .records import QueueRow
+
+
+def json_args(value: Any) -> dict[str, Any]:
+    """An ``arguments`` column (JSON) as a dict."""
+    return dict(textsafe.load_json(value) or {})
+
+
+def exchange_info(r: asyncpg.Record) -> ExchangeInfo:
+    """An exchange (without its bindings) from a row of ``exchanges``."""
+    return ExchangeInfo(
+        id=r["id"],
+        name=r["name"],
+        type=r["type"],
+        durable=r["durable"],
+        auto_delete=r["auto_delete"],
+        internal=r["internal"],
+        arguments=json_args(r["arguments"]),
+    )
+
+
+def binding_info(r: asyncpg.Record) -> BindingInfo:
+    """A binding from a row of ``bindings``."""
+    return BindingInfo(
+        source_id=r["source_id"],
+        routing_key=r["routing_key"],
+        arguments=json_args(r["arguments"]),
+        queue_id=r["queue_id"],
+        exchange_id=r["exchange_id"],
+    )
+
+
+def queue_row(r: asyncpg.Record) -> QueueRow:
+    """A queue from a row of ``queues``."""
+    return QueueRow(
+        id=r["id"],
+        name=r["name"],
+        durable=r["durable"],
+        auto_delete=r["auto_delete"],
+        exclusive_node=r["exclusive_node"],
+        exclusive_connection=r["exclusive_connection"],
+        arguments=json_args(r["arguments"]),
+    )
