@@ -24,7 +24,7 @@ import asyncpg
 
 from cavalcade.domain.routing import ExchangeInfo
 
-from . import batch, notify, queries, textsafe
+from . import batch, desync, notify, queries, textsafe
 from .notify import NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
 from .rows import binding_info as _binding_info
@@ -86,6 +86,7 @@ class Repository:
             statement_cache_size=256,
             server_settings={"synchronous_commit": "on"},
             reset=_keep,
+            connection_class=desync.Connection,
             init=textsafe.install,
         )
         async_commit_pool = await asyncpg.create_pool(
@@ -95,6 +96,7 @@ class Repository:
             statement_cache_size=256,
             server_settings={"synchronous_commit": "off", **INDEX_WALK},
             reset=_keep,
+            connection_class=desync.Connection,
             init=textsafe.install,
         )
         assert durable_pool is not None and async_commit_pool is not None

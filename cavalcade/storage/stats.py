@@ -104,12 +104,11 @@ class QueueDepth:
 async def queue_depths(
     repo: Repository, vhost: str | None = None, name: str | None = None
 ) -> list[QueueDepth]:
-    """Every queue (of one vhost, or one queue) with its counts, in one statement."""
-    rows = await repo.durable_pool.fetch(
-        queries.QUEUE_DEPTHS,
-        vhost,
-        name,
-    )
+    """Every queue (of one vhost, or one queue) with its counts, in one statement
+    (bounded per queue at any backlog: see ``queries.QUEUE_DEPTHS``)."""
+    async with repo.durable_pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.NO_JIT)
+        rows = await conn.fetch(queries.QUEUE_DEPTHS, vhost, name)
     return [
         QueueDepth(
             id=int(r["id"]),
@@ -182,10 +181,12 @@ class Totals:
 
 async def totals(repo: Repository, vhost_ids: list[int] | None = None) -> Totals:
     """Counts over every vhost, or over ``vhost_ids`` only."""
-    if vhost_ids is None:
-        row = await repo.durable_pool.fetchrow(queries.TOTALS)
-    else:
-        row = await repo.durable_pool.fetchrow(queries.TOTALS_OF_VHOSTS, vhost_ids)
+    async with repo.durable_pool.acquire() as conn, conn.transaction():
+        await conn.execute(queries.NO_JIT)
+        if vhost_ids is None:
+            row = await conn.fetchrow(queries.TOTALS)
+        else:
+            row = await conn.fetchrow(queries.TOTALS_OF_VHOSTS, vhost_ids)
     assert row is not None
     return Totals(
         exchanges=int(row["exchanges"]),
