@@ -15,7 +15,7 @@ RETURNING id, name
 
 
 class HasPool(Protocol):
-    """A node's Repository or ``ctl``'s AdminStore: anything holding an asyncpg pool."""
+    """``ctl``'s (or a node's) AdminStore: anything holding an asyncpg pool as ``pool``."""
 
     pool: asyncpg.Pool
 

@@ -29,6 +29,7 @@ import pytest
 
 from cavalcade.broker import maintenance
 from cavalcade.storage import schema
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.dsn import normalize_dsn
 from cavalcade.storage.repository import Repository
 from tests.conftest import BrokerProcess, run_sync
@@ -219,7 +220,7 @@ def test_rolling_upgrade_from_the_previous_release(
         async def drain() -> None:
             repo = await Repository.connect(normalize_dsn(url), size=2)
             try:
-                await maintenance.drain(repo, "new-0")
+                await maintenance.drain(AdminStore(repo.durable_pool), "new-0")
             finally:
                 await repo.close()
 

@@ -14,6 +14,7 @@ import pytest
 
 from cavalcade.broker import maintenance
 from cavalcade.broker.maintenance import NodeNotFound
+from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.repository import Repository
 from tests.integration.test_ctl import ctl
 from tests.waiting import wait_until
@@ -50,7 +51,7 @@ async def test_drain_and_revive(
     repo = await Repository.connect(node.dsn, size=2)
     try:
         with pytest.raises(NodeNotFound):
-            await maintenance.drain(repo, "no-such-node")
+            await maintenance.drain(AdminStore(repo.durable_pool), "no-such-node")
         assert ctl(node.database_url, "drain", "no-such-node").returncode == 65
         drained_ = ctl(node.database_url, "drain", label)
         assert drained_.returncode == 0, drained_.stderr
