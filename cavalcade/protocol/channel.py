@@ -322,10 +322,7 @@ class Channel:
 
     async def _before_synchronous(self, method: Frame) -> None:
         """Order a synchronous method after the channel's earlier publishes."""
-        if self.publishing.owes_replies:
-            await self.publishing.settle_publishes()
-        if self.publishing.unrouted and isinstance(method, _SEES_EARLIER_PUBLISHES):
-            await self.publishing.routed()
+        await self.publishing.before_synchronous(isinstance(method, _SEES_EARLIER_PUBLISHES))
         _strip_cr_lf(method)
 
     async def on_channel_flow(self, m: commands.Channel.Flow, _: None) -> None:

@@ -69,11 +69,6 @@ class Publisher:
         """Publishes not yet confirmed (confirm mode), for the statistics."""
         return max(0, self.publish_seq - self._confirm_sent) if self.confirm else 0
 
-    @property
-    def owes_replies(self) -> bool:
-        """A publish may still owe a basic.return or a confirm."""
-        return self._last_stored is not None
-
     # -- publish ----------------------------------------------------------------
 
     async def on_basic_publish(
@@ -112,27 +107,22 @@ class Publisher:
             self._last_stored = fut
         self._last_publish = fut
 
-    @property
-    def unrouted(self) -> bool:
-        """A publish may not be stored (routed) yet."""
-        return self._last_publish is not None
-
-    async def routed(self) -> None:
-        """Wait until every earlier publish on this channel is stored: RabbitMQ routes a
-        publish before the channel's next method, so an unbind, purge, delete or get that
-        follows it sees it where it was routed (not awaited before other methods: a
-        declare after each publish, as kombu sends, would pay a commit each)."""
-        fut, self._last_publish = self._last_publish, None
+    async def before_synchronous(self, sees_publishes: bool) -> None:
+        """Before a synchronous method takes effect: send the returns and confirms of every
+        earlier publish on this channel (RabbitMQ's order, which pika relies on) and, when
+        the method ``sees_publishes`` (an unbind, purge, delete or get), wait until every
+        earlier publish is stored, since RabbitMQ routes a publish before the channel's
+        next method. Other methods do not wait for unconfirmed publishes: a declare after
+        each publish, as kombu sends, would pay a commit each."""
+        owes_replies = self._last_stored is not None
+        fut = self._last_publish if sees_publishes else self._last_stored
+        self._last_stored = None
+        if sees_publishes:
+            self._last_publish = None
         if fut is not None and not fut.done():
             await asyncio.wait([fut])  # batches commit in order: all earlier ones are done
-
-    async def settle_publishes(self) -> None:
-        """Before answering a synchronous method, send the returns and confirms of every
-        earlier publish on this channel (RabbitMQ's order, which pika relies on)."""
-        fut, self._last_stored = self._last_stored, None
-        if fut is not None and not fut.done():
-            await asyncio.wait([fut])  # batches commit in order: all earlier ones are done
-        self._send_confirms()
+        if owes_replies:
+            self._send_confirms()
 
     def _on_stored(
         self,
