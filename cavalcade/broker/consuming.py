@@ -78,6 +78,7 @@ class Consuming:
                 quorum=is_quorum(q),
                 outage=node.outage,
                 stats=node.stats,
+                clock=node.clock,
             )
             node.dispatchers[q.id] = d
         return d

@@ -60,7 +60,8 @@ class DeliveryTarget(Protocol):
 
 
 class DatabaseClock:
-    """This node's monotonic clock mapped onto the database clock, never ahead of it.
+    """This node's monotonic clock mapped onto the database clock, never ahead of it
+    (one per node, shared by its dispatchers).
 
     A reading's moment is taken as the time its answer came back, so a mapped time is
     a lower bound of the database's: a publish that started after a consumer began to
@@ -100,6 +101,7 @@ class QueueDispatcher:
         quorum: bool = False,
         outage: Outage | None = None,
         stats: NodeStats | None = None,
+        clock: DatabaseClock | None = None,
     ) -> None:
         self.queue_id = queue_id
         self.stats = stats or NodeStats()
@@ -123,7 +125,7 @@ class QueueDispatcher:
         # Since when (time.monotonic()) a consumer has had credit without a break: the
         # zero-TTL messages published from then on are theirs. None: nobody waits.
         self._waiting_since: float | None = None
-        self._clock = DatabaseClock()
+        self._clock = clock or DatabaseClock()  # one per node: the offset is the node's
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)

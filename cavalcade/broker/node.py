@@ -13,7 +13,7 @@ from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange
 
-from .dispatch import QueueDispatcher
+from .dispatch import DatabaseClock, QueueDispatcher
 from .group_commit import WriteBatcher
 from .liveness import Liveness
 from .outage import Outage
@@ -39,6 +39,8 @@ class NodeState:
     vhosts: dict[str, VhostTopology] = field(default_factory=dict)
     vhosts_by_id: dict[int, VhostTopology] = field(default_factory=dict)
     dispatchers: dict[int, QueueDispatcher] = field(default_factory=dict)
+    # The database clock as every dispatcher of this node maps onto it (zero TTL).
+    clock: DatabaseClock = field(default_factory=DatabaseClock)
     closing: dict[int, asyncio.Event] = field(default_factory=dict)
     # Message ids the protocol layer holds as unacked (given by the server).
     held: Callable[[], set[int]] = _nothing_held
