@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from cavalcade.storage.admin import AdminStore
+from cavalcade.storage.notify import TopologyChanged
 from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange
@@ -76,12 +77,10 @@ class NodeState:
         before routing a batch), record what it touched (``change``: nodes catch up on
         just that; None: they reload the vhost) and tell the others now (NOTIFY)."""
         vh.stale = True
-        payload = f"{self.node_id}:{vh.id}"
-        if queue_deleted is not None:
-            payload += f":{queue_deleted}"
-            if change is None:
-                change = TopologyChange(queues={queue_deleted})
-        await self.repo.topology.bump(vh.id, change, payload)
+        if queue_deleted is not None and change is None:
+            change = TopologyChange(queues={queue_deleted})
+        event = TopologyChanged(self.node_id, vh.id, queue_deleted)
+        await self.repo.topology.bump(vh.id, change, event)
         # Again: a fresh() during the bump (the sweeper's, another session's) read the
         # version before it and cleared ``stale``; it would miss this change for good.
         vh.stale = True

@@ -86,12 +86,11 @@ class TopologyLog:
         self.notify = notify
 
     async def bump(
-        self, vhost_id: int, change: TopologyChange | None, event: TopologyChanged | str
+        self, vhost_id: int, change: TopologyChange | None, event: TopologyChanged
     ) -> int:
         """Bump the vhost's version, record what changed (None: unknown, nodes reload)
-        and NOTIFY ``event`` on the topology channel, in one statement. (A string is
-        sent as it is: the payload callers passed before events were typed.)"""
-        payload = event if isinstance(event, str) else notify.encode(event)[0][1]
+        and NOTIFY ``event`` on the topology channel, in one statement."""
+        payload = notify.encode(event)[0][1]
         edges = [i for edge in sorted(change.edges) for i in edge] if change else []
         version = await self.pool.fetchval(
             _BUMP,

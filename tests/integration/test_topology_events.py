@@ -8,6 +8,7 @@ import uuid
 from cavalcade.broker.service import Broker
 from cavalcade.broker.topology import VhostTopology
 from cavalcade.domain.routing import route
+from cavalcade.storage.notify import TopologyChanged
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange
 
@@ -79,7 +80,7 @@ async def test_random_changes_applied_incrementally_match_a_full_load(database_u
                 name = rnd.choice(sorted(queues))
                 await repo.delete_queue(queues.pop(name))
                 change.queues.add(cache.queues[name].id)
-            await repo.topology.bump(vhost, change, "test")
+            await repo.topology.bump(vhost, change, TopologyChanged(uuid.uuid4(), vhost))
             if rnd.random() < 0.5:  # sometimes several versions at once
                 cache.stale = True
                 await cache.fresh(repo)
@@ -139,7 +140,7 @@ async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str
         user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
         s = await broker.open_session(user_id, user, "/")
 
-        async def bump_after_a_read(vhost_id: int, change: object, payload: str) -> int:
+        async def bump_after_a_read(vhost_id: int, change: object, payload: object) -> int:
             await s.vhost.fresh(repo)  # the interloper, just before the bump commits
             return await real_bump(vhost_id, change, payload)  # type: ignore[arg-type]
 
