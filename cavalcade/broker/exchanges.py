@@ -165,9 +165,10 @@ class Exchanges:
             change.exchanges |= await self.drop_unused_auto_delete([src], s.vhost)
             if src.auto_delete:
                 change.exchanges.add(src.id)
+            await self.node.changed(s.vhost, change=change)
         else:
-            await repo.insert_binding(src.id, queue_id, exchange_id, routing_key, args)
-        await self.node.changed(s.vhost, change=change)
+            write = repo.binding_insert(src.id, queue_id, exchange_id, routing_key, args)
+            await self.node.changed(s.vhost, change=change, write=write)
 
     async def drop_unused_auto_delete(
         self, exchanges: Iterable[ExchangeInfo], vh: VhostTopology | None = None

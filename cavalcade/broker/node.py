@@ -12,7 +12,7 @@ from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.notify import TopologyChanged
 from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
-from cavalcade.storage.topology_log import TopologyChange
+from cavalcade.storage.topology_log import TopologyChange, Write
 
 from .dispatch import DatabaseClock, QueueDispatcher
 from .group_commit import WriteBatcher
@@ -72,18 +72,21 @@ class NodeState:
         vh: VhostTopology,
         queue_deleted: int | None = None,
         change: TopologyChange | None = None,
-    ) -> None:
-        """A topology change is committed: bump the vhost's version (every node checks it
-        before routing a batch), record what it touched (``change``: nodes catch up on
-        just that; None: they reload the vhost) and tell the others now (NOTIFY)."""
+        write: Write | None = None,
+    ) -> int | None:
+        """A topology change is committed (or ``write`` makes it, in the same statement):
+        bump the vhost's version (every node checks it before routing a batch), record
+        what it touched (``change``: nodes catch up on just that; None: they reload the
+        vhost) and tell the others now (NOTIFY). Returns the id ``write`` returned."""
         vh.stale = True
         if queue_deleted is not None and change is None:
             change = TopologyChange(queues={queue_deleted})
         event = TopologyChanged(self.node_id, vh.id, queue_deleted)
-        await self.repo.topology.bump(vh.id, change, event)
+        _, written = await self.repo.topology.bump(vh.id, change, event, write)
         # Again: a fresh() during the bump (the sweeper's, another session's) read the
         # version before it and cleared ``stale``; it would miss this change for good.
         vh.stale = True
+        return written
 
     # -- dispatchers ----------------------------------------------------------
 

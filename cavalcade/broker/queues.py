@@ -131,9 +131,11 @@ class Queues:
         validate_queue_arguments(args)
         validate_dead_letter_arguments(args, name, vhost)
         used = await self._use(s, name)
-        q = used[0] if used is not None else None
+        q, created = (used[0], False) if used is not None else (None, False)
         if q is None:
-            q = await self._create(s, name, generated, durable, exclusive, auto_delete, args)
+            q, created = await self._create(
+                s, name, generated, durable, exclusive, auto_delete, args
+            )
         self.check_exclusive(s, q)
         if exclusive != (q.exclusive_node is not None):
             raise locked(s, q)  # RabbitMQ answers 405 here, not "inequivalent arg"
@@ -143,6 +145,8 @@ class Queues:
         assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
         if used is not None:
             return DeclaredQueue(name, used[1], used[2])
+        if created:  # this statement made it: nothing in it, nobody on it
+            return DeclaredQueue(name, 0, 0)
         msgs, consumers = await self.node.repo.use_queue(q.id)
         return DeclaredQueue(name, msgs, consumers)
 
@@ -164,7 +168,7 @@ class Queues:
         exclusive: bool,
         auto_delete: bool,
         args: dict[str, Any],
-    ) -> QueueRow:
+    ) -> tuple[QueueRow, bool]:
         node, repo = self.node, self.node.repo
         if not generated:
             check_reserved("queue", name)
@@ -173,21 +177,20 @@ class Queues:
             permit(s, Access.READ, "queue", name)
             permit(s, Access.WRITE, "exchange", dlx)
         await check_queue_limit(node.admin_store, await s.vhost.fresh(repo), name)
-        await repo.insert_queue(
-            s.vhost.id,
-            name,
-            durable,
-            auto_delete,
-            node.node_id if exclusive else None,
-            s.id if exclusive else None,
-            args,
+        owner, owner_connection = (node.node_id, s.id) if exclusive else (None, None)
+        write = repo.queue_insert(
+            s.vhost.id, name, durable, auto_delete, owner, owner_connection, args
         )
-        q = await repo.find_queue(s.vhost.id, name)
-        assert q is not None
+        # The insert commits with its topology bump: one statement, one commit.
+        qid = await node.changed(s.vhost, change=TopologyChange(), write=write)
+        if qid is None:  # declared meanwhile by another session: answer with that one
+            q = await repo.find_queue(s.vhost.id, name)
+            assert q is not None
+            return q, False
+        q = QueueRow(qid, name, durable, auto_delete, owner, owner_connection, args)
         if q.exclusive_node == node.node_id and q.exclusive_connection == s.id:
             s.exclusive_queues.add(q.id)
-        await node.changed(s.vhost, change=TopologyChange(queues={q.id}))
-        return q
+        return q, True
 
     async def reply_queue(self, s: Session) -> str:
         """Direct reply-to: a private queue behind ``amq.rabbitmq.reply-to`` (exclusive to

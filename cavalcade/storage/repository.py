@@ -31,7 +31,7 @@ from .rows import binding_info as _binding_info
 from .rows import exchange_info as _exchange_info
 from .rows import json_args as _args
 from .rows import queue_row as _queue_row
-from .topology_log import TopologyLog
+from .topology_log import TopologyLog, Write
 
 __all__ = [
     "ClaimedMessage",
@@ -364,8 +364,8 @@ class Repository:
             )
         )
 
-    async def insert_queue(
-        self,
+    @staticmethod
+    def queue_insert(
         vhost_id: int,
         name: str,
         durable: bool,
@@ -373,19 +373,29 @@ class Repository:
         exclusive_node: uuid.UUID | None,
         exclusive_connection: int | None,
         arguments: dict[str, Any],
-    ) -> None:
-        await self.durable_pool.execute(
+    ) -> Write:
+        """The insert of a new queue, to commit with its topology bump (returns its id;
+        nothing if the name is taken)."""
+        return Write(
             "INSERT INTO queues (vhost_id, name, durable, auto_delete, exclusive_node,"
             " exclusive_connection, arguments) VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)"
-            " ON CONFLICT (vhost_id, name) DO NOTHING",
-            vhost_id,
-            name,
-            durable,
-            auto_delete,
-            exclusive_node,
-            exclusive_connection,
-            textsafe.dump_json(arguments),
+            " ON CONFLICT (vhost_id, name) DO NOTHING RETURNING id",
+            (
+                vhost_id,
+                name,
+                durable,
+                auto_delete,
+                exclusive_node,
+                exclusive_connection,
+                textsafe.dump_json(arguments),
+            ),
+            new_queue=True,
         )
+
+    async def insert_queue(self, *args: Any) -> None:
+        """Insert a queue (``queue_insert``'s arguments) without a topology bump."""
+        write = self.queue_insert(*args)
+        await self.durable_pool.execute(write.sql, *write.args)
 
     async def touch_queue(self, queue_id: int) -> None:
         """Mark a queue used (``x-expires``); no need to wait for the disk."""
@@ -446,23 +456,26 @@ class Repository:
         status = await self.durable_pool.execute(queries.PURGE, queue_id)
         return int(status.split()[-1])
 
-    async def insert_binding(
-        self,
+    @staticmethod
+    def binding_insert(
         source_id: int,
         queue_id: int | None,
         exchange_id: int | None,
         routing_key: str,
         arguments: dict[str, Any],
-    ) -> None:
-        await self.durable_pool.execute(
+    ) -> Write:
+        """The insert of a binding, to commit with its topology bump."""
+        return Write(
             "INSERT INTO bindings (source_id, queue_id, exchange_id, routing_key, arguments)"
-            " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING",
-            source_id,
-            queue_id,
-            exchange_id,
-            routing_key,
-            textsafe.dump_json(arguments),
+            " VALUES ($1, $2, $3, $4, $5::jsonb) ON CONFLICT DO NOTHING"
+            " RETURNING source_id AS id",
+            (source_id, queue_id, exchange_id, routing_key, textsafe.dump_json(arguments)),
         )
+
+    async def insert_binding(self, *args: Any) -> None:
+        """Insert a binding (``binding_insert``'s arguments) without a topology bump."""
+        write = self.binding_insert(*args)
+        await self.durable_pool.execute(write.sql, *write.args)
 
     async def delete_binding(
         self,

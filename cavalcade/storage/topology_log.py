@@ -11,6 +11,7 @@ without an event row (a bump by an older node, the reaper) means "reload the vho
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -42,6 +43,18 @@ class TopologyChange:
         self.edges |= other.edges
 
 
+@dataclass(frozen=True, slots=True)
+class Write:
+    """A topology write committed in the bump's own statement (one commit, not two):
+    one data-modifying statement (parameters ``$1``...) returning one bigint column
+    ``id`` (the bump answers its first row's). With ``new_queue`` that id is a queue
+    the write created, and the event names it."""
+
+    sql: str
+    args: tuple[object, ...]
+    new_queue: bool = False
+
+
 @dataclass(slots=True)
 class TopologyRows:
     """Current rows of changed entities; an id asked for but absent here is gone."""
@@ -52,17 +65,19 @@ class TopologyRows:
 
 
 _BUMP = """
-WITH v AS (UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1
+WITH {write}v AS (UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1
            RETURNING topology_version),
      ev AS (INSERT INTO topology_events (vhost_id, version, queue_ids, exchange_ids, edges)
-            SELECT $1, topology_version, $2::bigint[], $3::bigint[], $4::bigint[] FROM v
+            SELECT $1, topology_version, $2::bigint[]{queues}, $3::bigint[], $4::bigint[] FROM v
             WHERE $5::boolean),
      old AS (DELETE FROM topology_events
               WHERE vhost_id = $1 AND version <= (SELECT topology_version FROM v) - $6)
 SELECT topology_version, CASE WHEN $7::text IS NULL THEN NULL
-                              ELSE pg_notify($8, $7::text) END
+                              ELSE pg_notify($8, $7::text) END,
+       {written} AS written
   FROM v
 """
+_PLAIN_BUMP = _BUMP.format(write="", queues="", written="NULL::bigint")
 
 _SINCE = """
 SELECT (SELECT topology_version FROM vhosts WHERE id = $1) AS version,
@@ -78,6 +93,14 @@ SELECT (SELECT topology_version FROM vhosts WHERE id = $1) AS version,
 """
 
 
+def _after_bump_params(sql: str) -> str:
+    """``sql`` with its parameters renumbered to follow the bump's eight."""
+    return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + _BUMP_PARAMS}", sql)
+
+
+_BUMP_PARAMS = 8
+
+
 class TopologyLog:
     """Topology bumps with events, and the incremental reads they allow."""
 
@@ -86,14 +109,27 @@ class TopologyLog:
         self.notify = notify
 
     async def bump(
-        self, vhost_id: int, change: TopologyChange | None, event: TopologyChanged
-    ) -> int:
+        self,
+        vhost_id: int,
+        change: TopologyChange | None,
+        event: TopologyChanged,
+        write: Write | None = None,
+    ) -> tuple[int, int | None]:
         """Bump the vhost's version, record what changed (None: unknown, nodes reload)
-        and NOTIFY ``event`` on the topology channel, in one statement."""
+        and NOTIFY ``event`` on the topology channel, in one statement; with ``write``
+        that statement also makes the change itself. Returns the new version and the
+        id the write returned (None: it wrote nothing, or there was no write)."""
         payload = notify.encode(event)[0][1]
         edges = [i for edge in sorted(change.edges) for i in edge] if change else []
-        version = await self.pool.fetchval(
-            _BUMP,
+        sql = _PLAIN_BUMP
+        if write is not None:
+            sql = _BUMP.format(
+                write=f"written AS ({_after_bump_params(write.sql)}),\n     ",
+                queues=" || ARRAY(SELECT id FROM written)" if write.new_queue else "",
+                written="(SELECT id FROM written LIMIT 1)",
+            )
+        row = await self.pool.fetchrow(
+            sql,
             vhost_id,
             sorted(change.queues) if change else [],
             sorted(change.exchanges) if change else [],
@@ -102,8 +138,11 @@ class TopologyLog:
             KEEP_EVENTS,
             payload if self.notify else None,
             notify.TOPOLOGY_CHANNEL,
+            *(write.args if write is not None else ()),
         )
-        return int(version or 0)
+        if row is None:
+            return 0, None
+        return int(row[0] or 0), row[2]
 
     async def changes_since(self, vhost_id: int, since: int) -> tuple[int, TopologyChange | None]:
         """The current version and what changed after ``since``; None if some version

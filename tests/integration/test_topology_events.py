@@ -140,9 +140,11 @@ async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str
         user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
         s = await broker.open_session(user_id, user, "/")
 
-        async def bump_after_a_read(vhost_id: int, change: object, payload: object) -> int:
+        async def bump_after_a_read(
+            vhost_id: int, change: object, payload: object, write: object = None
+        ) -> tuple[int, int | None]:
             await s.vhost.fresh(repo)  # the interloper, just before the bump commits
-            return await real_bump(vhost_id, change, payload)  # type: ignore[arg-type]
+            return await real_bump(vhost_id, change, payload, write)  # type: ignore[arg-type]
 
         repo.topology.bump = bump_after_a_read  # type: ignore[method-assign]
         await broker.declare_exchange(s, "ad", "fanout", False, False, True, False, {})
