@@ -182,9 +182,13 @@ def content_frames(
         if len(body) <= chunk:
             out.append(frame(FRAME_BODY, channel, body))
         else:
+            # One copy per frame (joined from a slice of the body), not two.
             view = memoryview(body)
-            for i in range(0, len(body), chunk):
-                out.append(frame(FRAME_BODY, channel, bytes(view[i : i + chunk])))
+            head, end, size = _HEAD.pack(FRAME_BODY, channel, chunk), FRAME_END_BYTE, len(body)
+            for i in range(0, size - chunk, chunk):
+                out.append(b"".join((head, view[i : i + chunk], end)))
+            last = (size - 1) // chunk * chunk
+            out.append(frame(FRAME_BODY, channel, bytes(view[last:])))
     return out
 
 

@@ -110,6 +110,9 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
     """Multi-row insert, keeping the given order in the ids (FIFO)."""
     if not messages:
         return
+    if any(len(m.body) >= LARGE_BODY for m in messages):
+        await _insert_with_large(conn, messages)
+        return
     cols: list[list[Any]] = [[] for _ in range(13)]
     esc, copy = textsafe.escape, textsafe.escape_or_none  # arrays skip the text codec
     for m in messages:
@@ -122,3 +125,31 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
         ):  # fmt: skip
             cols[i].append(v)
     await conn.execute(queries.INSERT, *cols)
+
+
+# A body this large is inserted on its own (``queries.INSERT_ONE``, a plain bytea
+# parameter) rather than as an element of the batch's arrays.
+LARGE_BODY = 1024 * 1024
+
+
+async def _insert_with_large(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:
+    """The batch in its order: runs of small messages through :func:`insert`, each large
+    one by itself, so ids (FIFO) follow the given order across both."""
+    start = 0
+    for i, m in enumerate(messages):
+        if len(m.body) >= LARGE_BODY:
+            await insert(conn, messages[start:i])
+            await insert_large(conn, m)
+            start = i + 1
+    await insert(conn, messages[start:])
+
+
+async def insert_large(conn: asyncpg.Connection, m: NewMessage) -> None:
+    """One message, every value a scalar parameter (the text codec escapes the names)."""
+    copy = textsafe.escape_or_none
+    await conn.execute(
+        queries.INSERT_ONE,
+        m.queue_id, m.priority, m.persistent, m.exchange, m.routing_key, m.properties,
+        copy(m.content_type), copy(m.message_id), copy(m.correlation_id),
+        copy(m.expiration), m.body, m.ttl_ms, m.delay_ms,
+    )  # fmt: skip

@@ -66,6 +66,30 @@ def test_bodies_roundtrip_consume(conn, resources):
     assert got == sent
 
 
+def test_large_bodies_keep_their_place_among_small_ones(conn, resources):
+    """Bodies of 1 MiB and more are inserted on their own (storage.batch.LARGE_BODY),
+    outside the batch's arrays: FIFO, properties and TTL stay as for small ones."""
+    ch = conn.channel()
+    ch.confirm_delivery()
+    q = resources.queue("large-order")
+    ch.queue_declare(q, durable=True)
+    sizes = [10, 2 * 1024 * 1024, 20, 1024 * 1024, 30, 1024 * 1024 + 1]
+    sent = [payload(s) for s in sizes]
+    for i, data in enumerate(sent):
+        props = pika.BasicProperties(
+            delivery_mode=2, message_id=f"m{i}", content_type="x/y", expiration="60000"
+        )
+        ch.basic_publish("", q, data, props)
+    got: list[tuple[str | None, str | None, bytes]] = []
+    ch.basic_consume(
+        q, lambda c, m, p, b: got.append((p.message_id, p.content_type, b)), auto_ack=True
+    )
+    assert drain(conn, lambda: len(got) == len(sent), timeout=30)
+    assert [g[0] for g in got] == [f"m{i}" for i in range(len(sent))]
+    assert all(g[1] == "x/y" for g in got)
+    assert [g[2] for g in got] == sent
+
+
 def test_empty_body_has_no_body_frame(raw):
     c = raw()
     c.handshake()
