@@ -131,8 +131,9 @@ class Queues:
         validate_queue_arguments(args)
         validate_dead_letter_arguments(args, name, vhost)
         used = await self._use(s, name)
-        q, created = (used[0], False) if used is not None else (None, False)
-        if q is None:
+        if used is not None:
+            q, created = used[0], False
+        else:
             q, created = await self._create(
                 s, name, generated, durable, exclusive, auto_delete, args
             )
@@ -187,10 +188,9 @@ class Queues:
             q = await repo.find_queue(s.vhost.id, name)
             assert q is not None
             return q, False
-        q = QueueRow(qid, name, durable, auto_delete, owner, owner_connection, args)
-        if q.exclusive_node == node.node_id and q.exclusive_connection == s.id:
-            s.exclusive_queues.add(q.id)
-        return q, True
+        if exclusive:
+            s.exclusive_queues.add(qid)
+        return QueueRow(qid, name, durable, auto_delete, owner, owner_connection, args), True
 
     async def reply_queue(self, s: Session) -> str:
         """Direct reply-to: a private queue behind ``amq.rabbitmq.reply-to`` (exclusive to

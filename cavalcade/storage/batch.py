@@ -106,6 +106,11 @@ async def transaction(
         yield WriteBatch(conn, node_id, notify)
 
 
+# A body this large is inserted on its own (``queries.INSERT_ONE``, a plain bytea
+# parameter) rather than as an element of the batch's arrays.
+LARGE_BODY = 1024 * 1024
+
+
 async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:
     """Multi-row insert, keeping the given order in the ids (FIFO)."""
     if not messages:
@@ -125,11 +130,6 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
         ):  # fmt: skip
             cols[i].append(v)
     await conn.execute(queries.INSERT, *cols)
-
-
-# A body this large is inserted on its own (``queries.INSERT_ONE``, a plain bytea
-# parameter) rather than as an element of the batch's arrays.
-LARGE_BODY = 1024 * 1024
 
 
 async def _insert_with_large(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:

@@ -123,9 +123,9 @@ OWNED_IDS = "SELECT id FROM messages WHERE owner_node = $1"
 
 # -- the write batch (run by storage.batch.WriteBatch) --------------------------------
 
-# Insert the publishes (13 parallel arrays), in the given order (FIFO ids), into the
-# queues that still exist.
-INSERT = """
+# The columns of a new message and how they are computed from the values ``u`` gives
+# (the TTL and the delay in milliseconds become times).
+_INSERT_FROM_U = """
 INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
                       content_type, message_id, correlation_id, expiration, body,
                       expires_at, available_at)
@@ -133,30 +133,33 @@ SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
        CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 millisecond' END,
        CASE WHEN dly IS NULL OR dly <= 0 THEN NULL
             ELSE now() + dly * interval '1 millisecond' END
-  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
+"""
+
+# Insert the publishes (13 parallel arrays), in the given order (FIFO ids), into the
+# queues that still exist.
+INSERT = (
+    _INSERT_FROM_U
+    + """  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
               $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
               $12::bigint[], $13::bigint[])
        WITH ORDINALITY AS u(q, p, d, e, r, h, ct, mi, ci, x, b, ttl, dly, n)
  WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
  ORDER BY n
 """
+)
 
 # One large message (storage.batch.LARGE_BODY or more) on its own: every value a plain
 # parameter, so the body goes to the server as one bytea, not as an element of the
 # ``INSERT`` batch's bytea[] (which asyncpg encodes into an array buffer first, and the
 # server builds and unnests again). Same columns, rules and FIFO id as ``INSERT``.
-INSERT_ONE = """
-INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
-                      content_type, message_id, correlation_id, expiration, body,
-                      expires_at, available_at)
-SELECT $1::bigint, $2::smallint, $3::boolean, $4::text, $5::text, $6::bytea, $7::text,
-       $8::text, $9::text, $10::text, $11::bytea,
-       CASE WHEN $12::bigint IS NULL THEN NULL
-            ELSE now() + $12::bigint * interval '1 millisecond' END,
-       CASE WHEN $13::bigint IS NULL OR $13::bigint <= 0 THEN NULL
-            ELSE now() + $13::bigint * interval '1 millisecond' END
- WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = $1::bigint)
+INSERT_ONE = (
+    _INSERT_FROM_U
+    + """  FROM (VALUES ($1::bigint, $2::smallint, $3::boolean, $4::text, $5::text, $6::bytea,
+               $7::text, $8::text, $9::text, $10::text, $11::bytea, $12::bigint,
+               $13::bigint)) AS u(q, p, d, e, r, h, ct, mi, ci, x, b, ttl, dly)
+ WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
 """
+)
 
 # What a dead-lettered copy is built from (storage.records.DeadRow).
 _DEAD_COLUMNS = "id, queue_id, exchange, routing_key, properties, body, priority, persistent"

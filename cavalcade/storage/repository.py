@@ -392,9 +392,8 @@ class Repository:
             new_queue=True,
         )
 
-    async def insert_queue(self, *args: Any) -> None:
-        """Insert a queue (``queue_insert``'s arguments) without a topology bump."""
-        write = self.queue_insert(*args)
+    async def write_alone(self, write: Write) -> None:
+        """Commit a ``queue_insert``/``binding_insert`` without a topology bump."""
         await self.durable_pool.execute(write.sql, *write.args)
 
     async def touch_queue(self, queue_id: int) -> None:
@@ -471,11 +470,6 @@ class Repository:
             " RETURNING source_id AS id",
             (source_id, queue_id, exchange_id, routing_key, textsafe.dump_json(arguments)),
         )
-
-    async def insert_binding(self, *args: Any) -> None:
-        """Insert a binding (``binding_insert``'s arguments) without a topology bump."""
-        write = self.binding_insert(*args)
-        await self.durable_pool.execute(write.sql, *write.args)
 
     async def delete_binding(
         self,

@@ -93,12 +93,12 @@ SELECT (SELECT topology_version FROM vhosts WHERE id = $1) AS version,
 """
 
 
+_BUMP_PARAMS = 8
+
+
 def _after_bump_params(sql: str) -> str:
     """``sql`` with its parameters renumbered to follow the bump's eight."""
     return re.sub(r"\$(\d+)", lambda m: f"${int(m.group(1)) + _BUMP_PARAMS}", sql)
-
-
-_BUMP_PARAMS = 8
 
 
 class TopologyLog:

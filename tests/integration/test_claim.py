@@ -18,7 +18,7 @@ async def _setup(database_url: str, n: int) -> tuple[Repository, int]:
     repo = await Repository.connect(database_url, size=10)
     vhost = await repo.find_vhost("/")
     assert vhost is not None
-    await repo.insert_queue(vhost, "claim-test", True, False, None, None, {})
+    await repo.write_alone(repo.queue_insert(vhost, "claim-test", True, False, None, None, {}))
     q = await repo.find_queue(vhost, "claim-test")
     assert q is not None
     rows = [

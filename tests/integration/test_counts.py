@@ -23,7 +23,7 @@ def _rows(qid: int, n: int, priority: int = 0) -> list[NewMessage]:
 
 
 async def _queue(repo: Repository, vhost: int, name: str) -> int:
-    await repo.insert_queue(vhost, name, True, False, None, None, {})
+    await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
     q = await repo.find_queue(vhost, name)
     assert q is not None
     return q.id

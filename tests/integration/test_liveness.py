@@ -21,7 +21,7 @@ async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
 async def _queue_with_claims(repo: Repository, owner: uuid.UUID, n: int) -> int:
     vhost = await repo.find_vhost("/")
     assert vhost is not None
-    await repo.insert_queue(vhost, "liveness", True, False, None, None, {})
+    await repo.write_alone(repo.queue_insert(vhost, "liveness", True, False, None, None, {}))
     q = await repo.find_queue(vhost, "liveness")
     assert q is not None
     rows = [

@@ -43,7 +43,7 @@ async def test_random_changes_applied_incrementally_match_a_full_load(database_u
             change = TopologyChange()
             if op == "queue":
                 name = f"q{step}"
-                await repo.insert_queue(vhost, name, True, False, None, None, {})
+                await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
                 row = await repo.find_queue(vhost, name)
                 assert row is not None
                 queues[name] = row.id
@@ -63,11 +63,15 @@ async def test_random_changes_applied_incrementally_match_a_full_load(database_u
                     src = amq.id
                 if exchanges and rnd.random() < 0.3:
                     dest = rnd.choice(list(exchanges.values()))
-                    await repo.insert_binding(src, None, dest, f"k.{step % 5}.#", {})
+                    await repo.write_alone(
+                        repo.binding_insert(src, None, dest, f"k.{step % 5}.#", {})
+                    )
                     change.edges.add((src, 0, dest))
                 else:
                     qid = rnd.choice(list(queues.values()))
-                    await repo.insert_binding(src, qid, None, f"k.{step % 5}.*", {})
+                    await repo.write_alone(
+                        repo.binding_insert(src, qid, None, f"k.{step % 5}.*", {})
+                    )
                     change.edges.add((src, qid, 0))
             elif op == "unbind" and cache.edges:
                 edge = rnd.choice(sorted(cache.edges))
