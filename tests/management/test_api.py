@@ -274,12 +274,23 @@ def test_counts_follow_a_real_consumer(api: Api, queue: str) -> None:
             return got if got == (1, 2, 1) else None
 
         assert wait_for(counts) == (1, 2, 1)
-        consumers = [c for c in api.json("consumers/%2F") if c["queue"]["name"] == queue]
-        assert len(consumers) == 1
+
+        def listed() -> list[dict] | None:
+            # RabbitMQ's consumer list lags its queue counts by a stats interval.
+            conn.process_data_events(0.05)
+            found = [c for c in api.json("consumers/%2F") if c["queue"]["name"] == queue]
+            return found or None
+
+        consumers = wait_for(listed)
+        assert consumers is not None and len(consumers) == 1
         c = consumers[0]
         assert (c["consumer_tag"], c["ack_required"], c["exclusive"]) == ("mgmt-test", True, False)
-        details = api.json(q_path(queue))["consumer_details"]
-        assert [d["consumer_tag"] for d in details] == ["mgmt-test"]
+
+        def details() -> list[str] | None:
+            conn.process_data_events(0.05)
+            return [d["consumer_tag"] for d in api.json(q_path(queue))["consumer_details"]] or None
+
+        assert wait_for(details) == ["mgmt-test"]
     finally:
         conn.close()
 
