@@ -20,6 +20,7 @@ from uuid import UUID
 
 from cavalcade.domain.limits import BatchRules
 from cavalcade.domain.properties import Properties
+from cavalcade.storage.batch import fits_one_statement
 from cavalcade.storage.records import DeadRow, NewMessage
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.retry import Backoff, retry
@@ -122,6 +123,7 @@ class WriteBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.backlog_bytes = 0
+        self._backlog_ops = 0  # the publishes backlog_bytes counts
         self.backlog_limit = backlog_limit
         self.blocked = False
         self.on_blocked: Callable[[bool], None] = lambda _blocked: None
@@ -171,7 +173,8 @@ class WriteBatcher:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._ops.append((work, fut, size))
         self.backlog_bytes += size
-        if not self.blocked and self.backlog_bytes > self.backlog_limit:
+        self._backlog_ops += 1
+        if not self.blocked and self._over_limit():
             self._update_blocked()
         self._kick()
         return fut
@@ -179,14 +182,20 @@ class WriteBatcher:
     def _alarmed(self) -> bool:
         return self.alarm.active or self.memory.active
 
+    def _over_limit(self) -> bool:
+        """Backlog over its limit; one message larger than the limit alone is not (it
+        would block its own publisher until it is committed, for nothing)."""
+        return self.backlog_bytes > self.backlog_limit and self._backlog_ops > 1
+
     def _update_blocked(self) -> None:
         """Block publishers while the backlog is over its limit (unblock at half of it)
         or while the database is out of a resource."""
         if self.blocked:
-            if self.backlog_bytes <= self.backlog_limit // 2 and not self._alarmed():
+            drained = self.backlog_bytes <= self.backlog_limit // 2 or self._backlog_ops <= 1
+            if drained and not self._alarmed():
                 self.blocked = False
                 self.on_blocked(False)
-        elif self.backlog_bytes > self.backlog_limit or self._alarmed():
+        elif self._over_limit() or self._alarmed():
             self.blocked = True
             self.on_blocked(True)
 
@@ -237,11 +246,15 @@ class WriteBatcher:
         return taken, size
 
     async def _route(self, ops: list[Op]) -> tuple[list[NewMessage], Spans]:
-        """Rows of the batch, and each op's slice of them."""
+        """Rows of the batch, and each op's slice of them, as of the database's topology."""
         pending = [w for w, _, _ in ops if isinstance(w, PendingPublish)]
         if pending:
             assert self._router is not None
             await self._router.prepare(pending)
+        return self._route_now(ops)
+
+    def _route_now(self, ops: list[Op]) -> tuple[list[NewMessage], Spans]:
+        """Rows of the batch, and each op's slice of them, as of the cached topology."""
         messages: list[NewMessage] = []
         spans: Spans = []
         for work, fut, _ in ops:
@@ -263,14 +276,38 @@ class WriteBatcher:
         wake: set[int],
     ) -> tuple[Spans, set[int], set[int]]:
         """Route and write one transaction: (each op's span of rows, refused, touched)."""
+        started = time.perf_counter()
+        if not (requeues or rejects or wake):
+            plain = await self._commit_plain(ops, acks, started)
+            if plain is not None:
+                return plain
         messages, spans = await self._route(ops)
         rules = self._rules.rules_for(messages, wake)
         batch = write_path.Batch(messages, acks, requeues, rejects, wake)
-        started = time.perf_counter()
         async with self._repo.write_transaction(self._node_id) as tx:
             outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, outcome.touched | wake
+
+    async def _commit_plain(
+        self, ops: list[Op], acks: list[int], started: float
+    ) -> tuple[Spans, set[int], set[int]] | None:
+        """Publishes into queues without length limits, and acks: routed with the cached
+        topology and written by one statement that checks it is still current. None if
+        the batch is not that plain or the topology moved (nothing written: the caller
+        routes again and writes the usual transaction)."""
+        vhosts = {w.vhost.id: w.vhost for w, _, _ in ops if isinstance(w, PendingPublish)}
+        if any(vh.stale for vh in vhosts.values()):
+            return None
+        versions = {vid: vh.version for vid, vh in vhosts.items()}  # what routes them
+        messages, spans = self._route_now(ops)
+        if not fits_one_statement(messages) or self._rules.rules_for(messages, set()).limits:
+            return None
+        durable = any(m.persistent for m in messages)
+        if not await self._repo.write_plain(messages, acks, versions, self._node_id, durable):
+            return None
+        self._count(ops, spans, messages, set(), len(acks), started)
+        return spans, set(), {m.queue_id for m in messages}
 
     async def _write_one(self) -> None:
         ops, size = self._take_ops()
@@ -281,6 +318,7 @@ class WriteBatcher:
         results: list[tuple[Spans, set[int]]] = []
         touched = await self._write_retrying(ops, (acks, requeues, rejects, wake), results)
         self.backlog_bytes -= size
+        self._backlog_ops -= len(ops)
         self._update_blocked()
         _resolve(ops, results)
         if touched:

@@ -19,7 +19,7 @@ from typing import Any
 import asyncpg
 
 from . import queries, textsafe
-from .notify import QueuesWoken, send
+from .notify import QueuesWoken, encode, send
 from .records import DeadRow, NewMessage
 
 
@@ -118,6 +118,11 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
     if any(len(m.body) >= LARGE_BODY for m in messages):
         await _insert_with_large(conn, messages)
         return
+    await conn.execute(queries.INSERT, *_columns(messages))
+
+
+def _columns(messages: Sequence[NewMessage]) -> list[list[Any]]:
+    """The 13 parallel arrays of ``queries.INSERT`` (and ``WRITE_PLAIN``)."""
     cols: list[list[Any]] = [[] for _ in range(13)]
     esc, copy = textsafe.escape, textsafe.escape_or_none  # arrays skip the text codec
     for m in messages:
@@ -129,7 +134,38 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
             )
         ):  # fmt: skip
             cols[i].append(v)
-    await conn.execute(queries.INSERT, *cols)
+    return cols
+
+
+def fits_one_statement(messages: Sequence[NewMessage]) -> bool:
+    """Can :func:`write_plain` take these publishes (no body inserted alone)?"""
+    return all(len(m.body) < LARGE_BODY for m in messages)
+
+
+async def write_plain(
+    pool: asyncpg.Pool,
+    messages: Sequence[NewMessage],
+    acks: Sequence[int],
+    versions: dict[int, int],
+    node_id: uuid.UUID | None,
+    notify: bool,
+) -> bool:
+    """Insert ``messages``, delete the ``acks`` and wake their queues in one statement
+    (``queries.WRITE_PLAIN``), if every vhost is still at its routed topology version;
+    False: nothing was written."""
+    woken = encode(QueuesWoken(node_id, frozenset(m.queue_id for m in messages)))
+    channel, payload = woken[0] if notify and woken else (None, None)
+    ok = await pool.fetchval(
+        queries.WRITE_PLAIN,
+        *_columns(messages),
+        list(acks),
+        node_id,
+        list(versions),
+        list(versions.values()),
+        channel,
+        payload,
+    )
+    return bool(ok)
 
 
 async def _insert_with_large(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:

@@ -161,6 +161,33 @@ INSERT_ONE = (
 """
 )
 
+# A plain batch in one statement (its commit is the statement's): insert the publishes
+# ($1-$13 as in ``INSERT``), delete the acked rows $14 node $15 owns, and wake the
+# queues (NOTIFY on channel $18 with payload $19; NULL: none), all only if every vhost
+# $16 is still at the topology version $17 the batch was routed with. Returns ``ok``:
+# false means nothing was written (route again with the new topology). One round trip
+# instead of the version read, BEGIN, INSERT, DELETE, NOTIFY and COMMIT; and the
+# version check shares the writes' snapshot.
+WRITE_PLAIN = f"""
+WITH v AS (SELECT count(*) = cardinality($16::int[]) AS ok
+             FROM unnest($16::int[], $17::bigint[]) AS t(id, version)
+             JOIN vhosts ON vhosts.id = t.id AND vhosts.topology_version = t.version),
+     ins AS ({_INSERT_FROM_U.strip()}
+  FROM unnest($1::bigint[], $2::smallint[], $3::boolean[], $4::text[], $5::text[],
+              $6::bytea[], $7::text[], $8::text[], $9::text[], $10::text[], $11::bytea[],
+              $12::bigint[], $13::bigint[])
+       WITH ORDINALITY AS u(q, p, d, e, r, h, ct, mi, ci, x, b, ttl, dly, n)
+ WHERE (SELECT ok FROM v) AND EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ ORDER BY n
+ RETURNING 1),
+     acked AS (DELETE FROM messages
+                WHERE id = ANY($14::bigint[]) AND (owner_node = $15) IS TRUE
+                  AND (SELECT ok FROM v)
+               RETURNING 1)
+SELECT ok, CASE WHEN ok AND $19::text IS NOT NULL THEN pg_notify($18, $19) END
+  FROM v
+"""
+
 # What a dead-lettered copy is built from (storage.records.DeadRow).
 _DEAD_COLUMNS = "id, queue_id, exchange, routing_key, properties, body, priority, persistent"
 

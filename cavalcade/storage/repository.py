@@ -637,6 +637,19 @@ class Repository:
             await self.durable_pool.execute(queries.ACK, list(ids), node_id)
 
     # Added for the broker-driven write path (H1, broker/write_path.py).
+    async def write_plain(
+        self,
+        messages: Sequence[NewMessage],
+        acks: Sequence[int],
+        versions: dict[int, int],
+        node_id: uuid.UUID,
+        durable: bool,
+    ) -> bool:
+        """A batch of publishes and acks alone, as one statement (its own commit, on the
+        disk first if ``durable``); False if a vhost's topology moved (nothing written)."""
+        pool = self.durable_pool if durable else self.async_commit_pool
+        return await batch.write_plain(pool, messages, acks, versions, node_id, self.notify)
+
     def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
         """A write transaction: the broker runs a batch's statements on its handle."""
         return batch.transaction(self.durable_pool, node_id, self.notify)

@@ -1,0 +1,116 @@
+"""The one-statement write batch (``Repository.write_plain``) on a real PostgreSQL:
+publishes and acks commit together, in order, with their NOTIFY; or, if the vhost's
+topology moved since the batch was routed, nothing at all."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import asyncpg
+
+from cavalcade.storage.notify import WAKE_CHANNEL
+from cavalcade.storage.repository import NewMessage, Repository
+
+
+def _row(qid: int, body: bytes) -> NewMessage:
+    return NewMessage(qid, 0, True, "", "plain", b"\x00\x00", None, None, None, None, body)
+
+
+async def _setup(database_url: str, name: str) -> tuple[Repository, int, int, int]:
+    """A repository, the default vhost's id and topology version, and a new queue."""
+    repo = await Repository.connect(database_url, size=4)
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
+    q = await repo.find_queue(vhost, name)
+    assert q is not None
+    version = (await repo.topology_versions([vhost]))[vhost]
+    return repo, vhost, version, q.id
+
+
+async def test_publishes_and_acks_commit_in_one_statement(database_url: str) -> None:
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, vhost, version, qid = await _setup(database_url, name)
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    listener = await asyncpg.connect(database_url)
+    heard: asyncio.Queue[str] = asyncio.Queue()
+    await listener.add_listener(WAKE_CHANNEL, lambda *a: heard.put_nowait(a[3]))
+    try:
+        first = [_row(qid, b"%d" % i) for i in range(5)]
+        assert await repo.write_plain(first, [], {vhost: version}, node, durable=True)
+        assert await asyncio.wait_for(heard.get(), 5) == f"{node}:{qid}"
+        claimed = await repo.claim(qid, node, 1, 2, no_ack=False)
+        assert [m.body for m in claimed] == [b"0", b"1"]  # FIFO: ids in batch order
+
+        more = [_row(qid, b"%d" % i) for i in range(5, 8)]
+        acks = [m.id for m in claimed]
+        assert await repo.write_plain(more, acks, {vhost: version}, node, durable=False)
+        assert await repo.ready_count(qid) == 6  # 3 left of the first five, 3 new
+        rest = await repo.claim(qid, node, 1, 10, no_ack=False)
+        assert [m.body for m in rest] == [b"%d" % i for i in range(2, 8)]
+        assert not set(acks) & {m.id for m in rest}
+
+        # acks alone: no publishes, no vhost to check, no NOTIFY
+        assert await repo.write_plain([], [m.id for m in rest], {}, node, durable=False)
+        left = await repo.durable_pool.fetchval(
+            "SELECT count(*) FROM messages WHERE queue_id = $1", qid
+        )
+        assert left == 0
+    finally:
+        await listener.close()
+        await repo.close()
+
+
+async def test_a_moved_topology_writes_nothing(database_url: str) -> None:
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, vhost, version, qid = await _setup(database_url, name)
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    try:
+        assert await repo.write_plain([_row(qid, b"a")], [], {vhost: version}, node, True)
+        held = await repo.claim(qid, node, 1, 1, no_ack=False)
+        await repo.bump_topology(vhost)  # another node bound or deleted something
+
+        stale = {vhost: version}
+        assert not await repo.write_plain([_row(qid, b"b")], [held[0].id], stale, node, True)
+        assert await repo.ready_count(qid) == 0  # "b" not inserted
+        still = await repo.durable_pool.fetchval(
+            "SELECT owner_node FROM messages WHERE id = $1", held[0].id
+        )
+        assert still == node  # the ack was not applied either
+
+        fresh = await repo.topology_versions([vhost])
+        assert await repo.write_plain([_row(qid, b"b")], [held[0].id], fresh, node, True)
+        got = await repo.claim(qid, node, 1, 5, no_ack=False)
+        assert [m.body for m in got] == [b"b"]
+    finally:
+        await repo.close()
+
+
+async def test_one_message_over_the_backlog_limit_does_not_block(database_url: str) -> None:
+    """A single publish larger than the whole backlog limit is written without blocking
+    publishers; a second one behind it is a backlog, and blocks until both are in."""
+    from cavalcade.broker.group_commit import WriteBatcher
+
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, _vhost, _version, qid = await _setup(database_url, name)
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    changes: list[bool] = []
+    batcher = WriteBatcher(repo, node, lambda _queues: None, backlog_limit=10_000)
+    batcher.on_blocked = changes.append
+    batcher.start()
+    try:
+        await batcher.publish([_row(qid, b"x" * 50_000)])
+        assert changes == [] and not batcher.blocked
+
+        pending = [batcher.publish([_row(qid, b"y" * 50_000)]) for _ in range(2)]
+        assert batcher.blocked
+        await asyncio.gather(*pending)
+        assert changes == [True, False] and not batcher.blocked
+        assert await repo.ready_count(qid) == 3
+    finally:
+        await batcher.stop()
+        await repo.close()
