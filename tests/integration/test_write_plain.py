@@ -114,3 +114,40 @@ async def test_one_message_over_the_backlog_limit_does_not_block(database_url: s
     finally:
         await batcher.stop()
         await repo.close()
+
+
+async def test_constant_and_varying_columns_round_trip(database_url: str) -> None:
+    """Columns the same in every row travel as one default, the others as arrays: the
+    stored rows are the same either way, NULLs included."""
+    from cavalcade.storage.batch import columns
+
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, vhost, version, qid = await _setup(database_url, name)
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    rows = [
+        NewMessage(qid, 0, True, "ex", "rk", b"\x00\x00", None, "id-1", None, None, b"a"),
+        NewMessage(qid, 0, True, "ex", "rk", b"\x00\x00", None, None, "c", None, b"b", 60_000),
+        NewMessage(qid, 0, True, "ex", "rk", b"\x00\x00", None, "id-3", "c", None, b"c"),
+    ]
+    params = columns(rows)
+    arrays, defaults = params[:13], params[13:]
+    assert arrays[0] == [] and defaults[0] == qid  # one queue: a default
+    assert arrays[3] == [] and defaults[3] == "ex"
+    assert arrays[6] == [] and defaults[6] is None  # all NULL
+    assert arrays[7] == ["id-1", None, "id-3"]  # varies: whole, NULL kept
+    assert arrays[10] == [b"a", b"b", b"c"]  # the body always goes whole
+    try:
+        assert await repo.write_plain(rows, [], {vhost: version}, node, durable=True)
+        got = await repo.durable_pool.fetch(
+            "SELECT exchange, routing_key, message_id, correlation_id, body,"
+            " expires_at IS NOT NULL AS ttl FROM messages WHERE queue_id = $1 ORDER BY id",
+            qid,
+        )
+        assert [tuple(r) for r in got] == [
+            ("ex", "rk", "id-1", None, b"a", False),
+            ("ex", "rk", None, "c", b"b", True),
+            ("ex", "rk", "id-3", "c", b"c", False),
+        ]
+    finally:
+        await repo.close()
