@@ -270,7 +270,12 @@ class Message(Base):
             "id",
             postgresql_where=text("owner_node IS NULL"),
         ),
-        Index("ix_messages_owner", "owner_node", "owner_channel"),
+        Index(
+            "ix_messages_owner",
+            "owner_node",
+            "owner_channel",
+            postgresql_where=text("owner_node IS NOT NULL"),
+        ),
         Index(
             "ix_messages_expires",
             "expires_at",
