@@ -136,10 +136,10 @@ def columns(messages: Sequence[NewMessage]) -> list[Any]:
             )
         ):  # fmt: skip
             cols[i].append(v)
-    defaults: list[Any] = [None] * 13
+    defaults: list[Any] = [[None]] * 13  # one-element arrays (see queries._BATCH_ROWS)
     for i, col in enumerate(cols):
         if i != _BODY and col and col.count(col[0]) == len(col):
-            defaults[i], cols[i] = col[0], []
+            defaults[i], cols[i] = [col[0]], []
     return [*cols, *defaults]
 
 
@@ -165,7 +165,7 @@ async def write_plain(
     woken = encode(QueuesWoken(node_id, frozenset(m.queue_id for m in messages)))
     channel, payload = woken[0] if notify and woken else (None, None)
     ok = await pool.fetchval(
-        queries.WRITE_PLAIN,
+        queries.WRITE_PLAIN if notify else queries.WRITE_PLAIN_SILENT,
         *columns(messages),
         list(acks),
         node_id,

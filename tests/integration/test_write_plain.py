@@ -132,9 +132,9 @@ async def test_constant_and_varying_columns_round_trip(database_url: str) -> Non
     ]
     params = columns(rows)
     arrays, defaults = params[:13], params[13:]
-    assert arrays[0] == [] and defaults[0] == qid  # one queue: a default
-    assert arrays[3] == [] and defaults[3] == "ex"
-    assert arrays[6] == [] and defaults[6] is None  # all NULL
+    assert arrays[0] == [] and defaults[0] == [qid]  # one queue: a default
+    assert arrays[3] == [] and defaults[3] == ["ex"]
+    assert arrays[6] == [] and defaults[6] == [None]  # all NULL
     assert arrays[7] == ["id-1", None, "id-3"]  # varies: whole, NULL kept
     assert arrays[10] == [b"a", b"b", b"c"]  # the body always goes whole
     try:
@@ -150,4 +150,48 @@ async def test_constant_and_varying_columns_round_trip(database_url: str) -> Non
             ("ex", "rk", "id-3", "c", b"c", False),
         ]
     finally:
+        await repo.close()
+
+
+async def test_names_with_nul_are_stored_once_escaped(database_url: str) -> None:
+    """An exchange or routing key holding NUL or the escape character reads back as
+    published, whether it travels as a default (one row) or in an array (rows differ)."""
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, vhost, version, qid = await _setup(database_url, name)
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    odd = ["a\x00b", "\U0010ffff0", "plain"]
+
+    def row(key: str) -> NewMessage:
+        return NewMessage(qid, 0, True, key, key, b"\x00\x00", None, None, None, None, b"x")
+
+    try:
+        for batch in ([row(odd[0])], [row(odd[1])], [row(k) for k in odd]):
+            assert await repo.write_plain(batch, [], {vhost: version}, node, durable=True)
+        async with repo.write_transaction(node) as tx:  # the general path's INSERT
+            await tx.insert([row(odd[0])])
+        got = await repo.claim(qid, node, 1, 10, no_ack=True)
+        assert [(m.exchange, m.routing_key) for m in got] == [
+            (k, k) for k in [odd[0], odd[1], *odd, odd[0]]
+        ]
+    finally:
+        await repo.close()
+
+
+async def test_without_notify_the_statement_sends_none(database_url: str) -> None:
+    """``--notify poll``: the statement has no pg_notify call at all."""
+    name = f"plain-{uuid.uuid4().hex[:8]}"
+    repo, vhost, version, qid = await _setup(database_url, name)
+    repo.notify = False
+    node = uuid.uuid4()
+    await repo.register_node(node, "plain")
+    listener = await asyncpg.connect(database_url)
+    heard: list[str] = []
+    await listener.add_listener(WAKE_CHANNEL, lambda *a: heard.append(a[3]))
+    try:
+        assert await repo.write_plain([_row(qid, b"q")], [], {vhost: version}, node, True)
+        await asyncio.sleep(0.3)
+        assert heard == [] and await repo.ready_count(qid) == 1
+    finally:
+        await listener.close()
         await repo.close()
