@@ -131,6 +131,8 @@ class Consumer(FailoverClient):
     def __init__(self, urls: list[str], queue: str, start_at: int) -> None:
         super().__init__(urls, queue, start_at)
         self.received: list[tuple[int, bool, float]] = []  # (seq, redelivered, when)
+        self.unacked = 0  # deliveries received and not acked yet
+        self.hold_acks = threading.Event()  # set: acks wait (a kill then finds some held)
 
     @property
     def url(self) -> str:
@@ -147,9 +149,13 @@ class Consumer(FailoverClient):
             if method is not None:
                 self.received.append((int(body), bool(method.redelivered), time.monotonic()))
                 last_tag, unacked = method.delivery_tag, unacked + 1
+            if self.hold_acks.is_set():
+                self.unacked = unacked
+                continue
             if unacked >= 10 or (method is None and unacked):
                 ch.basic_ack(last_tag, multiple=True)
                 unacked = 0
+            self.unacked = unacked
 
     def seen(self) -> set[int]:
         return {seq for seq, _, _ in self.received}
@@ -205,9 +211,13 @@ def test_sigkill_each_node_in_turn_mid_stream(nodes, database_url):
         for victim_index in (0, 1, 0):
             time.sleep(3.0)
             victim = a if victim_index == 0 else b
-            held = consumer.url == victim.url  # the victim holds unacked deliveries
+            consumer.hold_acks.set()  # so that some deliveries are surely unacked
+            time.sleep(0.2)
+            # The victim holds unacked deliveries (acks wait until after the kill).
+            held = consumer.url == victim.url and consumer.unacked > 0
             killed = time.monotonic()
             kill(victim)
+            consumer.hold_acks.clear()
             time.sleep(0.5)
             restarted = nodes.spawn(database_url, port=victim.port, env=FAST_ENV, poll_interval=30)
             if victim_index == 0:
