@@ -115,7 +115,7 @@ async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> No
     """Multi-row insert, keeping the given order in the ids (FIFO)."""
     if not messages:
         return
-    if any(len(m.body) >= LARGE_BODY for m in messages):
+    if not fits_one_statement(messages):
         await _insert_with_large(conn, messages)
         return
     await conn.execute(queries.INSERT, *columns(messages))
@@ -147,7 +147,8 @@ _BODY = 10  # the body column always goes whole: it gives the row count
 
 
 def fits_one_statement(messages: Sequence[NewMessage]) -> bool:
-    """Can :func:`write_plain` take these publishes (no body inserted alone)?"""
+    """Can one ``INSERT`` (or :func:`write_plain`) take these publishes, no body being
+    large enough to be inserted alone?"""
     return all(len(m.body) < LARGE_BODY for m in messages)
 
 

@@ -157,7 +157,6 @@ _BATCH_ROWS = (
     + ", ".join(_NEW_COLUMNS)
     + ", n)) AS u"
 )
-BATCH_PARAMS = 2 * len(_NEW_COLUMNS)  # the parameters _BATCH_ROWS takes
 
 # Insert the publishes (storage.batch.columns), in the given order (FIFO ids), into
 # the queues that still exist.
@@ -171,14 +170,11 @@ INSERT = f"""{_INSERT_FROM_U.rstrip()}
 # parameter, so the body goes to the server as one bytea, not as an element of the
 # ``INSERT`` batch's bytea[] (which asyncpg encodes into an array buffer first, and the
 # server builds and unnests again). Same columns, rules and FIFO id as ``INSERT``.
-INSERT_ONE = (
-    _INSERT_FROM_U
-    + """  FROM (VALUES ($1::bigint, $2::smallint, $3::boolean, $4::text, $5::text, $6::bytea,
-               $7::text, $8::text, $9::text, $10::text, $11::bytea, $12::bigint,
-               $13::bigint)) AS u(q, p, d, e, r, h, ct, mi, ci, x, b, ttl, dly)
+INSERT_ONE = f"""{_INSERT_FROM_U.rstrip()}
+  FROM (VALUES ({", ".join(f"${i + 1}::{t}" for i, t in enumerate(_NEW_TYPES))}))
+       AS u({", ".join(_NEW_COLUMNS)})
  WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
 """
-)
 
 # A plain batch in one statement (its commit is the statement's): insert the publishes
 # ($1-$26 as in ``INSERT``), delete the acked rows $27 node $28 owns, and wake the
@@ -187,12 +183,12 @@ INSERT_ONE = (
 # false means nothing was written (route again with the new topology). One round trip
 # instead of the version read, BEGIN, INSERT, DELETE, NOTIFY and COMMIT; and the
 # version check shares the writes' snapshot.
-_WRITE_PLAIN = """
+_WRITE_PLAIN = f"""
 WITH v AS (SELECT count(*) = cardinality($29::int[]) AS ok
              FROM unnest($29::int[], $30::bigint[]) AS t(id, version)
              JOIN vhosts ON vhosts.id = t.id AND vhosts.topology_version = t.version),
-     ins AS ({insert_from}
-  FROM {batch_rows}
+     ins AS ({_INSERT_FROM_U.strip()}
+  FROM {_BATCH_ROWS}
  WHERE (SELECT ok FROM v) AND EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
  ORDER BY n
  RETURNING 1),
@@ -200,21 +196,15 @@ WITH v AS (SELECT count(*) = cardinality($29::int[]) AS ok
                 WHERE id = ANY($27::bigint[]) AND (owner_node = $28) IS TRUE
                   AND (SELECT ok FROM v)
                RETURNING 1)
-SELECT ok{notify} FROM v
+SELECT ok{{notify}} FROM v
 """
-WRITE_PLAIN = _WRITE_PLAIN.format(
-    insert_from=_INSERT_FROM_U.strip(),
-    batch_rows=_BATCH_ROWS,
-    notify=", CASE WHEN ok AND $32::text IS NOT NULL THEN pg_notify($31, $32) END",
+WRITE_PLAIN = _WRITE_PLAIN.replace(
+    "{notify}", ", CASE WHEN ok AND $32::text IS NOT NULL THEN pg_notify($31, $32) END"
 )
 # The same without NOTIFY (``--notify poll``: the database may have no pg_notify at
 # all, and a function is looked up even where the CASE never calls it). $31 and $32
 # are then unused but typed, so both take the same parameters.
-WRITE_PLAIN_SILENT = _WRITE_PLAIN.format(
-    insert_from=_INSERT_FROM_U.strip(),
-    batch_rows=_BATCH_ROWS,
-    notify=", $31::text IS NULL AND $32::text IS NULL",
-)
+WRITE_PLAIN_SILENT = _WRITE_PLAIN.replace("{notify}", ", $31::text IS NULL AND $32::text IS NULL")
 
 # What a dead-lettered copy is built from (storage.records.DeadRow).
 _DEAD_COLUMNS = "id, queue_id, exchange, routing_key, properties, body, priority, persistent"

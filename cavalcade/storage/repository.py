@@ -637,6 +637,10 @@ class Repository:
             await self.durable_pool.execute(queries.ACK, list(ids), node_id)
 
     # Added for the broker-driven write path (H1, broker/write_path.py).
+    def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
+        """A write transaction: the broker runs a batch's statements on its handle."""
+        return batch.transaction(self.durable_pool, node_id, self.notify)
+
     async def write_plain(
         self,
         messages: Sequence[NewMessage],
@@ -649,10 +653,6 @@ class Repository:
         disk first if ``durable``); False if a vhost's topology moved (nothing written)."""
         pool = self.durable_pool if durable else self.async_commit_pool
         return await batch.write_plain(pool, messages, acks, versions, node_id, self.notify)
-
-    def write_transaction(self, node_id: uuid.UUID | None = None) -> batch.WriteTransaction:
-        """A write transaction: the broker runs a batch's statements on its handle."""
-        return batch.transaction(self.durable_pool, node_id, self.notify)
 
 
 async def _keep(conn: asyncpg.Connection) -> None:
