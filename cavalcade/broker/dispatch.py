@@ -6,6 +6,11 @@ for every queue, see ``poller``), or when a delayed message it knows of falls
 due; then it claims, consumer by consumer in round-robin, at most each consumer's
 free credit with ``FOR UPDATE SKIP LOCKED``. An idle queue runs no statement.
 
+Freed credit alone (an ack, basic.qos, a writable socket) claims only while the
+queue may hold ready rows: not after a claim came back short with no news of
+arrivals since it began. Without that, every early ack of a Celery worker on a
+drained queue ran an empty claim.
+
 A zero TTL delivers to a consumer that is waiting when the message is published and
 drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had
 credit without a break (``_waiting_since``, reset whenever it finds none); its claims
@@ -126,6 +131,11 @@ class QueueDispatcher:
         # zero-TTL messages published from then on are theirs. None: nobody waits.
         self._waiting_since: float | None = None
         self._clock = clock or DatabaseClock()  # one per node: the offset is the node's
+        # News that rows may have become ready (commits, NOTIFY, polls, due timers, new
+        # consumers), counted; ``_drained_at`` is the count when a claim that came back
+        # short began (None: the queue may hold ready rows).
+        self._arrivals = 0
+        self._drained_at: int | None = None
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -143,13 +153,30 @@ class QueueDispatcher:
         await self._settled.wait()
 
     def wake(self) -> None:
+        """Rows may have become ready (or the consumers changed): claim."""
+        self._arrivals += 1
+        self._note_credit()
+        self._wake.set()
+
+    def credit_freed(self) -> None:
+        """A consumer may take more: claim, unless the queue is known to be drained."""
+        self._note_credit()
+        if self._drained_at != self._arrivals:
+            self._wake.set()
+
+    @property
+    def drained(self) -> bool:
+        """The last claim came back short and nothing may have arrived since."""
+        return self._drained_at == self._arrivals
+
+    def _note_credit(self) -> None:
         if self._waiting_since is None and any(c.credit() > 0 for c in self.consumers):
             self._waiting_since = time.monotonic()  # credit freed (ack, qos, new consumer)
-        self._wake.set()
 
     def due_in(self, seconds: float) -> None:
         """A delayed message of this queue falls due in ``seconds``."""
         self.delayed = True
+        self._arrivals += 1  # it becomes ready by itself: not drained for freed credit
         at = asyncio.get_running_loop().time() + seconds + 0.005
         if self._due_at is None or at < self._due_at:
             self._due_at = at
@@ -187,6 +214,7 @@ class QueueDispatcher:
             self._wake.clear()
             if self._due_at is not None and loop.time() >= self._due_at:
                 self._due_at = None
+                self._arrivals += 1
             try:
                 if await self._drain() and self.delayed:
                     # Empty for now: sleep until the next delayed message falls due.
@@ -195,6 +223,7 @@ class QueueDispatcher:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the database may be away; poll retries
+                self._drained_at = None
                 if self._outage is None or not self._outage.report(exc):
                     log.warning("dispatch for queue %s failed: %s", self.queue_id, exc)
                 await asyncio.sleep(0.5)
@@ -264,14 +293,18 @@ class QueueDispatcher:
                 self._waiting_since = time.monotonic()
             since = await self._clock.at(self._repo, self._waiting_since)
             all_no_ack = all(c.no_ack for c in eligible)
+            arrivals = self._arrivals
+            self._drained_at = None
             credit, want, rows = await self._claim(eligible, since, all_no_ack)
             if not rows:
+                self._drained_at = arrivals
                 return True
             try:
-                await self._hand_out(eligible, credit, rows, all_no_ack)
+                returned = await self._hand_out(eligible, credit, rows, all_no_ack)
             finally:
                 self._settled.set()
             if len(rows) < want:
+                self._drained_at = None if returned else arrivals
                 return True
         return False
 
@@ -281,8 +314,9 @@ class QueueDispatcher:
         credit: dict[int, int],
         rows: list[ClaimedMessage],
         all_no_ack: bool,
-    ) -> None:
-        """Deliver claimed rows round-robin; give back what a vanished consumer missed."""
+    ) -> bool:
+        """Deliver claimed rows round-robin; give back what a vanished consumer missed
+        (True if any went back)."""
         if self.quorum:
             for row in rows:
                 row.properties = with_delivery_count(row.properties, row.delivery_count)
@@ -316,3 +350,4 @@ class QueueDispatcher:
             )
         await self._repo.requeue(requeue, self._node_id)
         await self._repo.delete_messages(consumed, self._node_id)
+        return bool(requeue)

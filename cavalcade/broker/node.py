@@ -99,6 +99,11 @@ class NodeState:
         for qid in queue_ids:
             self.wake(qid)
 
+    def credit_freed(self, queue_id: int) -> None:
+        d = self.dispatchers.get(queue_id)
+        if d is not None:
+            d.credit_freed()
+
     def wake_all(self) -> None:
         for d in self.dispatchers.values():
             d.wake()

@@ -175,8 +175,9 @@ class Broker:
 
     # -- wake-ups and invalidation (from commits and NOTIFY) ------------------
 
-    def wake(self, queue_id: int) -> None:
-        self.node.wake(queue_id)
+    def credit_freed(self, queue_id: int) -> None:
+        """Consumers of the queue may take more (an ack, basic.qos, a writable socket)."""
+        self.node.credit_freed(queue_id)
 
     def wake_queues(self, queue_ids: Iterable[int]) -> None:
         self.node.wake_queues(queue_ids)

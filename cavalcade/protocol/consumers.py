@@ -139,7 +139,7 @@ class Consumers:
     def wake_queues(self) -> None:
         """The socket takes writes again: let every consumer's queue deliver."""
         for c in self.by_tag.values():
-            self.broker.wake(c.queue_id)
+            self.broker.credit_freed(c.queue_id)
 
     def wake_in_turn(self) -> None:
         """Wake the queues of every consumer, starting one further each time: the first
@@ -150,7 +150,7 @@ class Consumers:
             return
         self._wake_turn = (self._wake_turn + 1) % len(consumers)
         for c in consumers[self._wake_turn :] + consumers[: self._wake_turn]:
-            self.broker.wake(c.queue_id)
+            self.broker.credit_freed(c.queue_id)
 
     def credit_returned(self, queues: set[int]) -> None:
         """Settlements gave credit back to consumers of ``queues``."""
@@ -158,7 +158,7 @@ class Consumers:
             self.wake_in_turn()  # no-ack consumers wait on the channel's limit too
         else:
             for qid in queues:
-                self.broker.wake(qid)
+                self.broker.credit_freed(qid)
 
     # -- client methods ---------------------------------------------------------------
 

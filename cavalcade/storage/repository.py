@@ -47,6 +47,11 @@ __all__ = [
 # then picks a bitmap scan plus a sort of the whole queue (150 ms per claim instead of
 # under 1 ms: the "slow mode"). Every statement on the async-commit pool is index-driven.
 INDEX_WALK = {"enable_seqscan": "off", "enable_bitmapscan": "off"}
+# Every statement is prepared once per connection and its plan does not depend on the
+# values: a batch's arrays change length from 1 to hundreds of rows, and with the
+# default ``auto`` mode PostgreSQL re-planned a third of the one-statement batches
+# (about 0.4 ms each) after finding the custom plans cheaper than the generic one.
+GENERIC_PLANS = {"plan_cache_mode": "force_generic_plan"}
 
 
 def _claimed(rows: Sequence[asyncpg.Record]) -> list[ClaimedMessage]:
@@ -84,7 +89,7 @@ class Repository:
             min_size=2,
             max_size=size,
             statement_cache_size=256,
-            server_settings={"synchronous_commit": "on"},
+            server_settings={"synchronous_commit": "on", **GENERIC_PLANS},
             reset=_keep,
             connection_class=desync.Connection,
             init=textsafe.install,
@@ -94,7 +99,7 @@ class Repository:
             min_size=1,
             max_size=max(2, size // 2),
             statement_cache_size=256,
-            server_settings={"synchronous_commit": "off", **INDEX_WALK},
+            server_settings={"synchronous_commit": "off", **GENERIC_PLANS, **INDEX_WALK},
             reset=_keep,
             connection_class=desync.Connection,
             init=textsafe.install,

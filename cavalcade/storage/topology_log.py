@@ -65,7 +65,8 @@ class TopologyRows:
 
 
 _BUMP = """
-WITH {write}v AS (UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1
+WITH {write}v AS (UPDATE vhosts SET topology_version = topology_version + 1
+            WHERE id = $1{if_written}
            RETURNING topology_version),
      ev AS (INSERT INTO topology_events (vhost_id, version, queue_ids, exchange_ids, edges)
             SELECT $1, topology_version, $2::bigint[]{queues}, $3::bigint[], $4::bigint[] FROM v
@@ -77,7 +78,7 @@ SELECT topology_version, CASE WHEN $7::text IS NULL THEN NULL
        {written} AS written
   FROM v
 """
-_PLAIN_BUMP = _BUMP.format(write="", queues="", written="NULL::bigint")
+_PLAIN_BUMP = _BUMP.format(write="", if_written="", queues="", written="NULL::bigint")
 
 _SINCE = """
 SELECT (SELECT topology_version FROM vhosts WHERE id = $1) AS version,
@@ -117,14 +118,18 @@ class TopologyLog:
     ) -> tuple[int, int | None]:
         """Bump the vhost's version, record what changed (None: unknown, nodes reload)
         and NOTIFY ``event`` on the topology channel, in one statement; with ``write``
-        that statement also makes the change itself. Returns the new version and the
-        id the write returned (None: it wrote nothing, or there was no write)."""
+        that statement also makes the change itself, and bumps only if it wrote a row.
+        Returns the new version (0: no bump) and the id the write returned (None: it
+        wrote nothing, or there was no write)."""
         payload = notify.encode(event)[0][1]
         edges = [i for edge in sorted(change.edges) for i in edge] if change else []
         sql = _PLAIN_BUMP
         if write is not None:
             sql = _BUMP.format(
                 write=f"written AS ({_after_bump_params(write.sql)}),\n     ",
+                # A write that changed nothing (a redeclared binding, a queue declared
+                # meanwhile) bumps nothing: no node reloads, no batch is re-routed.
+                if_written=" AND EXISTS (SELECT 1 FROM written)",
                 queues=" || ARRAY(SELECT id FROM written)" if write.new_queue else "",
                 written="(SELECT id FROM written LIMIT 1)",
             )

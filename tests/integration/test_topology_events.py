@@ -162,3 +162,36 @@ async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str
         repo.topology.bump = real_bump  # type: ignore[method-assign]
         await broker.stop()
         await repo.close()
+
+
+async def test_a_write_that_changes_nothing_bumps_nothing(database_url: str) -> None:
+    """A redeclared binding or a queue already there (kombu re-binds an auto-delete
+    queue on every declare) leaves the version alone: no node reloads or re-routes."""
+    repo = await Repository.connect(database_url, size=2)
+    try:
+        vhost = await repo.find_vhost("/")
+        assert vhost is not None
+        name = f"nochange-{uuid.uuid4().hex[:8]}"
+        event = TopologyChanged(uuid.uuid4(), vhost)
+        create = repo.queue_insert(vhost, name, True, False, None, None, {})
+        _, qid = await repo.topology.bump(vhost, TopologyChange(), event, create)
+        assert qid is not None
+        amq = await repo.find_exchange(vhost, "amq.direct")
+        assert amq is not None
+        edge = TopologyChange(edges={(amq.id, qid, 0)})
+        bind = repo.binding_insert(amq.id, qid, None, "k", {})
+        first, _ = await repo.topology.bump(vhost, edge, event, bind)
+        assert first > 0
+        again, written = await repo.topology.bump(vhost, edge, event, bind)
+        assert (again, written) == (0, None)
+        queue_again = repo.queue_insert(vhost, name, True, False, None, None, {})
+        assert await repo.topology.bump(vhost, TopologyChange(), event, queue_again) == (0, None)
+        version, change = await repo.topology.changes_since(vhost, first)
+        assert version == first and change == TopologyChange()
+        other = repo.binding_insert(amq.id, qid, None, "k2", {})
+        assert (await repo.topology.bump(vhost, edge, event, other))[0] == first + 1
+    finally:
+        q = await repo.find_queue(vhost, name)
+        if q is not None:
+            await repo.delete_queue(q.id)
+        await repo.close()

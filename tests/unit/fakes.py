@@ -292,7 +292,7 @@ class FakeBroker:
     async def cancel(self, s: Session, queue_id: int, target: Any) -> None:
         await self.detach(queue_id, target)
 
-    def wake(self, queue_id: int) -> None:
+    def credit_freed(self, queue_id: int) -> None:
         self.woken.append(queue_id)
 
     async def get(

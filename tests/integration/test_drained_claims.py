@@ -1,0 +1,159 @@
+"""Freed credit claims only while a queue may hold ready rows (a real dispatcher on a
+real PostgreSQL): an early-acking consumer of a drained queue runs no empty claims, and
+no arrival is missed because of it."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from cavalcade.broker.dispatch import QueueDispatcher
+from cavalcade.storage.records import ClaimedMessage
+from cavalcade.storage.repository import NewMessage, Repository
+
+
+class Target:
+    """A consumer with a prefetch of ``prefetch`` that acks when told to."""
+
+    tag = "c1"
+    channel_key = 1
+    no_ack = False
+    priority = 0
+
+    def __init__(self, prefetch: int) -> None:
+        self.prefetch = prefetch
+        self.unacked: list[ClaimedMessage] = []
+        self.reserved = 0
+        self.blocked = False
+        self.got = asyncio.Event()
+
+    def credit(self) -> int:
+        return 0 if self.blocked else self.prefetch - len(self.unacked) - self.reserved
+
+    def deliver(self, messages: list[ClaimedMessage]) -> bool:
+        self.unacked += messages
+        self.got.set()
+        return True
+
+    def reserve(self, n: int) -> None:
+        self.reserved += n
+
+    def release(self, n: int) -> None:
+        self.reserved -= n
+
+
+class Counting(Repository):
+    """The repository, counting claims; ``during_claim`` runs while one is in flight."""
+
+    claims = 0
+    during_claim: Callable[[], None] | None = None
+
+    async def claim(self, *args: object, **kwargs: object) -> list[ClaimedMessage]:  # type: ignore[override]
+        self.claims += 1
+        rows = await super().claim(*args, **kwargs)  # type: ignore[arg-type]
+        if self.during_claim is not None:
+            self.during_claim()
+        return rows
+
+
+@pytest.fixture
+async def setup(database_url: str) -> AsyncIterator[tuple[Counting, int, uuid.UUID]]:
+    base = await Repository.connect(database_url, size=4)
+    repo = Counting(base.durable_pool, base.async_commit_pool)
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    name = f"drained-{uuid.uuid4().hex[:8]}"
+    await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
+    q = await repo.find_queue(vhost, name)
+    assert q is not None
+    node = uuid.uuid4()
+    await repo.register_node(node, "drained-test")
+    try:
+        yield repo, q.id, node
+    finally:
+        await repo.delete_queue(q.id)
+        await base.close()
+
+
+async def _publish(repo: Repository, qid: int, n: int) -> None:
+    rows = [
+        NewMessage(qid, 0, True, "", "q", b"\x00\x00", None, None, None, None, b"%d" % i)
+        for i in range(n)
+    ]
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+
+
+async def _settle(d: QueueDispatcher) -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.02)
+        await d.settled()
+
+
+async def _ack(repo: Repository, node: uuid.UUID, t: Target) -> None:
+    await repo.delete_messages([m.id for m in t.unacked], node)
+    t.unacked.clear()
+
+
+async def test_freed_credit_on_a_drained_queue_claims_nothing(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    await _publish(repo, qid, 2)
+    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+    t = Target(prefetch=1)
+    d.add(t)
+    try:
+        await _settle(d)
+        assert len(t.unacked) == 1 and not d.drained  # full claim: more may be there
+        await _ack(repo, node, t)
+        d.credit_freed()
+        await _settle(d)
+        assert len(t.unacked) == 1
+        await _ack(repo, node, t)
+        d.credit_freed()
+        await _settle(d)
+        assert d.drained  # that claim came back empty
+        before = repo.claims
+        for _ in range(5):  # acks of a drained queue: no claims
+            d.credit_freed()
+            await _settle(d)
+        assert repo.claims == before
+        await _publish(repo, qid, 1)
+        d.wake()  # the commit's wake-up
+        await _settle(d)
+        assert len(t.unacked) == 1 and repo.claims == before + 1
+    finally:
+        await d.stop()
+
+
+async def test_an_arrival_during_a_short_claim_is_not_lost(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+    t = Target(prefetch=1)
+    d.add(t)
+    try:
+        await _settle(d)
+        assert d.drained  # the first claim found nothing
+
+        def meanwhile() -> None:  # a commit's wake-up, while the consumer's credit goes
+            t.blocked = True
+            d.wake()
+
+        repo.during_claim = meanwhile
+        d.wake()
+        await _settle(d)
+        repo.during_claim = None
+        assert not d.drained
+        await _publish(repo, qid, 1)  # the row that wake-up was about
+        t.blocked = False
+        d.credit_freed()  # credit comes back: this must claim
+        await asyncio.wait_for(t.got.wait(), 5)
+        assert [m.body for m in t.unacked] == [b"0"]
+    finally:
+        await d.stop()
