@@ -11,6 +11,11 @@ queue may hold ready rows: not after a claim came back short with no news of
 arrivals since it began. Without that, every early ack of a Celery worker on a
 drained queue ran an empty claim.
 
+A drained queue whose consumers are all no-ack takes new messages from this node's
+publishes directly (``take_direct``/``deliver_direct``): the write batch leaves them
+out and they are delivered once it commits, as RabbitMQ hands a message to a waiting
+consumer without queueing it. Nothing is written for them, and nothing is claimed.
+
 A zero TTL delivers to a consumer that is waiting when the message is published and
 drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had
 credit without a break (``_waiting_since``, reset whenever it finds none); its claims
@@ -147,6 +152,54 @@ class QueueDispatcher:
     def remove(self, consumer: DeliveryTarget) -> None:
         if consumer in self.consumers:
             self.consumers.remove(consumer)
+
+    # -- direct hand-off ------------------------------------------------------
+
+    def take_direct(self, count: int) -> list[tuple[DeliveryTarget, int]]:
+        """Shares of ``count`` new messages for this queue's no-ack consumers, taken from
+        their credit, if they would claim them first thing (the queue is drained, no
+        claim is in flight); empty: the messages go through the queue."""
+        if (
+            not self.drained
+            or self.single_active
+            or self.quorum
+            or self._stopping
+            or not self._settled.is_set()
+        ):
+            return []
+        eligible = self._eligible()
+        if not eligible or not all(c.no_ack for c in eligible):
+            return []
+        shares = [0] * len(eligible)
+        start = self._next
+        for i in range(count):
+            k = (start + i) % len(eligible)
+            if shares[k] >= eligible[k].credit():
+                return []  # not all of them fit: keep their order, queue them all
+            shares[k] += 1
+        self._next += count
+        taken = [(c, n) for c, n in zip(eligible, shares, strict=True) if n]
+        for c, n in taken:
+            c.reserve(n)
+        return taken
+
+    def deliver_direct(
+        self, shares: list[tuple[DeliveryTarget, int]], rows: list[ClaimedMessage]
+    ) -> list[ClaimedMessage]:
+        """Deliver ``rows`` by the shares ``take_direct`` gave (``rows`` empty: give the
+        credit back); returns what a consumer gone meanwhile could not take."""
+        left: list[ClaimedMessage] = []
+        at = 0
+        for c, n in shares:
+            c.release(n)
+            batch, at = rows[at : at + n], at + n
+            if not batch:
+                continue
+            if c.deliver(batch):
+                self.stats.delivered(self.queue_id, len(batch), True, 0)
+            else:
+                left += batch
+        return left
 
     async def settled(self) -> None:
         """Wait until no claim is in flight: what it took is delivered or given back."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 from uuid import UUID
@@ -21,13 +21,14 @@ from uuid import UUID
 from cavalcade.domain.limits import BatchRules
 from cavalcade.domain.properties import Properties
 from cavalcade.storage.batch import fits_one_statement
-from cavalcade.storage.records import DeadRow, NewMessage
+from cavalcade.storage.records import ClaimedMessage, DeadRow, NewMessage
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.retry import Backoff, retry
 from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 
 from . import write_path
 from .alarms import ResourceAlarm
+from .dispatch import DeliveryTarget, QueueDispatcher
 from .isolation import isolate
 from .memory import MemoryWatermark, publish_cost
 from .outage import Outage
@@ -95,6 +96,9 @@ class _NoRules:
 Work = Sequence[NewMessage] | PendingPublish
 Op = tuple[Work, "asyncio.Future[int]", int]  # work, its future, its size in bytes
 Spans = list[tuple[int, int, "asyncio.Future[int]"]]
+# Rows of a batch handed to waiting no-ack consumers instead of being written: the
+# queue's dispatcher, the consumers' shares, the rows' indexes in the batch.
+Direct = list[tuple[QueueDispatcher, list[tuple[DeliveryTarget, int]], list[int]]]
 
 
 class WriteBatcher:
@@ -113,6 +117,7 @@ class WriteBatcher:
         self._on_committed = on_committed
         self._rules: QueueRules = _NoRules()
         self._router: Router | None = None
+        self._dispatchers: Mapping[int, QueueDispatcher] = {}
         self._ops: list[Op] = []
         self._acks: list[int] = []
         self._requeues: list[int] = []
@@ -132,9 +137,16 @@ class WriteBatcher:
         self.memory = MemoryWatermark(memory_limit, self._update_blocked)
         self.stats = NodeStats()
 
-    def connect(self, router: Router, rules: QueueRules) -> None:
-        """Route pending publishes with ``router``; apply ``rules`` in every batch."""
+    def connect(
+        self,
+        router: Router,
+        rules: QueueRules,
+        dispatchers: Mapping[int, QueueDispatcher] | None = None,
+    ) -> None:
+        """Route pending publishes with ``router``; apply ``rules`` in every batch; hand
+        rows to the waiting no-ack consumers of ``dispatchers`` (see dispatch.py)."""
         self._router, self._rules = router, rules
+        self._dispatchers = dispatchers if dispatchers is not None else {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="write-batcher")
@@ -303,11 +315,52 @@ class WriteBatcher:
         messages, spans = self._route_now(ops)
         if not fits_one_statement(messages) or self._rules.rules_for(messages, set()).limits:
             return None
-        durable = any(m.persistent for m in messages)
-        if not await self._repo.write_plain(messages, acks, versions, self._node_id, durable):
+        direct = self._take_direct(messages)
+        handed = {i for _, _, indexes in direct for i in indexes}
+        rows = [m for i, m in enumerate(messages) if i not in handed] if handed else messages
+        durable = any(m.persistent for m in rows)
+        try:
+            written = not (rows or acks) or await self._repo.write_plain(
+                rows, acks, versions, self._node_id, durable
+            )
+        except BaseException:
+            self._deliver_direct(direct, messages, give_back=True)
+            raise
+        self._deliver_direct(direct, messages, give_back=not written)
+        if not written:
             return None
         self._count(ops, spans, messages, set(), len(acks), started)
-        return spans, set(), {m.queue_id for m in messages}
+        return spans, set(), {m.queue_id for m in rows}
+
+    def _take_direct(self, messages: list[NewMessage]) -> Direct:
+        """The rows that waiting no-ack consumers take straight away (their queues are
+        drained), with the consumers' credit for them reserved."""
+        by_queue: dict[int, list[int]] = {}
+        for i, m in enumerate(messages):
+            if m.queue_id in self._dispatchers:
+                by_queue.setdefault(m.queue_id, []).append(i)
+        direct: Direct = []
+        for qid, indexes in by_queue.items():
+            if any(messages[i].delay_ms is not None for i in indexes):
+                continue
+            d = self._dispatchers[qid]
+            shares = d.take_direct(len(indexes))
+            if shares:
+                direct.append((d, shares, indexes))
+        return direct
+
+    def _deliver_direct(self, direct: Direct, messages: list[NewMessage], give_back: bool) -> None:
+        """Deliver the handed rows once the rest of their batch is written (or give the
+        credit back); a row whose consumer went meanwhile is published into its queue."""
+        for d, shares, indexes in direct:
+            if give_back:
+                d.deliver_direct(shares, [])
+                continue
+            handed = [_handed(messages[i]) for i in indexes]
+            left = {id(r) for r in d.deliver_direct(shares, handed)}
+            if left:
+                self.publish([messages[i] for i, r in zip(indexes, handed, strict=True)
+                              if id(r) in left])  # fmt: skip
 
     async def _write_one(self) -> None:
         ops, size = self._take_ops()
@@ -379,6 +432,14 @@ class WriteBatcher:
             (m.queue_id for i, m in enumerate(messages) if i not in refused),
             acks,
         )
+
+
+def _handed(m: NewMessage) -> ClaimedMessage:
+    """A row for a no-ack consumer as its claim would have returned it (it has no id:
+    it is never written)."""
+    return ClaimedMessage(
+        0, m.queue_id, False, m.exchange, m.routing_key, m.properties, m.body, m.priority
+    )
 
 
 def _resolve(ops: list[Op], results: list[tuple[Spans, set[int]]]) -> None:

@@ -77,7 +77,7 @@ class Broker:
         self.queue_rules = QueueRules(node)
         self.consuming = Consuming(node, self.sessions, self.queues, self.queue_rules)
         self.upkeep = Upkeep(node, self.queue_rules)
-        self.batcher.connect(self.publishing, self.queue_rules)
+        self.batcher.connect(self.publishing, self.queue_rules, node.dispatchers)
         self.poller = ReadyPoller(repo, node.dispatchers, poll_interval, self.outage)
 
     # -- lifecycle and wiring ------------------------------------------------------

@@ -69,7 +69,7 @@ class Channel:
         )
         self.entities = Entities(link, number, last_queue, self.consuming)
         self.content = ContentAssembler(link, self._enqueue, self._fail_soon)
-        self._inbox: asyncio.Queue[tuple[Frame | _Fail, Content | None]] = asyncio.Queue()
+        self._inbox: asyncio.Queue[tuple[Frame | _Fail | _Mark, Content | None]] = asyncio.Queue()
         self._reading_paused = False
         self._handlers = self._method_handlers()
         self._task = asyncio.create_task(self._run(), name=f"channel-{number}")
@@ -219,6 +219,15 @@ class Channel:
         """A soft error found while framing: close the channel once earlier work is done."""
         self._inbox.put_nowait((_Fail(exc), None))
 
+    async def finish_received(self) -> None:
+        """Wait until every method received so far is handled (or the task has ended):
+        what a client sent before closing is carried out, as on RabbitMQ."""
+        if self._task.done() or self._task is asyncio.current_task():
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._inbox.put_nowait((_Mark(done), None))
+        await asyncio.wait({done, self._task}, return_when=asyncio.FIRST_COMPLETED)
+
     # -- the channel task ------------------------------------------------------
 
     async def _run(self) -> None:
@@ -238,6 +247,9 @@ class Channel:
             if self._reading_paused and self._inbox.qsize() < INBOX_LOW:
                 self._reading_paused = False
                 self.link.resume_reading(self.number)
+            if isinstance(method, _Mark):
+                method.reached()
+                continue
             if self.state is not ChannelState.OPEN:
                 continue
             try:
@@ -359,6 +371,19 @@ class _Fail:
 
     def __init__(self, exc: AMQPError) -> None:
         self.exc = exc
+
+
+class _Mark:
+    """An inbox item: everything before it has been handled (``finish_received``)."""
+
+    __slots__ = ("done",)
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+
+    def reached(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
 
 
 _NAME_FIELDS = ("queue", "exchange", "source", "destination")

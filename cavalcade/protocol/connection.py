@@ -52,6 +52,10 @@ from .tls import peer_common_name
 
 log = logging.getLogger(__name__)
 
+# Seconds a closing connection's channels get to finish the methods they received
+# (a channel held by a database outage is torn down after that, its work unfinished).
+CLOSE_FINISH = 2.0
+
 
 class AMQPConnection(asyncio.Protocol, Generic[C]):
     """The asyncio protocol of one client socket; the ``Link`` its channels use. Its
@@ -474,7 +478,15 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         self._close_timer = loop.call_later(1.0, self._abort)
 
     async def _teardown_channels(self) -> None:
-        for ch in list(self.channels.values()):
+        """Let the channels finish what they received (connection.close, EOF: a queue
+        deleted, a message acked just before), then tear them down."""
+        channels = list(self.channels.values())
+        waits = [asyncio.ensure_future(ch.finish_received()) for ch in channels if ch.is_open]
+        if waits:
+            _, late = await asyncio.wait(waits, timeout=CLOSE_FINISH)
+            for w in late:
+                w.cancel()
+        for ch in channels:
             if ch.needs_teardown:
                 await ch.teardown_logged()
             ch.stop()

@@ -129,6 +129,10 @@ class ChannelHandle(Protocol):
         """The socket takes writes again: let every consumer's queue deliver."""
         ...
 
+    async def finish_received(self) -> None:
+        """Wait until the methods received so far are handled (before a close)."""
+        ...
+
     async def teardown_logged(self) -> None:
         """Tear the channel down, logging (not raising) a failure."""
         ...

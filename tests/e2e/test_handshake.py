@@ -8,7 +8,8 @@ import amqp
 import pika
 import pika.exceptions
 import pytest
-from pamqp import commands, encode, heartbeat
+from pamqp import body as pbody
+from pamqp import commands, encode, frame, header, heartbeat
 
 from .conftest import (
     OP_TIMEOUT,
@@ -18,6 +19,8 @@ from .conftest import (
     aiormq_connect,
     connect,
     safe_close,
+    unique,
+    wait_queue_count,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -340,3 +343,60 @@ def test_raw_client_basics(raw):
     c.open_channel(1)
     ok = c.rpc(commands.Queue.Declare(queue="", exclusive=True), commands.Queue.DeclareOk)
     assert ok.queue.startswith("amq.gen-")
+
+
+@pytest.mark.parametrize("then", ["close", "close-and-hang-up", "hang-up"])
+def test_methods_sent_before_closing_are_carried_out(raw, conn, then):
+    """What a client pipelines before connection.close (or before dropping the socket)
+    is done, as RabbitMQ's channels do: rawbench deletes its queue this way, and a
+    client that acks and then closes must not see those messages again."""
+    ch = conn.channel()
+    doomed = unique("pipelined-delete")
+    kept = unique("pipelined-publish")
+    ch.queue_declare(doomed)
+    ch.queue_declare(kept, auto_delete=False)
+    try:
+        c = raw()
+        c.handshake()
+        c.open_channel(1)
+        data = [
+            frame.marshal(commands.Basic.Publish(exchange="", routing_key=kept), 1),
+            frame.marshal(header.ContentHeader(0, 2, commands.Basic.Properties()), 1),
+            frame.marshal(pbody.ContentBody(b"hi"), 1),
+            frame.marshal(commands.Queue.Delete(queue=doomed), 1),
+        ]
+        if then != "hang-up":
+            data.append(
+                frame.marshal(
+                    commands.Connection.Close(
+                        reply_code=200, reply_text="bye", class_id=0, method_id=0
+                    ),
+                    0,
+                )
+            )
+        c.send_raw(b"".join(data))
+        if then != "close":
+            c.close()  # without waiting for anything
+        else:  # delete-ok first, then close-ok
+            replies = []
+            while not replies or not isinstance(replies[-1], commands.Connection.CloseOk):
+                replies.append(c.recv()[1])
+            assert [type(r) for r in replies] == [
+                commands.Queue.DeleteOk,
+                commands.Connection.CloseOk,
+            ]
+        deadline = time.monotonic() + 10
+        while True:
+            probe = conn.channel()
+            try:
+                probe.queue_declare(doomed, passive=True)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                assert exc.reply_code == 404
+                break
+            assert time.monotonic() < deadline, "the pipelined queue.delete was dropped"
+            probe.close()
+            time.sleep(0.05)
+        assert wait_queue_count(ch, kept, 1) == 1
+    finally:
+        ch.queue_delete(kept)
+        ch.queue_delete(doomed)

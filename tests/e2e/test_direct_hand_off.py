@@ -1,0 +1,104 @@
+"""A no-ack consumer waiting on a drained queue takes new messages straight from the
+publish (nothing is written or claimed for them), in order, on both brokers; what
+an ack-mode consumer gets still goes through the queue."""
+
+from __future__ import annotations
+
+import pika
+import pytest
+
+from cavalcade.storage.dsn import normalize_dsn
+
+from .conftest import connect, drain, safe_close, settle, unique
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _last_message_id(dsn: str) -> int:
+    """The messages id sequence: it moves with every row written, committed or not."""
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(
+                await conn.fetchval(
+                    "SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM messages_id_seq"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
+
+
+def _scenario(url: str, no_ack: bool) -> list[bytes]:
+    """Consume (waiting) on a fresh queue, publish 20 confirmed messages from another
+    connection, return what the consumer got, in order."""
+    consumer_conn, publisher_conn = connect(url), connect(url)
+    try:
+        ch = consumer_conn.channel()
+        q = unique("hand-off")
+        ch.queue_declare(q, durable=True, auto_delete=True)
+        got: list[bytes] = []
+
+        def on(c, method, _props, body: bytes) -> None:
+            got.append(body)
+            if not no_ack:
+                c.basic_ack(method.delivery_tag)
+
+        ch.basic_consume(q, on, auto_ack=no_ack)
+        settle(consumer_conn, 0.3)  # the first claim finds the queue empty
+        pch = publisher_conn.channel()
+        pch.confirm_delivery()
+        for i in range(20):
+            pch.basic_publish(
+                "", q, b"m%02d" % i, pika.BasicProperties(delivery_mode=2), mandatory=True
+            )
+        assert drain(consumer_conn, lambda: len(got) == 20)
+        settle(consumer_conn, 0.2)
+        assert ch.queue_declare(q, passive=True).method.message_count == 0
+        return got
+    finally:
+        safe_close(publisher_conn)
+        safe_close(consumer_conn)
+
+
+def test_waiting_no_ack_consumer_gets_every_message_in_order(amqp_url: str) -> None:
+    assert _scenario(amqp_url, no_ack=True) == [b"m%02d" % i for i in range(20)]
+
+
+def test_hand_off_writes_nothing_and_ack_mode_still_queues(database_url, start_broker) -> None:
+    node = start_broker(database_url)
+    dsn = normalize_dsn(database_url)
+    start = _last_message_id(dsn)
+    assert _scenario(node.url, no_ack=True) == [b"m%02d" % i for i in range(20)]
+    assert _last_message_id(dsn) == start  # no row was written for them
+    assert _scenario(node.url, no_ack=False) == [b"m%02d" % i for i in range(20)]
+    assert _last_message_id(dsn) >= start + 20
+
+
+def test_a_backlog_is_delivered_before_new_messages(database_url, start_broker) -> None:
+    """Messages already queued go first: a queue with ready rows hands nothing off."""
+    node = start_broker(database_url)
+    conn = connect(node.url)
+    try:
+        ch = conn.channel()
+        q = unique("hand-off-backlog")
+        ch.queue_declare(q, durable=True)
+        ch.confirm_delivery()
+        for i in range(5):
+            ch.basic_publish("", q, b"old%d" % i, pika.BasicProperties(delivery_mode=2))
+        got: list[bytes] = []
+        ch.basic_consume(q, lambda _c, _m, _p, body: got.append(body), auto_ack=True)
+        pch = conn.channel()
+        pch.confirm_delivery()
+        for i in range(5):
+            pch.basic_publish("", q, b"new%d" % i)
+        assert drain(conn, lambda: len(got) == 10)
+        assert got == [b"old%d" % i for i in range(5)] + [b"new%d" % i for i in range(5)]
+        ch.queue_delete(q)
+    finally:
+        safe_close(conn)
