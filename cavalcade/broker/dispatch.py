@@ -11,10 +11,11 @@ queue may hold ready rows: not after a claim came back short with no news of
 arrivals since it began. Without that, every early ack of a Celery worker on a
 drained queue ran an empty claim.
 
-A drained queue whose consumers are all no-ack takes new messages from this node's
-publishes directly (``take_direct``/``deliver_direct``): the write batch leaves them
-out and they are delivered once it commits, as RabbitMQ hands a message to a waiting
-consumer without queueing it. Nothing is written for them, and nothing is claimed.
+A drained queue consumed on this node only takes new messages from this node's
+publishes directly (``take_direct``/``deliver_direct``), as RabbitMQ hands a message
+to a waiting consumer without queueing it: the write batch inserts a row for an ack-mode consumer
+as already claimed, leaves a no-ack consumer's row out altogether, and delivers them
+once it commits. Nothing is claimed for them.
 
 A zero TTL delivers to a consumer that is waiting when the message is published and
 drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had
@@ -40,6 +41,7 @@ from .stats import NodeStats
 log = logging.getLogger(__name__)
 
 CLAIM_CAP = 256
+ALONE_RECHECK = 1.0  # seconds: how stale "no consumers on other nodes" may be
 CLOCK_REFRESH = 60.0  # seconds between readings of the database clock
 CLOCK_TIGHT = 0.002  # a reading whose round trip is this short is kept at once
 
@@ -141,6 +143,10 @@ class QueueDispatcher:
         # short began (None: the queue may hold ready rows).
         self._arrivals = 0
         self._drained_at: int | None = None
+        # Whether the queue has consumers on this node only (then new rows may go to
+        # them directly: they would take every one anyway), and when that was read.
+        self._alone = False
+        self._alone_read = -ALONE_RECHECK
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -156,11 +162,13 @@ class QueueDispatcher:
     # -- direct hand-off ------------------------------------------------------
 
     def take_direct(self, count: int) -> list[tuple[DeliveryTarget, int]]:
-        """Shares of ``count`` new messages for this queue's no-ack consumers, taken from
-        their credit, if they would claim them first thing (the queue is drained, no
-        claim is in flight); empty: the messages go through the queue."""
+        """Shares of the first of ``count`` new messages for this queue's consumers,
+        taken from their credit, if they would claim them first thing (the queue is
+        drained, no claim is in flight): round-robin while credit lasts. Empty: they
+        all go through the queue."""
         if (
             not self.drained
+            or not self._alone
             or self.single_active
             or self.quorum
             or self._stopping
@@ -168,16 +176,22 @@ class QueueDispatcher:
         ):
             return []
         eligible = self._eligible()
-        if not eligible or not all(c.no_ack for c in eligible):
+        if not eligible:
             return []
+        left = [c.credit() for c in eligible]
         shares = [0] * len(eligible)
-        start = self._next
-        for i in range(count):
-            k = (start + i) % len(eligible)
-            if shares[k] >= eligible[k].credit():
-                return []  # not all of them fit: keep their order, queue them all
+        k = self._next % len(eligible)
+        for _ in range(count):
+            for _ in range(len(eligible)):
+                if left[k] > 0:
+                    break
+                k = (k + 1) % len(eligible)
+            else:
+                break  # nobody has credit: the rest go through the queue
             shares[k] += 1
-        self._next += count
+            left[k] -= 1
+            k = (k + 1) % len(eligible)
+        self._next = k
         taken = [(c, n) for c, n in zip(eligible, shares, strict=True) if n]
         for c, n in taken:
             c.reserve(n)
@@ -196,7 +210,7 @@ class QueueDispatcher:
             if not batch:
                 continue
             if c.deliver(batch):
-                self.stats.delivered(self.queue_id, len(batch), True, 0)
+                self.stats.delivered(self.queue_id, len(batch), c.no_ack, 0)
             else:
                 left += batch
         return left
@@ -351,6 +365,7 @@ class QueueDispatcher:
             credit, want, rows = await self._claim(eligible, since, all_no_ack)
             if not rows:
                 self._drained_at = arrivals
+                await self._check_alone()
                 return True
             try:
                 returned = await self._hand_out(eligible, credit, rows, all_no_ack)
@@ -358,8 +373,17 @@ class QueueDispatcher:
                 self._settled.set()
             if len(rows) < want:
                 self._drained_at = None if returned else arrivals
+                await self._check_alone()
                 return True
         return False
+
+    async def _check_alone(self) -> None:
+        """Drained: read again, at most once a second, whether other nodes consume this
+        queue (their consumers must get their turn, so nothing is handed over here)."""
+        now = time.monotonic()
+        if now - self._alone_read >= ALONE_RECHECK:
+            self._alone_read = now
+            self._alone = not await self._repo.consumed_elsewhere(self.queue_id, self._node_id)
 
     async def _hand_out(
         self,

@@ -96,9 +96,33 @@ class _NoRules:
 Work = Sequence[NewMessage] | PendingPublish
 Op = tuple[Work, "asyncio.Future[int]", int]  # work, its future, its size in bytes
 Spans = list[tuple[int, int, "asyncio.Future[int]"]]
-# Rows of a batch handed to waiting no-ack consumers instead of being written: the
-# queue's dispatcher, the consumers' shares, the rows' indexes in the batch.
-Direct = list[tuple[QueueDispatcher, list[tuple[DeliveryTarget, int]], list[int]]]
+
+
+@dataclass(slots=True)
+class DirectShare:
+    """Rows of one queue in a batch that its waiting consumers take straight away: the
+    queue's dispatcher, each consumer's share (in order), the queue's rows' indexes in
+    the batch (the first ``taken`` are handed, the rest go into the queue)."""
+
+    dispatcher: QueueDispatcher
+    shares: list[tuple[DeliveryTarget, int]]
+    indexes: list[int]
+
+    @property
+    def taken(self) -> int:
+        return sum(n for _, n in self.shares)
+
+    def rows(self) -> list[tuple[int, DeliveryTarget]]:
+        """(batch index, consumer) of each handed row, in batch order."""
+        out: list[tuple[int, DeliveryTarget]] = []
+        it = iter(self.indexes)
+        for c, n in self.shares:
+            out += [(next(it), c) for _ in range(n)]
+        return out
+
+    def give_back(self) -> None:
+        """Nothing was written: the consumers' credit is theirs again."""
+        self.dispatcher.deliver_direct(self.shares, [])
 
 
 class WriteBatcher:
@@ -316,51 +340,71 @@ class WriteBatcher:
         if not fits_one_statement(messages) or self._rules.rules_for(messages, set()).limits:
             return None
         direct = self._take_direct(messages)
-        handed = {i for _, _, indexes in direct for i in indexes}
-        rows = [m for i, m in enumerate(messages) if i not in handed] if handed else messages
+        rows, owned = _written_rows(messages, direct)
         durable = any(m.persistent for m in rows)
+        # With nothing to write, a batch of publishes still runs the version check: one
+        # routed by a cache that missed a new queue or binding must be routed again.
         try:
-            written = not (rows or acks) or await self._repo.write_plain(
-                rows, acks, versions, self._node_id, durable
+            written = (
+                await self._repo.write_plain(rows, acks, versions, self._node_id, durable, owned)
+                if rows or acks or versions
+                else []
             )
         except BaseException:
-            self._deliver_direct(direct, messages, give_back=True)
+            for share in direct:
+                share.give_back()
             raise
-        self._deliver_direct(direct, messages, give_back=not written)
-        if not written:
+        if written is None:
+            for share in direct:
+                share.give_back()
             return None
+        self._deliver_direct(direct, messages, written)
         self._count(ops, spans, messages, set(), len(acks), started)
-        return spans, set(), {m.queue_id for m in rows}
+        handed_only = {s.dispatcher.queue_id for s in direct if len(s.indexes) == s.taken}
+        return spans, set(), {m.queue_id for m in rows} - handed_only
 
-    def _take_direct(self, messages: list[NewMessage]) -> Direct:
-        """The rows that waiting no-ack consumers take straight away (their queues are
-        drained), with the consumers' credit for them reserved."""
+    def _take_direct(self, messages: list[NewMessage]) -> list[DirectShare]:
+        """The first rows of each drained local queue, for its consumers to take straight
+        away (their credit reserved)."""
         by_queue: dict[int, list[int]] = {}
         for i, m in enumerate(messages):
             if m.queue_id in self._dispatchers:
                 by_queue.setdefault(m.queue_id, []).append(i)
-        direct: Direct = []
+        direct: list[DirectShare] = []
         for qid, indexes in by_queue.items():
             if any(messages[i].delay_ms is not None for i in indexes):
                 continue
             d = self._dispatchers[qid]
             shares = d.take_direct(len(indexes))
             if shares:
-                direct.append((d, shares, indexes))
+                direct.append(DirectShare(d, shares, indexes))
         return direct
 
-    def _deliver_direct(self, direct: Direct, messages: list[NewMessage], give_back: bool) -> None:
-        """Deliver the handed rows once the rest of their batch is written (or give the
-        credit back); a row whose consumer went meanwhile is published into its queue."""
-        for d, shares, indexes in direct:
-            if give_back:
-                d.deliver_direct(shares, [])
+    def _deliver_direct(
+        self, direct: list[DirectShare], messages: list[NewMessage], written: list[tuple[int, int]]
+    ) -> None:
+        """Deliver the handed rows now that their batch is written. A row whose consumer
+        went meanwhile goes into its queue: published if it was not written, requeued if
+        it was (as a delivery of this node's)."""
+        ids: dict[int, list[int]] = {}
+        for qid, mid in written:
+            ids.setdefault(qid, []).append(mid)
+        for share in direct:
+            queue_ids = ids.get(share.dispatcher.queue_id, [])
+            if len(queue_ids) != sum(not c.no_ack for _, c in share.rows()):
+                share.give_back()  # its queue was deleted meanwhile
                 continue
-            handed = [_handed(messages[i]) for i in indexes]
-            left = {id(r) for r in d.deliver_direct(shares, handed)}
-            if left:
-                self.publish([messages[i] for i, r in zip(indexes, handed, strict=True)
-                              if id(r) in left])  # fmt: skip
+            handed: list[ClaimedMessage] = []
+            source: dict[int, int] = {}
+            taken = iter(queue_ids)
+            for i, c in share.rows():
+                handed.append(_handed(messages[i], 0 if c.no_ack else next(taken)))
+                source[id(handed[-1])] = i
+            left = share.dispatcher.deliver_direct(share.shares, handed)
+            republish = [messages[source[id(r)]] for r in left if not r.id]
+            if republish:
+                self.publish(republish)
+            self.requeue([(r.queue_id, r.id) for r in left if r.id])
 
     async def _write_one(self) -> None:
         ops, size = self._take_ops()
@@ -434,12 +478,25 @@ class WriteBatcher:
         )
 
 
-def _handed(m: NewMessage) -> ClaimedMessage:
-    """A row for a no-ack consumer as its claim would have returned it (it has no id:
-    it is never written)."""
+def _written_rows(
+    messages: list[NewMessage], direct: list[DirectShare]
+) -> tuple[list[NewMessage], list[int]]:
+    """The rows to write (a no-ack consumer's handed row is not written) and, among
+    them, the indexes of those an ack-mode consumer takes (written as delivered)."""
+    if not direct:
+        return messages, []
+    skipped = {i for share in direct for i, c in share.rows() if c.no_ack}
+    at = {i: n for n, i in enumerate(j for j in range(len(messages)) if j not in skipped)}
+    owned = sorted(at[i] for share in direct for i, c in share.rows() if not c.no_ack)
+    return [m for i, m in enumerate(messages) if i not in skipped], owned
+
+
+def _handed(m: NewMessage, message_id: int) -> ClaimedMessage:
+    """A handed row as a claim would have returned it (id 0: not written, no-ack)."""
     return ClaimedMessage(
-        0, m.queue_id, False, m.exchange, m.routing_key, m.properties, m.body, m.priority
-    )
+        message_id, m.queue_id, False, m.exchange, m.routing_key, m.properties, m.body,
+        m.priority,
+    )  # fmt: skip
 
 
 def _resolve(ops: list[Op], results: list[tuple[Spans, set[int]]]) -> None:

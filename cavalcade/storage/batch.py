@@ -159,13 +159,18 @@ async def write_plain(
     versions: dict[int, int],
     node_id: uuid.UUID | None,
     notify: bool,
-) -> bool:
-    """Insert ``messages``, delete the ``acks`` and wake their queues in one statement
-    (``queries.WRITE_PLAIN``), if every vhost is still at its routed topology version;
-    False: nothing was written."""
-    woken = encode(QueuesWoken(node_id, frozenset(m.queue_id for m in messages)))
+    delivered: Sequence[int] = (),
+) -> list[tuple[int, int]] | None:
+    """Insert ``messages`` (those at the indexes ``delivered`` as delivered by this
+    node), delete the ``acks`` and wake the queues of the others in one statement
+    (``queries.WRITE_PLAIN``), if every vhost is still at its routed topology version.
+    Returns the (queue id, id) of the delivered rows in their order; None: nothing was
+    written."""
+    given = set(delivered)
+    waiting = frozenset(m.queue_id for i, m in enumerate(messages) if i not in given)
+    woken = encode(QueuesWoken(node_id, waiting))
     channel, payload = woken[0] if notify and woken else (None, None)
-    ok = await pool.fetchval(
+    row = await pool.fetchrow(
         queries.WRITE_PLAIN if notify else queries.WRITE_PLAIN_SILENT,
         *columns(messages),
         list(acks),
@@ -174,8 +179,11 @@ async def write_plain(
         list(versions.values()),
         channel,
         payload,
+        [i + 1 for i in delivered],  # WITH ORDINALITY counts from 1
     )
-    return bool(ok)
+    if row is None or not row["ok"]:
+        return None
+    return list(zip(row["owned_queues"] or (), row["owned_ids"] or (), strict=True))
 
 
 async def _insert_with_large(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:

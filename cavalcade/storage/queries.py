@@ -128,12 +128,23 @@ OWNED_IDS = "SELECT id FROM messages WHERE owner_node = $1"
 _INSERT_FROM_U = """
 INSERT INTO messages (queue_id, priority, persistent, exchange, routing_key, properties,
                       content_type, message_id, correlation_id, expiration, body,
-                      expires_at, available_at)
+                      expires_at, available_at{owned_columns})
 SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
        CASE WHEN ttl IS NULL THEN NULL ELSE now() + ttl * interval '1 millisecond' END,
        CASE WHEN dly IS NULL OR dly <= 0 THEN NULL
-            ELSE now() + dly * interval '1 millisecond' END
+            ELSE now() + dly * interval '1 millisecond' END{owned_values}
 """
+# What WRITE_PLAIN adds: the rows whose ordinals are in $33 are inserted as delivered,
+# owned by node $28 (a claim's columns), for consumers that take them at once.
+_OWNED_COLUMNS = ", owner_node, owner_channel, delivery_count"
+_OWNED_VALUES = """,
+       CASE WHEN n = ANY($33::bigint[]) THEN $28::uuid END,
+       CASE WHEN n = ANY($33::bigint[]) THEN 0 END,
+       CASE WHEN n = ANY($33::bigint[]) THEN 1 ELSE 0 END"""
+_INSERT_PLAIN_FROM_U = _INSERT_FROM_U.format(
+    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES
+)
+_INSERT_FROM_U = _INSERT_FROM_U.format(owned_columns="", owned_values="")
 
 _NEW_COLUMNS = ("q", "p", "d", "e", "r", "h", "ct", "mi", "ci", "x", "b", "ttl", "dly")
 _NEW_TYPES = ("bigint", "smallint", "boolean", "text", "text", "bytea", "text", "text",
@@ -177,26 +188,31 @@ INSERT_ONE = f"""{_INSERT_FROM_U.rstrip()}
 """
 
 # A plain batch in one statement (its commit is the statement's): insert the publishes
-# ($1-$26 as in ``INSERT``), delete the acked rows $27 node $28 owns, and wake the
-# queues (NOTIFY on channel $31 with payload $32; NULL: none), all only if every vhost
-# $29 is still at the topology version $30 the batch was routed with. Returns ``ok``:
-# false means nothing was written (route again with the new topology). One round trip
+# ($1-$26 as in ``INSERT``; those at the ordinals $33 as delivered by node $28), delete
+# the acked rows $27 node $28 owns, and wake the queues (NOTIFY on channel $31 with
+# payload $32; NULL: none), all only if every vhost $29 is still at the topology version
+# $30 the batch was routed with. Returns ``ok`` (false: nothing was written; route again
+# with the new topology) and the queues and ids of the delivered rows, in id (so batch)
+# order; a row for a queue deleted meanwhile is not inserted. One round trip
 # instead of the version read, BEGIN, INSERT, DELETE, NOTIFY and COMMIT; and the
 # version check shares the writes' snapshot.
 _WRITE_PLAIN = f"""
 WITH v AS (SELECT count(*) = cardinality($29::int[]) AS ok
              FROM unnest($29::int[], $30::bigint[]) AS t(id, version)
              JOIN vhosts ON vhosts.id = t.id AND vhosts.topology_version = t.version),
-     ins AS ({_INSERT_FROM_U.strip()}
+     ins AS ({_INSERT_PLAIN_FROM_U.strip()}
   FROM {_BATCH_ROWS}
  WHERE (SELECT ok FROM v) AND EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
  ORDER BY n
- RETURNING 1),
+ RETURNING id, queue_id, owner_node IS NOT NULL AS owned),
      acked AS (DELETE FROM messages
                 WHERE id = ANY($27::bigint[]) AND (owner_node = $28) IS TRUE
                   AND (SELECT ok FROM v)
                RETURNING 1)
-SELECT ok{{notify}} FROM v
+SELECT ok,
+       (SELECT array_agg(queue_id ORDER BY id) FROM ins WHERE owned) AS owned_queues,
+       (SELECT array_agg(id ORDER BY id) FROM ins WHERE owned) AS owned_ids{{notify}}
+  FROM v
 """
 WRITE_PLAIN = _WRITE_PLAIN.replace(
     "{notify}", ", CASE WHEN ok AND $32::text IS NOT NULL THEN pg_notify($31, $32) END"

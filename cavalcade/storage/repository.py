@@ -407,6 +407,16 @@ class Repository:
             "UPDATE queues SET last_used_at = now() WHERE id = $1", queue_id
         )
 
+    async def consumed_elsewhere(self, queue_id: int, node_id: uuid.UUID) -> bool:
+        """Has queue ``queue_id`` consumers on another node than ``node_id``?"""
+        return bool(
+            await self.async_commit_pool.fetchval(
+                "SELECT EXISTS (SELECT 1 FROM consumers WHERE queue_id = $1 AND node_id <> $2)",
+                queue_id,
+                node_id,
+            )
+        )
+
     async def use_queue_named(self, vhost_id: int, name: str) -> tuple[QueueRow, int, int] | None:
         """Find a queue, mark it used (only if it has ``x-expires``: nothing else reads
         the mark) and count it, in one round trip: (queue, ready, consumers)."""
@@ -653,11 +663,16 @@ class Repository:
         versions: dict[int, int],
         node_id: uuid.UUID,
         durable: bool,
-    ) -> bool:
+        delivered: Sequence[int] = (),
+    ) -> list[tuple[int, int]] | None:
         """A batch of publishes and acks alone, as one statement (its own commit, on the
-        disk first if ``durable``); False if a vhost's topology moved (nothing written)."""
+        disk first if ``durable``); the rows at the indexes ``delivered`` go in as this
+        node's deliveries. Their (queue id, id), in order; None if a vhost's topology
+        moved (nothing written)."""
         pool = self.durable_pool if durable else self.async_commit_pool
-        return await batch.write_plain(pool, messages, acks, versions, node_id, self.notify)
+        return await batch.write_plain(
+            pool, messages, acks, versions, node_id, self.notify, delivered
+        )
 
 
 async def _keep(conn: asyncpg.Connection) -> None:

@@ -4,10 +4,15 @@ an ack-mode consumer gets still goes through the queue."""
 
 from __future__ import annotations
 
+import time
+
 import pika
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from cavalcade.storage.dsn import normalize_dsn
+from tests.conftest import free_port
 
 from .conftest import connect, drain, safe_close, settle, unique
 
@@ -102,3 +107,51 @@ def test_a_backlog_is_delivered_before_new_messages(database_url, start_broker) 
         ch.queue_delete(q)
     finally:
         safe_close(conn)
+
+
+def _claims(port: int) -> float:
+    """Claims the node has run (``cavalcade_claim_seconds`` observations)."""
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+            break
+        except requests.ConnectionError:
+            assert time.monotonic() < deadline, "no management listener"
+            time.sleep(0.1)
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "cavalcade_claim_seconds_count":
+                return s.value
+    raise AssertionError("no cavalcade_claim_seconds_count in /metrics")
+
+
+def test_a_waiting_ack_mode_consumer_needs_no_claim(database_url, start_broker) -> None:
+    """Its rows are written as delivered and handed over once committed; its acks
+    delete them as any delivery's."""
+    port = free_port()
+    node = start_broker(database_url, management_port=port)
+    before = _claims(port)
+    got = _scenario(node.url, no_ack=False)
+    assert got == [b"m%02d" % i for i in range(20)]
+    assert _claims(port) - before <= 2  # the consumer's first (empty) claim, maybe one more
+    dsn = normalize_dsn(database_url)
+    deadline = time.monotonic() + 10
+    while _rows(dsn):  # the acks are committed a moment later
+        assert time.monotonic() < deadline, "acked rows left behind"
+        time.sleep(0.05)
+
+
+def _rows(dsn: str) -> int:
+    import asyncio
+
+    import asyncpg
+
+    async def read() -> int:
+        conn = await asyncpg.connect(dsn)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM messages"))
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())

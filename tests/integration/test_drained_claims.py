@@ -157,3 +157,29 @@ async def test_an_arrival_during_a_short_claim_is_not_lost(
         assert [m.body for m in t.unacked] == [b"0"]
     finally:
         await d.stop()
+
+
+async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consumes(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+    t = Target(prefetch=3)
+    d.add(t)
+    try:
+        await _settle(d)
+        assert d.drained
+        shares = d.take_direct(5)  # the first three: the consumer's credit
+        assert [(c, n) for c, n in shares] == [(t, 3)]
+        d.deliver_direct(shares, [])  # nothing written: the credit is given back
+        assert t.credit() == 3
+        other = uuid.uuid4()
+        await repo.register_node(other, "other")
+        await repo.add_consumer(qid, other, 1, "elsewhere", False, False, 0)
+        d.wake()  # an arrival: the next short claim reads the consumers again
+        d._alone_read -= 2  # as if a second had passed
+        await _settle(d)
+        assert d.drained
+        assert d.take_direct(5) == []  # the other node's consumer gets its turn
+    finally:
+        await d.stop()

@@ -39,21 +39,21 @@ async def test_publishes_and_acks_commit_in_one_statement(database_url: str) -> 
     await listener.add_listener(WAKE_CHANNEL, lambda *a: heard.put_nowait(a[3]))
     try:
         first = [_row(qid, b"%d" % i) for i in range(5)]
-        assert await repo.write_plain(first, [], {vhost: version}, node, durable=True)
+        assert await repo.write_plain(first, [], {vhost: version}, node, durable=True) is not None
         assert await asyncio.wait_for(heard.get(), 5) == f"{node}:{qid}"
         claimed = await repo.claim(qid, node, 1, 2, no_ack=False)
         assert [m.body for m in claimed] == [b"0", b"1"]  # FIFO: ids in batch order
 
         more = [_row(qid, b"%d" % i) for i in range(5, 8)]
         acks = [m.id for m in claimed]
-        assert await repo.write_plain(more, acks, {vhost: version}, node, durable=False)
+        assert await repo.write_plain(more, acks, {vhost: version}, node, durable=False) is not None
         assert await repo.ready_count(qid) == 6  # 3 left of the first five, 3 new
         rest = await repo.claim(qid, node, 1, 10, no_ack=False)
         assert [m.body for m in rest] == [b"%d" % i for i in range(2, 8)]
         assert not set(acks) & {m.id for m in rest}
 
         # acks alone: no publishes, no vhost to check, no NOTIFY
-        assert await repo.write_plain([], [m.id for m in rest], {}, node, durable=False)
+        assert await repo.write_plain([], [m.id for m in rest], {}, node, durable=False) is not None
         left = await repo.durable_pool.fetchval(
             "SELECT count(*) FROM messages WHERE queue_id = $1", qid
         )
@@ -69,12 +69,14 @@ async def test_a_moved_topology_writes_nothing(database_url: str) -> None:
     node = uuid.uuid4()
     await repo.register_node(node, "plain")
     try:
-        assert await repo.write_plain([_row(qid, b"a")], [], {vhost: version}, node, True)
+        assert (
+            await repo.write_plain([_row(qid, b"a")], [], {vhost: version}, node, True) is not None
+        )
         held = await repo.claim(qid, node, 1, 1, no_ack=False)
         await repo.bump_topology(vhost)  # another node bound or deleted something
 
         stale = {vhost: version}
-        assert not await repo.write_plain([_row(qid, b"b")], [held[0].id], stale, node, True)
+        assert await repo.write_plain([_row(qid, b"b")], [held[0].id], stale, node, True) is None
         assert await repo.ready_count(qid) == 0  # "b" not inserted
         still = await repo.durable_pool.fetchval(
             "SELECT owner_node FROM messages WHERE id = $1", held[0].id
@@ -82,7 +84,9 @@ async def test_a_moved_topology_writes_nothing(database_url: str) -> None:
         assert still == node  # the ack was not applied either
 
         fresh = await repo.topology_versions([vhost])
-        assert await repo.write_plain([_row(qid, b"b")], [held[0].id], fresh, node, True)
+        assert (
+            await repo.write_plain([_row(qid, b"b")], [held[0].id], fresh, node, True) is not None
+        )
         got = await repo.claim(qid, node, 1, 5, no_ack=False)
         assert [m.body for m in got] == [b"b"]
     finally:
@@ -138,7 +142,7 @@ async def test_constant_and_varying_columns_round_trip(database_url: str) -> Non
     assert arrays[7] == ["id-1", None, "id-3"]  # varies: whole, NULL kept
     assert arrays[10] == [b"a", b"b", b"c"]  # the body always goes whole
     try:
-        assert await repo.write_plain(rows, [], {vhost: version}, node, durable=True)
+        assert await repo.write_plain(rows, [], {vhost: version}, node, durable=True) is not None
         got = await repo.durable_pool.fetch(
             "SELECT exchange, routing_key, message_id, correlation_id, body,"
             " expires_at IS NOT NULL AS ttl FROM messages WHERE queue_id = $1 ORDER BY id",
@@ -167,7 +171,9 @@ async def test_names_with_nul_are_stored_once_escaped(database_url: str) -> None
 
     try:
         for batch in ([row(odd[0])], [row(odd[1])], [row(k) for k in odd]):
-            assert await repo.write_plain(batch, [], {vhost: version}, node, durable=True)
+            assert (
+                await repo.write_plain(batch, [], {vhost: version}, node, durable=True) is not None
+            )
         async with repo.write_transaction(node) as tx:  # the general path's INSERT
             await tx.insert([row(odd[0])])
         got = await repo.claim(qid, node, 1, 10, no_ack=True)
@@ -189,7 +195,9 @@ async def test_without_notify_the_statement_sends_none(database_url: str) -> Non
     heard: list[str] = []
     await listener.add_listener(WAKE_CHANNEL, lambda *a: heard.append(a[3]))
     try:
-        assert await repo.write_plain([_row(qid, b"q")], [], {vhost: version}, node, True)
+        assert (
+            await repo.write_plain([_row(qid, b"q")], [], {vhost: version}, node, True) is not None
+        )
         await asyncio.sleep(0.3)
         assert heard == [] and await repo.ready_count(qid) == 1
     finally:
