@@ -164,56 +164,65 @@ class QueueDispatcher:
     def take_direct(self, count: int) -> list[tuple[DeliveryTarget, int]]:
         """Shares of the first of ``count`` new messages for this queue's consumers,
         taken from their credit, if they would claim them first thing (the queue is
-        drained, no claim is in flight): round-robin while credit lasts. Empty: they
-        all go through the queue."""
+        drained, no claim is in flight, no other node consumes it): round-robin while
+        credit lasts. Empty: they all go through the queue."""
         if (
             not self.drained
-            or not self._alone
             or self.single_active
             or self.quorum
             or self._stopping
             or not self._settled.is_set()
         ):
             return []
+        if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
+            self.wake()  # a claim, then a fresh look at the other nodes' consumers
+            return []
         eligible = self._eligible()
         if not eligible:
             return []
-        left = [c.credit() for c in eligible]
         shares = [0] * len(eligible)
         k = self._next % len(eligible)
         for _ in range(count):
             for _ in range(len(eligible)):
-                if left[k] > 0:
-                    break
+                if eligible[k].credit() > 0:  # read again: a channel's global prefetch
+                    break  # is shared by its consumers
                 k = (k + 1) % len(eligible)
             else:
                 break  # nobody has credit: the rest go through the queue
+            eligible[k].reserve(1)
             shares[k] += 1
-            left[k] -= 1
             k = (k + 1) % len(eligible)
         self._next = k
-        taken = [(c, n) for c, n in zip(eligible, shares, strict=True) if n]
-        for c, n in taken:
-            c.reserve(n)
-        return taken
+        if not any(c.credit() > 0 for c in self.consumers):
+            self._waiting_since = None  # zero-TTL messages published now are dropped
+        return [(c, n) for c, n in zip(eligible, shares, strict=True) if n]
 
     def deliver_direct(
         self, shares: list[tuple[DeliveryTarget, int]], rows: list[ClaimedMessage]
     ) -> list[ClaimedMessage]:
         """Deliver ``rows`` by the shares ``take_direct`` gave (``rows`` empty: give the
-        credit back); returns what a consumer gone meanwhile could not take."""
+        credit back); returns what a consumer gone meanwhile could not take. Never
+        raises: it runs after the rows' commit."""
         left: list[ClaimedMessage] = []
         at = 0
         for c, n in shares:
-            c.release(n)
             batch, at = rows[at : at + n], at + n
-            if not batch:
-                continue
-            if c.deliver(batch):
-                self.stats.delivered(self.queue_id, len(batch), c.no_ack, 0)
-            else:
+            try:
+                c.release(n)
+                if not batch:
+                    continue
+                if c.deliver(batch):
+                    self.stats.delivered(self.queue_id, len(batch), c.no_ack, 0)
+                else:
+                    left += batch
+            except Exception:  # a consumer's failure stays its own
+                log.exception("direct delivery on queue %s failed", self.queue_id)
                 left += batch
         return left
+
+    def arrived(self) -> None:
+        """Rows were just written into the queue (the wake-up follows the batch)."""
+        self._arrivals += 1
 
     async def settled(self) -> None:
         """Wait until no claim is in flight: what it took is delivered or given back."""

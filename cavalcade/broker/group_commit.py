@@ -322,6 +322,7 @@ class WriteBatcher:
         batch = write_path.Batch(messages, acks, requeues, rejects, wake)
         async with self._repo.write_transaction(self._node_id) as tx:
             outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
+        self._arrived(outcome.touched | wake)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, outcome.touched | wake
 
@@ -358,10 +359,23 @@ class WriteBatcher:
             for share in direct:
                 share.give_back()
             return None
-        self._deliver_direct(direct, messages, written)
-        self._count(ops, spans, messages, set(), len(acks), started)
         handed_only = {s.dispatcher.queue_id for s in direct if len(s.indexes) == s.taken}
-        return spans, set(), {m.queue_id for m in rows} - handed_only
+        touched = {m.queue_id for m in rows} - handed_only
+        self._arrived(touched)
+        try:
+            self._deliver_direct(direct, messages, written)
+        except Exception:  # committed: a retry must not write it again
+            log.exception("direct hand-off after a commit failed")
+        self._count(ops, spans, messages, set(), len(acks), started)
+        return spans, set(), touched
+
+    def _arrived(self, queue_ids: set[int]) -> None:
+        """Rows were written into these queues: no direct hand-off there until their
+        consumers have claimed (another part of an isolated batch must not jump them)."""
+        for qid in queue_ids:
+            d = self._dispatchers.get(qid)
+            if d is not None:
+                d.arrived()
 
     def _take_direct(self, messages: list[NewMessage]) -> list[DirectShare]:
         """The first rows of each drained local queue, for its consumers to take straight

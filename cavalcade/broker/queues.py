@@ -65,17 +65,18 @@ class Queues:
         ):
             raise locked(s, q)
 
-    async def _owner_closed(self, q: QueueRow | None) -> bool:
-        """If ``q`` is exclusive to a connection of this node that is closing, wait for
-        that cleanup (which drops the queue) and say so: the caller looks again. If its
-        owner is another node whose liveness is in doubt, settle that first (a dead owner
-        is reaped, and its exclusive queues with it)."""
+    async def _owner_closed(self, s: Session, q: QueueRow | None) -> bool:
+        """If ``q`` is exclusive to another connection of this node that is closing, wait
+        for that cleanup (which drops the queue) and say so: the caller looks again. If
+        its owner is another node whose liveness is in doubt, settle that first (a dead
+        owner is reaped, and its exclusive queues with it). A closing connection's own
+        last methods (finished before its cleanup) never wait for that cleanup."""
         if q is None or q.exclusive_node is None:
             return False
         node = self.node
         if q.exclusive_node != node.node_id:
             return node.liveness is not None and await node.liveness.settle(q.exclusive_node)
-        if q.exclusive_connection not in node.closing:
+        if q.exclusive_connection == s.id or q.exclusive_connection not in node.closing:
             return False
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(node.closing[q.exclusive_connection].wait(), 5.0)
@@ -84,14 +85,14 @@ class Queues:
     async def find(self, s: Session, name: str) -> QueueRow | None:
         """The queue, once any cleanup of its (closed) exclusive owner on this node is done."""
         q = await self.node.repo.find_queue(s.vhost.id, name)
-        if await self._owner_closed(q):
+        if await self._owner_closed(s, q):
             q = await self.node.repo.find_queue(s.vhost.id, name)
         return q
 
     async def _use(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
         """Like :meth:`find`, also marking the queue used and counting it."""
         used = await self.node.repo.use_queue_named(s.vhost.id, name)
-        if used is not None and await self._owner_closed(used[0]):
+        if used is not None and await self._owner_closed(s, used[0]):
             used = await self.node.repo.use_queue_named(s.vhost.id, name)
         return used
 

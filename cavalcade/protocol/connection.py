@@ -90,6 +90,9 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         self.heartbeat = 0
         self.channels: dict[int, C] = {}
         self.closed = False
+        # Channels finish what they received before a client close or EOF (not after an
+        # error this side sent connection.close for: RabbitMQ ignores what follows it).
+        self._finish_received = True
         self.cancel_notify = False
         self.blocked_notify = False
         self.publisher = False
@@ -435,6 +438,10 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         return self.flow is not None and self.flow.write_paused
 
     @property
+    def closing(self) -> bool:
+        return self.closed or self._state is ConnectionState.CLOSING
+
+    @property
     def max_message_size(self) -> int:
         return self.settings.max_message_size
 
@@ -471,6 +478,7 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         if self.closed or self._state is ConnectionState.CLOSING:
             return
         self._state = ConnectionState.CLOSING
+        self._finish_received = False
         self.close_reason = f"the broker closed it: {closing.error.reply_text}"
         self.send_method(0, closing.method)
         loop = asyncio.get_running_loop()
@@ -481,7 +489,11 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         """Let the channels finish what they received (connection.close, EOF: a queue
         deleted, a message acked just before), then tear them down."""
         channels = list(self.channels.values())
-        waits = [asyncio.ensure_future(ch.finish_received()) for ch in channels if ch.is_open]
+        waits = [
+            asyncio.ensure_future(ch.finish_received())
+            for ch in channels
+            if ch.is_open and self._finish_received
+        ]
         if waits:
             _, late = await asyncio.wait(waits, timeout=CLOSE_FINISH)
             for w in late:

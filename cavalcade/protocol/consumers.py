@@ -90,7 +90,8 @@ class Consumers:
     # -- as the broker's dispatcher sees them -------------------------------------
 
     def credit_for(self, c: Consumer) -> int:
-        if not self._is_open() or self.link.write_paused or c.tag not in self.by_tag:
+        link = self.link
+        if not self._is_open() or link.write_paused or link.closing or c.tag not in self.by_tag:
             return 0
         return self.deliveries.credit(c)
 

@@ -79,6 +79,11 @@ class Link(Protocol):
         """The transport's write buffer is full: deliver nothing more for now."""
         ...
 
+    @property
+    def closing(self) -> bool:
+        """connection.close was sent or received, or the socket is gone: deliver nothing."""
+        ...
+
     def send_method(self, channel: int, method: Frame) -> None:
         """Write one method frame."""
         ...

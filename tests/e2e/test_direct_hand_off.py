@@ -155,3 +155,30 @@ def _rows(dsn: str) -> int:
             await conn.close()
 
     return asyncio.run(read())
+
+
+def test_a_channel_wide_prefetch_holds_for_handed_messages(amqp_url: str) -> None:
+    """Two consumers on one channel with basic.qos(1, global): new messages handed
+    over while both wait still leave one unacked delivery at a time on the channel."""
+    conn, publisher = connect(amqp_url), connect(amqp_url)
+    try:
+        ch = conn.channel()
+        q = unique("hand-off-global")
+        ch.queue_declare(q, auto_delete=True)
+        ch.basic_qos(prefetch_count=1, global_qos=True)
+        got: list[tuple[object, bytes]] = []
+        for tag in ("a", "b"):
+            ch.basic_consume(q, lambda c, m, _p, body: got.append((m, body)), consumer_tag=tag)
+        settle(conn, 0.3)
+        pch = publisher.channel()
+        for i in range(4):  # one batch, or close to it
+            pch.basic_publish("", q, b"%d" % i)
+        for n in range(1, 5):
+            assert drain(conn, lambda n=n: len(got) == n)
+            settle(conn, 0.2)
+            assert len(got) == n  # nothing more until the one held is acked
+            ch.basic_ack(got[-1][0].delivery_tag)
+        assert sorted(body for _, body in got) == [b"0", b"1", b"2", b"3"]
+    finally:
+        safe_close(publisher)
+        safe_close(conn)
