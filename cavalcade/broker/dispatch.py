@@ -13,9 +13,9 @@ drained queue ran an empty claim.
 
 A drained queue consumed on this node only takes new messages from this node's
 publishes directly (``take_direct``/``deliver_direct``), as RabbitMQ hands a message
-to a waiting consumer without queueing it: the write batch inserts a row for an ack-mode consumer
-as already claimed, leaves a no-ack consumer's row out altogether, and delivers them
-once it commits. Nothing is claimed for them.
+to a waiting consumer without queueing it: the write batch inserts a row for an
+ack-mode consumer as already claimed, leaves a no-ack consumer's row out altogether,
+and delivers them once it commits. Nothing is claimed for them.
 
 A zero TTL delivers to a consumer that is waiting when the message is published and
 drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had

@@ -101,24 +101,21 @@ Spans = list[tuple[int, int, "asyncio.Future[int]"]]
 @dataclass(slots=True)
 class DirectShare:
     """Rows of one queue in a batch that its waiting consumers take straight away: the
-    queue's dispatcher, each consumer's share (in order), the queue's rows' indexes in
-    the batch (the first ``taken`` are handed, the rest go into the queue)."""
+    queue's dispatcher, each consumer's share (in order), how many rows the queue has
+    in the batch, and (batch index, consumer) of each handed row, in batch order (the
+    queue's first rows; the rest go into the queue)."""
 
     dispatcher: QueueDispatcher
     shares: list[tuple[DeliveryTarget, int]]
-    indexes: list[int]
+    rows_in_batch: int
+    rows: list[tuple[int, DeliveryTarget]]
 
-    @property
-    def taken(self) -> int:
-        return sum(n for _, n in self.shares)
-
-    def rows(self) -> list[tuple[int, DeliveryTarget]]:
-        """(batch index, consumer) of each handed row, in batch order."""
-        out: list[tuple[int, DeliveryTarget]] = []
-        it = iter(self.indexes)
-        for c, n in self.shares:
-            out += [(next(it), c) for _ in range(n)]
-        return out
+    @classmethod
+    def of(
+        cls, d: QueueDispatcher, shares: list[tuple[DeliveryTarget, int]], indexes: list[int]
+    ) -> DirectShare:
+        it = iter(indexes)
+        return cls(d, shares, len(indexes), [(next(it), c) for c, n in shares for _ in range(n)])
 
     def give_back(self) -> None:
         """Nothing was written: the consumers' credit is theirs again."""
@@ -322,9 +319,10 @@ class WriteBatcher:
         batch = write_path.Batch(messages, acks, requeues, rejects, wake)
         async with self._repo.write_transaction(self._node_id) as tx:
             outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
-        self._arrived(outcome.touched | wake)
+        touched = outcome.touched | wake
+        self._arrived(touched)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
-        return spans, outcome.refused, outcome.touched | wake
+        return spans, outcome.refused, touched
 
     async def _commit_plain(
         self, ops: list[Op], acks: list[int], started: float
@@ -359,7 +357,7 @@ class WriteBatcher:
             for share in direct:
                 share.give_back()
             return None
-        handed_only = {s.dispatcher.queue_id for s in direct if len(s.indexes) == s.taken}
+        handed_only = {s.dispatcher.queue_id for s in direct if len(s.rows) == s.rows_in_batch}
         touched = {m.queue_id for m in rows} - handed_only
         self._arrived(touched)
         try:
@@ -391,7 +389,7 @@ class WriteBatcher:
             d = self._dispatchers[qid]
             shares = d.take_direct(len(indexes))
             if shares:
-                direct.append(DirectShare(d, shares, indexes))
+                direct.append(DirectShare.of(d, shares, indexes))
         return direct
 
     def _deliver_direct(
@@ -405,13 +403,13 @@ class WriteBatcher:
             ids.setdefault(qid, []).append(mid)
         for share in direct:
             queue_ids = ids.get(share.dispatcher.queue_id, [])
-            if len(queue_ids) != sum(not c.no_ack for _, c in share.rows()):
+            if len(queue_ids) != sum(not c.no_ack for _, c in share.rows):
                 share.give_back()  # its queue was deleted meanwhile
                 continue
             handed: list[ClaimedMessage] = []
             source: dict[int, int] = {}
             taken = iter(queue_ids)
-            for i, c in share.rows():
+            for i, c in share.rows:
                 handed.append(_handed(messages[i], 0 if c.no_ack else next(taken)))
                 source[id(handed[-1])] = i
             left = share.dispatcher.deliver_direct(share.shares, handed)
@@ -499,9 +497,9 @@ def _written_rows(
     them, the indexes of those an ack-mode consumer takes (written as delivered)."""
     if not direct:
         return messages, []
-    skipped = {i for share in direct for i, c in share.rows() if c.no_ack}
+    skipped = {i for share in direct for i, c in share.rows if c.no_ack}
     at = {i: n for n, i in enumerate(j for j in range(len(messages)) if j not in skipped)}
-    owned = sorted(at[i] for share in direct for i, c in share.rows() if not c.no_ack)
+    owned = sorted(at[i] for share in direct for i, c in share.rows if not c.no_ack)
     return [m for i, m in enumerate(messages) if i not in skipped], owned
 
 

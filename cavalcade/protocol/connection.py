@@ -489,11 +489,8 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         """Let the channels finish what they received (connection.close, EOF: a queue
         deleted, a message acked just before), then tear them down."""
         channels = list(self.channels.values())
-        waits = [
-            asyncio.ensure_future(ch.finish_received())
-            for ch in channels
-            if ch.is_open and self._finish_received
-        ]
+        finishing = channels if self._finish_received else []
+        waits = [asyncio.ensure_future(ch.finish_received()) for ch in finishing if ch.is_open]
         if waits:
             _, late = await asyncio.wait(waits, timeout=CLOSE_FINISH)
             for w in late:

@@ -5,6 +5,7 @@ no arrival is missed because of it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
 
@@ -87,6 +88,21 @@ async def _publish(repo: Repository, qid: int, n: int) -> None:
         await tx.insert(rows)
 
 
+@contextlib.asynccontextmanager
+async def _dispatching(
+    repo: Repository, qid: int, node: uuid.UUID, prefetch: int
+) -> AsyncIterator[tuple[QueueDispatcher, Target]]:
+    """A dispatcher of ``qid`` with one consumer, once its first claim is done."""
+    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+    t = Target(prefetch)
+    d.add(t)
+    try:
+        await _settle(d)
+        yield d, t
+    finally:
+        await d.stop()
+
+
 async def _settle(d: QueueDispatcher) -> None:
     for _ in range(5):
         await asyncio.sleep(0.02)
@@ -103,11 +119,7 @@ async def test_freed_credit_on_a_drained_queue_claims_nothing(
 ) -> None:
     repo, qid, node = setup
     await _publish(repo, qid, 2)
-    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
-    t = Target(prefetch=1)
-    d.add(t)
-    try:
-        await _settle(d)
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
         assert len(t.unacked) == 1 and not d.drained  # full claim: more may be there
         await _ack(repo, node, t)
         d.credit_freed()
@@ -126,19 +138,13 @@ async def test_freed_credit_on_a_drained_queue_claims_nothing(
         d.wake()  # the commit's wake-up
         await _settle(d)
         assert len(t.unacked) == 1 and repo.claims == before + 1
-    finally:
-        await d.stop()
 
 
 async def test_an_arrival_during_a_short_claim_is_not_lost(
     setup: tuple[Counting, int, uuid.UUID],
 ) -> None:
     repo, qid, node = setup
-    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
-    t = Target(prefetch=1)
-    d.add(t)
-    try:
-        await _settle(d)
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
         assert d.drained  # the first claim found nothing
 
         def meanwhile() -> None:  # a commit's wake-up, while the consumer's credit goes
@@ -155,22 +161,16 @@ async def test_an_arrival_during_a_short_claim_is_not_lost(
         d.credit_freed()  # credit comes back: this must claim
         await asyncio.wait_for(t.got.wait(), 5)
         assert [m.body for m in t.unacked] == [b"0"]
-    finally:
-        await d.stop()
 
 
 async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consumes(
     setup: tuple[Counting, int, uuid.UUID],
 ) -> None:
     repo, qid, node = setup
-    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
-    t = Target(prefetch=3)
-    d.add(t)
-    try:
-        await _settle(d)
+    async with _dispatching(repo, qid, node, prefetch=3) as (d, t):
         assert d.drained
         shares = d.take_direct(5)  # the first three: the consumer's credit
-        assert [(c, n) for c, n in shares] == [(t, 3)]
+        assert shares == [(t, 3)]
         d.deliver_direct(shares, [])  # nothing written: the credit is given back
         assert t.credit() == 3
         other = uuid.uuid4()
@@ -181,5 +181,3 @@ async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consume
         await _settle(d)
         assert d.drained
         assert d.take_direct(5) == []  # the other node's consumer gets its turn
-    finally:
-        await d.stop()
