@@ -49,8 +49,10 @@ class VhostTopology:
         self.version = -1
 
     async def fresh(self, repo: Repository) -> VhostTopology:
-        """This topology, brought up to date first if something changed."""
-        if self.stale:
+        """This topology, brought up to date first if something changed. A catch-up
+        under way (``stale`` is already cleared) is waited for: it may be applying the
+        very change the caller made, and the cache is not yet up to date."""
+        if self.stale or self.lock.locked():
             async with self.lock:
                 if self.stale:
                     self.stale = False

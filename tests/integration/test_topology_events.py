@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 
@@ -160,6 +161,46 @@ async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str
         assert await repo.find_exchange(s.vhost.id, "ad") is None
     finally:
         repo.topology.bump = real_bump  # type: ignore[method-assign]
+        await broker.stop()
+        await repo.close()
+
+
+async def test_a_read_during_a_catch_up_waits_for_it(database_url: str) -> None:
+    """A session reading the cache while another (the sweeper, a publish) is catching
+    up must not get the old state: a passive declare right after a delete would still
+    find the exchange."""
+    repo = await Repository.connect(database_url, size=4)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    broker = Broker(repo, node)
+    broker.start()
+    real_read = repo.topology.read
+    try:
+        user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
+        s = await broker.open_session(user_id, user, "/")
+        name = f"gone-{uuid.uuid4().hex[:8]}"
+        await broker.declare_exchange(s, name, "fanout", False, False, False, False, {})
+        assert name in (await s.vhost.fresh(repo)).exchanges_by_name
+        await broker.delete_exchange(s, name, False)
+        reading, release = asyncio.Event(), asyncio.Event()
+
+        async def slow_read(*args: object) -> object:
+            reading.set()
+            await release.wait()
+            return await real_read(*args)  # type: ignore[arg-type]
+
+        repo.topology.read = slow_read  # type: ignore[method-assign]
+        first = asyncio.create_task(s.vhost.fresh(repo))
+        await reading.wait()
+        second = asyncio.create_task(s.vhost.fresh(repo))
+        await asyncio.sleep(0.05)
+        assert not second.done()  # waits for the catch-up under way
+        release.set()
+        vh = await second
+        assert name not in vh.exchanges_by_name
+        await first
+    finally:
+        repo.topology.read = real_read  # type: ignore[method-assign]
         await broker.stop()
         await repo.close()
 
