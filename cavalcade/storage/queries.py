@@ -297,15 +297,20 @@ QUEUE_COUNTS = (
 
 # Find queue $2 of vhost $1, mark it used if anything reads the mark (``x-expires``, or
 # an ``expires`` policy) and count it (declare-ok): the queue's columns, ready,
-# consumers, touched.
+# consumers, touched. A queue with consumers is not marked: it cannot expire while they
+# last, and the last one to go marks it (``remove_consumer``). Celery redeclares its
+# rpc reply queue (``x-expires``, consumed by the client) before every task: each mark
+# was a write and a dead version of the queue's row.
 USE_QUEUE_NAMED = f"""
 WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,
                   arguments
              FROM queues WHERE vhost_id = $1 AND name = $2),
      used AS (UPDATE queues SET last_used_at = now()
-               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires' OR EXISTS
+               WHERE id = (SELECT id FROM q WHERE (arguments ? 'x-expires' OR EXISTS
                            (SELECT 1 FROM policies p WHERE p.vhost_id = $1
                                AND p.definition ? 'expires'))
+                           AND NOT EXISTS (SELECT 1 FROM consumers c
+                                            WHERE c.queue_id = q.id))
               RETURNING id)
 SELECT q.*,
        {ready_estimate("q.id", READY)} AS ready,
