@@ -290,7 +290,9 @@ class Message(Base):
     )
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    queue_id: Mapped[int] = mapped_column(ForeignKey("queues.id", ondelete="CASCADE"))
+    # No foreign key (migration 0014): inserts lock their queues once per statement, and
+    # the ``queues_deleted`` trigger deletes the messages of a deleted queue.
+    queue_id: Mapped[int] = mapped_column(BigInteger)
     priority: Mapped[int] = mapped_column(SmallInteger, server_default="0")
     owner_node: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     owner_channel: Mapped[int | None] = mapped_column(BigInteger)

@@ -169,11 +169,20 @@ _BATCH_ROWS = (
     + ", n)) AS u"
 )
 
+# The batch's queues that still exist, locked ``FOR KEY SHARE`` until the commit (what a
+# foreign key check locked, once per row; ``messages`` has none, migration 0014): a
+# queue deleted meanwhile is not among them, and a delete waits for this commit (the
+# ``queues_deleted`` trigger then deletes what it inserted). The queue ids are the
+# batch's column $1 and its default $14 (one of the two is empty or NULL).
+_LIVE_QUEUES = (
+    "ARRAY(SELECT id FROM queues WHERE id = ANY($1::bigint[] || $14::bigint[]) FOR KEY SHARE)"
+)
+
 # Insert the publishes (storage.batch.columns), in the given order (FIFO ids), into
 # the queues that still exist.
 INSERT = f"""{_INSERT_FROM_U.rstrip()}
   FROM {_BATCH_ROWS}
- WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ WHERE u.q = ANY({_LIVE_QUEUES})
  ORDER BY n
 """
 
@@ -184,7 +193,7 @@ INSERT = f"""{_INSERT_FROM_U.rstrip()}
 INSERT_ONE = f"""{_INSERT_FROM_U.rstrip()}
   FROM (VALUES ({", ".join(f"${i + 1}::{t}" for i, t in enumerate(_NEW_TYPES))}))
        AS u({", ".join(_NEW_COLUMNS)})
- WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q FOR KEY SHARE)
 """
 
 # A plain batch in one statement (its commit is the statement's): insert the publishes
@@ -202,7 +211,7 @@ WITH v AS (SELECT count(*) = cardinality($29::int[]) AS ok
              JOIN vhosts ON vhosts.id = t.id AND vhosts.topology_version = t.version),
      ins AS ({_INSERT_PLAIN_FROM_U.strip()}
   FROM {_BATCH_ROWS}
- WHERE (SELECT ok FROM v) AND EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q)
+ WHERE (SELECT ok FROM v) AND u.q = ANY({_LIVE_QUEUES})
  ORDER BY n
  RETURNING id, queue_id, owner_node IS NOT NULL AS owned),
      acked AS (DELETE FROM messages
@@ -367,12 +376,6 @@ PURGE = f"DELETE FROM messages WHERE queue_id = $1 AND {READY}"
 
 # queue.delete-ok's count: the ready messages of queue $1 (what declare-ok counted).
 COUNT_READY = f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}"
-
-# Every message of queue $1, whatever its state (the queue goes).
-DELETE_QUEUE_MESSAGES = "DELETE FROM messages WHERE queue_id = $1"
-
-# Every message of the queues $1 (a connection's exclusive queues go).
-DELETE_QUEUES_MESSAGES = "DELETE FROM messages WHERE queue_id = ANY($1::bigint[])"
 
 # -- vacuum ----------------------------------------------------------------------------
 

@@ -444,7 +444,7 @@ class Repository:
         (``queries.READY``: what declare-ok and purge-ok count)."""
         async with self.durable_pool.acquire() as conn, conn.transaction():
             count = await conn.fetchval(queries.COUNT_READY, queue_id)
-            await conn.execute(queries.DELETE_QUEUE_MESSAGES, queue_id)
+            # Its messages go with it (the ``queues_deleted`` trigger).
             await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
             return int(count or 0)
 
@@ -460,8 +460,7 @@ class Repository:
                 connection_id,
             )
             ids = [r["id"] for r in rows]
-            if ids:
-                await conn.execute(queries.DELETE_QUEUES_MESSAGES, ids)
+            if ids:  # their messages go with them (the ``queues_deleted`` trigger)
                 await conn.execute("DELETE FROM queues WHERE id = ANY($1::bigint[])", ids)
             return [(r["vhost_id"], r["id"], r["name"]) for r in rows]
 
