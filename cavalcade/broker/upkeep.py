@@ -7,6 +7,9 @@ from . import write_path
 from .node import NodeState
 from .queue_rules import QueueRules
 
+# Vacuums between two orphan sweeps (one every ``vacuum_interval``, 10 s by default).
+ORPHAN_SWEEP_EVERY = 30
+
 
 class Upkeep:
     """Background use-cases the app's loops call."""
@@ -14,6 +17,7 @@ class Upkeep:
     def __init__(self, node: NodeState, rules: QueueRules) -> None:
         self.node = node
         self.rules = rules
+        self._vacuums = 0
 
     async def reconcile(self) -> int:
         """After a database outage: rows this node owns that no channel holds (a claim or
@@ -57,5 +61,10 @@ class Upkeep:
         return await self.node.repo.next_expiry()
 
     async def vacuum(self) -> None:
-        """VACUUM the tables whose rows die as fast as they are born."""
+        """VACUUM the tables whose rows die as fast as they are born; every
+        ``ORPHAN_SWEEP_EVERY`` times (the first included), delete messages whose queue is
+        gone (a scan of ``messages``: see ``Repository.delete_orphans``)."""
+        if self._vacuums % ORPHAN_SWEEP_EVERY == 0:
+            await self.node.repo.delete_orphans()
+        self._vacuums += 1
         await self.node.repo.vacuum_messages()

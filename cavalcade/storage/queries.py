@@ -173,16 +173,15 @@ _BATCH_ROWS = (
 # foreign key check locked, once per row; ``messages`` has none, migration 0014): a
 # queue deleted meanwhile is not among them, and a delete waits for this commit (the
 # ``queues_deleted`` trigger then deletes what it inserted). The queue ids are the
-# batch's column $1 and its default $14 (one of the two is empty or NULL).
-_LIVE_QUEUES = (
-    "ARRAY(SELECT id FROM queues WHERE id = ANY($1::bigint[] || $14::bigint[]) FOR KEY SHARE)"
-)
+# batch's column $1 and its default $14 (one of the two is empty or NULL). ``IN``, not
+# ``= ANY(ARRAY(...))``: a hashed subplan, where an array is compared element by element.
+_LIVE_QUEUES = "(SELECT id FROM queues WHERE id = ANY($1::bigint[] || $14::bigint[]) FOR KEY SHARE)"
 
 # Insert the publishes (storage.batch.columns), in the given order (FIFO ids), into
 # the queues that still exist.
 INSERT = f"""{_INSERT_FROM_U.rstrip()}
   FROM {_BATCH_ROWS}
- WHERE u.q = ANY({_LIVE_QUEUES})
+ WHERE u.q IN {_LIVE_QUEUES}
  ORDER BY n
 """
 
@@ -211,7 +210,7 @@ WITH v AS (SELECT count(*) = cardinality($29::int[]) AS ok
              JOIN vhosts ON vhosts.id = t.id AND vhosts.topology_version = t.version),
      ins AS ({_INSERT_PLAIN_FROM_U.strip()}
   FROM {_BATCH_ROWS}
- WHERE (SELECT ok FROM v) AND u.q = ANY({_LIVE_QUEUES})
+ WHERE (SELECT ok FROM v) AND u.q IN {_LIVE_QUEUES}
  ORDER BY n
  RETURNING id, queue_id, owner_node IS NOT NULL AS owned),
      acked AS (DELETE FROM messages
@@ -281,17 +280,20 @@ DELETE FROM messages m
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """
 
-# Ready (messages, bytes) of each queue $1, the queue rows locked until commit.
+# Ready (messages, bytes) of each queue $1, the queue rows locked until commit. ``NO KEY
+# UPDATE``: it serialises the length checks without waiting on the ``KEY SHARE`` an
+# insert of the same batch (or another node's) holds on the queue, which ``FOR UPDATE``
+# would (two batches publishing to one length-limited queue deadlocked).
 READY_LENGTHS = f"""
 SELECT q.id,
        (SELECT count(*) FROM messages WHERE queue_id = q.id AND {READY}),
        (SELECT coalesce(sum(octet_length(body)), 0) FROM messages
          WHERE queue_id = q.id AND {READY})
-  FROM queues q WHERE q.id = ANY($1::bigint[]) ORDER BY q.id FOR UPDATE
+  FROM queues q WHERE q.id = ANY($1::bigint[]) ORDER BY q.id FOR NO KEY UPDATE
 """
 
-# Lock queue $1's row (its overflow is decided under the lock).
-LOCK_QUEUE = "SELECT 1 FROM queues WHERE id = $1 FOR UPDATE"
+# Lock queue $1's row (its overflow is decided under the lock; ``NO KEY``: see above).
+LOCK_QUEUE = "SELECT 1 FROM queues WHERE id = $1 FOR NO KEY UPDATE"
 
 # -- counts ----------------------------------------------------------------------------
 
@@ -306,20 +308,15 @@ QUEUE_COUNTS = (
 
 # Find queue $2 of vhost $1, mark it used if anything reads the mark (``x-expires``, or
 # an ``expires`` policy) and count it (declare-ok): the queue's columns, ready,
-# consumers, touched. A queue with consumers is not marked: it cannot expire while they
-# last, and the last one to go marks it (``remove_consumer``). Celery redeclares its
-# rpc reply queue (``x-expires``, consumed by the client) before every task: each mark
-# was a write and a dead version of the queue's row.
+# consumers, touched.
 USE_QUEUE_NAMED = f"""
 WITH q AS (SELECT id, name, durable, auto_delete, exclusive_node, exclusive_connection,
                   arguments
              FROM queues WHERE vhost_id = $1 AND name = $2),
      used AS (UPDATE queues SET last_used_at = now()
-               WHERE id = (SELECT id FROM q WHERE (arguments ? 'x-expires' OR EXISTS
+               WHERE id = (SELECT id FROM q WHERE arguments ? 'x-expires' OR EXISTS
                            (SELECT 1 FROM policies p WHERE p.vhost_id = $1
                                AND p.definition ? 'expires'))
-                           AND NOT EXISTS (SELECT 1 FROM consumers c
-                                            WHERE c.queue_id = q.id))
               RETURNING id)
 SELECT q.*,
        {ready_estimate("q.id", READY)} AS ready,
@@ -376,6 +373,24 @@ PURGE = f"DELETE FROM messages WHERE queue_id = $1 AND {READY}"
 
 # queue.delete-ok's count: the ready messages of queue $1 (what declare-ok counted).
 COUNT_READY = f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}"
+
+# Every message of queue $1, whatever its state (the queue goes).
+DELETE_QUEUE_MESSAGES = "DELETE FROM messages WHERE queue_id = $1"
+
+# Every message of the queues $1 (a connection's exclusive queues go).
+DELETE_QUEUES_MESSAGES = "DELETE FROM messages WHERE queue_id = ANY($1::bigint[])"
+
+# Messages whose queue is gone (``messages`` has no foreign key, migration 0014).
+DELETE_ORPHANS = (
+    "DELETE FROM messages m WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.id = m.queue_id)"
+)
+
+# The queues consumed on the nodes $1, which go (their consumer rows with them): as when a
+# consumer cancels, ``x-expires`` counts from now.
+MARK_CONSUMED_ON_NODES = (
+    "UPDATE queues SET last_used_at = now()"
+    " WHERE id IN (SELECT queue_id FROM consumers WHERE node_id = ANY($1::uuid[]))"
+)
 
 # -- vacuum ----------------------------------------------------------------------------
 

@@ -157,6 +157,7 @@ class Repository:
             ids = [r["id"] for r in dead]
             if ids:
                 await conn.execute(queries.REQUEUE_NODES, ids)
+                await conn.execute(queries.MARK_CONSUMED_ON_NODES, ids)
                 # Auto-delete queues whose last consumers were on the dead nodes go too.
                 await conn.execute(
                     "DELETE FROM queues q WHERE q.auto_delete"
@@ -179,6 +180,12 @@ class Repository:
         and dead entries slow every claim and lookup until then."""
         await self.durable_pool.execute(queries.VACUUM)
 
+    async def delete_orphans(self) -> int:
+        """Delete messages whose queue is gone (``messages`` has no foreign key: a node of
+        the previous release, or a deleter in repeatable read, may leave some)."""
+        status = await self.durable_pool.execute(queries.DELETE_ORPHANS)
+        return int(status.split()[-1])
+
     async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
         """Ids of the messages this node holds as unacked deliveries."""
         rows = await self.durable_pool.fetch(queries.OWNED_IDS, node_id)
@@ -187,6 +194,7 @@ class Repository:
     async def unregister_node(self, node_id: uuid.UUID) -> None:
         async with self.durable_pool.acquire() as conn, conn.transaction():
             await conn.execute(queries.REQUEUE_NODE, node_id)
+            await conn.execute(queries.MARK_CONSUMED_ON_NODES, [node_id])
             await conn.execute("DELETE FROM nodes WHERE id = $1", node_id)
 
     # -- users and vhosts ----------------------------------------------------
@@ -444,7 +452,10 @@ class Repository:
         (``queries.READY``: what declare-ok and purge-ok count)."""
         async with self.durable_pool.acquire() as conn, conn.transaction():
             count = await conn.fetchval(queries.COUNT_READY, queue_id)
-            # Its messages go with it (the ``queues_deleted`` trigger).
+            # Messages before the queue row, the order a write batch locks them in (it
+            # settles rows, then inserts dead-lettered copies under the queue's KEY SHARE);
+            # the ``queues_deleted`` trigger takes what an insert committed meanwhile.
+            await conn.execute(queries.DELETE_QUEUE_MESSAGES, queue_id)
             await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
             return int(count or 0)
 
@@ -460,7 +471,8 @@ class Repository:
                 connection_id,
             )
             ids = [r["id"] for r in rows]
-            if ids:  # their messages go with them (the ``queues_deleted`` trigger)
+            if ids:  # messages first (see ``delete_queue``)
+                await conn.execute(queries.DELETE_QUEUES_MESSAGES, ids)
                 await conn.execute("DELETE FROM queues WHERE id = ANY($1::bigint[])", ids)
             return [(r["vhost_id"], r["id"], r["name"]) for r in rows]
 

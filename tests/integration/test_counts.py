@@ -106,35 +106,3 @@ async def test_one_ready_for_declare_get_purge_and_delete(database_url: str) -> 
         assert await repo.delete_queue(q) == 2
     finally:
         await repo.close()
-
-
-async def test_a_redeclare_marks_an_expiring_queue_used_only_without_consumers(
-    database_url: str,
-) -> None:
-    """x-expires counts from the last use. While a consumer lasts the queue cannot
-    expire (its going marks it), so a redeclare then writes nothing (Celery redeclares
-    its consumed rpc reply queue before every task)."""
-    repo = await Repository.connect(database_url, size=4)
-    try:
-        vhost = await repo.find_vhost("/")
-        assert vhost is not None
-        name = "expiring-used"
-        args = {"x-expires": 60_000}
-        await repo.write_alone(repo.queue_insert(vhost, name, False, True, None, None, args))
-        mark = "SELECT last_used_at FROM queues WHERE vhost_id = $1 AND name = $2"
-        before = await repo.durable_pool.fetchval(mark, vhost, name)
-        used = await repo.use_queue_named(vhost, name)
-        assert used is not None and used[2] == 0
-        idle_mark = await repo.durable_pool.fetchval(mark, vhost, name)
-        assert idle_mark > before  # unconsumed: the redeclare renews the lease
-        node = uuid.uuid4()
-        await repo.register_node(node, "n")
-        await repo.add_consumer(used[0].id, node, 1, "c", False, True, 0)
-        consumed_mark = await repo.durable_pool.fetchval(mark, vhost, name)
-        used = await repo.use_queue_named(vhost, name)
-        assert used is not None and used[2] == 1
-        assert await repo.durable_pool.fetchval(mark, vhost, name) == consumed_mark
-        await repo.remove_consumer(used[0].id, node, 1, "c")
-        assert await repo.durable_pool.fetchval(mark, vhost, name) > consumed_mark
-    finally:
-        await repo.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 
+import asyncpg
 import pytest
 
 from cavalcade.storage import batch
@@ -106,3 +107,108 @@ async def test_a_plain_batch_into_a_deleted_queue_writes_only_the_live_ones(
     written = await batch.write_plain(repo.durable_pool, rows, [], {vhost: version}, None, False)
     assert written == []
     assert (await _count(repo, gone), await _count(repo, live)) == (0, 3)
+
+
+async def test_the_cascade_holds_under_any_search_path_and_truncate(repo: Repository) -> None:
+    """The triggers run with the broker's schema on their path (an operator's session
+    may have another one first) and cover TRUNCATE ... CASCADE as the key did."""
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    schema = await repo.durable_pool.fetchval("SELECT current_schema()")
+    qid = await _queue(repo, vhost, "elsewhere")
+    async with repo.write_transaction() as tx:
+        await tx.insert(_rows(qid, 2))
+    async with repo.durable_pool.acquire() as conn, conn.transaction():
+        await conn.execute("CREATE TEMP TABLE messages (queue_id bigint) ON COMMIT DROP")  # decoy
+        await conn.execute("SET LOCAL search_path = pg_temp, pg_catalog")
+        await conn.execute(f'DELETE FROM "{schema}".queues WHERE id = $1', qid)
+    assert await _count(repo, qid) == 0
+    other = await _queue(repo, vhost, "truncated")
+    async with repo.write_transaction() as tx:
+        await tx.insert(_rows(other, 2))
+    await repo.durable_pool.execute("TRUNCATE queues CASCADE")
+    assert await repo.durable_pool.fetchval("SELECT count(*) FROM messages") == 0
+
+
+async def test_a_move_into_a_queue_being_deleted_moves_nothing(repo: Repository) -> None:
+    """``cavalcade_move_messages`` locks its destination as the broker's inserts do: it
+    waits for the delete, then finds no destination, and the source keeps its rows."""
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    src, dst = await _queue(repo, vhost, "mv-src"), await _queue(repo, vhost, "mv-dst")
+    async with repo.write_transaction() as tx:
+        await tx.insert(_rows(src, 3))
+    moving: asyncio.Task[object] | None = None
+    async with repo.durable_pool.acquire() as conn, conn.transaction():
+        await conn.execute("DELETE FROM queues WHERE id = $1", dst)
+        moving = asyncio.create_task(
+            repo.async_commit_pool.fetchval("SELECT cavalcade_move_messages('mv-src', 'mv-dst')")
+        )
+        await asyncio.sleep(0.3)
+        assert not moving.done()
+    with pytest.raises(asyncpg.UndefinedObjectError):
+        await moving
+    assert await _count(repo, src) == 3
+
+
+async def test_orphans_are_swept(repo: Repository) -> None:
+    """Rows of a queue that is gone (a node of the previous release, a deleter in
+    repeatable read) are deleted by the nodes' periodic sweep."""
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    qid = await _queue(repo, vhost, "kept")
+    async with repo.write_transaction() as tx:
+        await tx.insert(_rows(qid, 2))
+    gone = qid + 1_000_000
+    await repo.durable_pool.execute(
+        "INSERT INTO messages (queue_id, properties, body) VALUES ($1, '', ''), ($1, '', '')", gone
+    )
+    assert await repo.delete_orphans() == 2
+    assert (await _count(repo, gone), await _count(repo, qid)) == (0, 2)
+
+
+async def test_a_consumer_node_going_starts_the_expiry_clock(repo: Repository) -> None:
+    """x-expires counts from the moment the queue lost its consumers, also when they go
+    with their node (reaped or shut down), as RabbitMQ counts from the consumer's loss."""
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    await repo.write_alone(
+        repo.queue_insert(vhost, "expiring", False, False, None, None, {"x-expires": 30_000})
+    )
+    q = await repo.find_queue(vhost, "expiring")
+    assert q is not None
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    await repo.add_consumer(q.id, node, 1, "c", False, False, 0)
+    await repo.durable_pool.execute(
+        "UPDATE queues SET last_used_at = now() - interval '1 hour' WHERE id = $1", q.id
+    )
+    await repo.unregister_node(node)
+    assert await repo.expire_queues() == []
+    assert await repo.find_queue(vhost, "expiring") is not None
+
+
+async def test_two_batches_into_one_length_limited_queue_do_not_deadlock(
+    repo: Repository,
+) -> None:
+    """Each insert holds KEY SHARE on the queue; the length check's lock must not wait on
+    the other batch's (FOR UPDATE did, both ways)."""
+    from cavalcade.storage import queries
+
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    qid = await _queue(repo, vhost, "limited")
+    first_locked = asyncio.Event()
+
+    async def batch_(first: bool) -> None:
+        async with repo.durable_pool.acquire() as conn, conn.transaction():
+            await batch.insert(conn, _rows(qid, 1))
+            if first:
+                first_locked.set()
+                await asyncio.sleep(0.2)  # the other inserts meanwhile
+            else:
+                await first_locked.wait()
+            await asyncio.wait_for(conn.execute(queries.LOCK_QUEUE, qid), 5)
+
+    await asyncio.wait_for(asyncio.gather(batch_(True), batch_(False)), 10)
+    assert await _count(repo, qid) == 2
