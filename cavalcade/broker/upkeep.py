@@ -3,9 +3,13 @@ owns after an outage, and vacuuming the churning tables."""
 
 from __future__ import annotations
 
+import logging
+
 from . import write_path
 from .node import NodeState
 from .queue_rules import QueueRules
+
+log = logging.getLogger(__name__)
 
 # Vacuums between two orphan sweeps (one every ``vacuum_interval``, 10 s by default).
 ORPHAN_SWEEP_EVERY = 30
@@ -65,6 +69,9 @@ class Upkeep:
         ``ORPHAN_SWEEP_EVERY`` times (the first included), delete messages whose queue is
         gone (a scan of ``messages``: see ``Repository.delete_orphans``)."""
         if self._vacuums % ORPHAN_SWEEP_EVERY == 0:
-            await self.node.repo.delete_orphans()
+            try:
+                await self.node.repo.delete_orphans()
+            except Exception as exc:  # noqa: BLE001 - the next sweep tries again
+                log.warning("orphan sweep failed: %s", exc)
         self._vacuums += 1
         await self.node.repo.vacuum_messages()

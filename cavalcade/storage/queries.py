@@ -374,16 +374,24 @@ PURGE = f"DELETE FROM messages WHERE queue_id = $1 AND {READY}"
 # queue.delete-ok's count: the ready messages of queue $1 (what declare-ok counted).
 COUNT_READY = f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}"
 
-# Every message of queue $1, whatever its state (the queue goes).
-DELETE_QUEUE_MESSAGES = "DELETE FROM messages WHERE queue_id = $1"
+# The queues of ready (or delayed) messages that have no queue row (``messages`` has no
+# foreign key, migration 0014), found without reading the table: a skip scan of
+# ix_messages_ready, one probe per queue. An owned orphan is found once it is requeued.
+ORPHAN_QUEUES = """
+WITH RECURSIVE ids(q) AS (
+  (SELECT queue_id FROM messages WHERE owner_node IS NULL ORDER BY queue_id LIMIT 1)
+  UNION ALL
+  SELECT (SELECT m.queue_id FROM messages m
+           WHERE m.owner_node IS NULL AND m.queue_id > ids.q ORDER BY m.queue_id LIMIT 1)
+    FROM ids WHERE ids.q IS NOT NULL)
+SELECT q FROM ids WHERE q IS NOT NULL AND NOT EXISTS (SELECT 1 FROM queues WHERE id = q)
+"""
 
-# Every message of the queues $1 (a connection's exclusive queues go).
+# Every message of the queues $1 (whose queue rows are gone).
 DELETE_QUEUES_MESSAGES = "DELETE FROM messages WHERE queue_id = ANY($1::bigint[])"
 
-# Messages whose queue is gone (``messages`` has no foreign key, migration 0014).
-DELETE_ORPHANS = (
-    "DELETE FROM messages m WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.id = m.queue_id)"
-)
+# One node sweeps at a time (two full deletes over one table deadlock).
+ORPHAN_SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('cavalcade_orphan_sweep'))"
 
 # The queues consumed on the nodes $1, which go (their consumer rows with them): as when a
 # consumer cancels, ``x-expires`` counts from now.

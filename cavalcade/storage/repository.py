@@ -182,9 +182,17 @@ class Repository:
 
     async def delete_orphans(self) -> int:
         """Delete messages whose queue is gone (``messages`` has no foreign key: a node of
-        the previous release, or a deleter in repeatable read, may leave some)."""
-        status = await self.durable_pool.execute(queries.DELETE_ORPHANS)
-        return int(status.split()[-1])
+        the previous release, or a deleter in repeatable read, may leave some); 0 while
+        another node sweeps. On the index-walking async-commit pool: a delete of rows
+        nobody can reach, lost in a crash, is only done again."""
+        async with self.async_commit_pool.acquire() as conn, conn.transaction():
+            if not await conn.fetchval(queries.ORPHAN_SWEEP_LOCK):
+                return 0
+            gone = [r[0] for r in await conn.fetch(queries.ORPHAN_QUEUES)]
+            if not gone:
+                return 0
+            status = await conn.execute(queries.DELETE_QUEUES_MESSAGES, gone)
+            return int(status.split()[-1])
 
     async def owned_messages(self, node_id: uuid.UUID) -> list[int]:
         """Ids of the messages this node holds as unacked deliveries."""
@@ -452,10 +460,9 @@ class Repository:
         (``queries.READY``: what declare-ok and purge-ok count)."""
         async with self.durable_pool.acquire() as conn, conn.transaction():
             count = await conn.fetchval(queries.COUNT_READY, queue_id)
-            # Messages before the queue row, the order a write batch locks them in (it
-            # settles rows, then inserts dead-lettered copies under the queue's KEY SHARE);
-            # the ``queues_deleted`` trigger takes what an insert committed meanwhile.
-            await conn.execute(queries.DELETE_QUEUE_MESSAGES, queue_id)
+            # The queue row first, as a write batch takes them: its inserts lock the queue
+            # (KEY SHARE), then its acks lock messages. Its messages go with it (the
+            # ``queues_deleted`` trigger).
             await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
             return int(count or 0)
 
@@ -471,8 +478,7 @@ class Repository:
                 connection_id,
             )
             ids = [r["id"] for r in rows]
-            if ids:  # messages first (see ``delete_queue``)
-                await conn.execute(queries.DELETE_QUEUES_MESSAGES, ids)
+            if ids:  # their messages go with them (see ``delete_queue``)
                 await conn.execute("DELETE FROM queues WHERE id = ANY($1::bigint[])", ids)
             return [(r["vhost_id"], r["id"], r["name"]) for r in rows]
 

@@ -11,7 +11,7 @@ row, and with the same cascade:
   repair functions ``cavalcade_move_messages`` and ``cavalcade_republish_dead_letters``;
 * statement-level triggers delete the messages of deleted (or truncated) queues,
   however they go: the broker, a vhost or node cascade, SQL typed by an operator. They
-  run as the owner with the broker's schema on their path, as the cascade did.
+  run with the broker's schema on their path, with the deleter's rights.
 
 A deleter in REPEATABLE READ or SERIALIZABLE (never the broker) can still leave the rows
 an insert committed meanwhile; nodes delete such orphans every few minutes
@@ -96,10 +96,19 @@ def upgrade() -> None:
             ("cavalcade_queues_deleted", deleted),
             ("cavalcade_queues_truncated", "TRUNCATE messages;"),
         ):
+            # The deleter's rights (no SECURITY DEFINER: attached to another table it could
+            # delete what its caller may not), and only as a trigger on ``queues``.
             op.execute(
-                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER"
-                f" {path} AS $$\nBEGIN\n  {body}\n  RETURN NULL;\nEND\n$$"
+                f"CREATE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql {path} AS $$\n"
+                "BEGIN\n"
+                "  IF TG_RELID <> 'queues'::regclass THEN\n"
+                f"    RAISE EXCEPTION '{name} is a trigger of queues only';\n"
+                "  END IF;\n"
+                f"  {body}\n"
+                "  RETURN NULL;\n"
+                "END\n$$"
             )
+            op.execute(f"REVOKE ALL ON FUNCTION {name}() FROM PUBLIC")
         op.execute(
             "CREATE TRIGGER queues_deleted AFTER DELETE ON queues REFERENCING OLD TABLE AS gone"
             " FOR EACH STATEMENT EXECUTE FUNCTION cavalcade_queues_deleted()"
@@ -108,8 +117,9 @@ def upgrade() -> None:
             "CREATE TRIGGER queues_truncated AFTER TRUNCATE ON queues"
             " FOR EACH STATEMENT EXECUTE FUNCTION cavalcade_queues_truncated()"
         )
-        for function, old, new in _LOCKED_REPAIRS:
-            _rewrite(function, old, new)
+        if not context.is_offline_mode():  # offline (--sql) they keep 0007's text
+            for function, old, new in _LOCKED_REPAIRS:
+                _rewrite(function, old, new)
         op.drop_constraint(FK, "messages", type_="foreignkey")
     _record_window(True)
 
@@ -124,8 +134,9 @@ def downgrade() -> None:
         "DELETE FROM messages m WHERE NOT EXISTS (SELECT 1 FROM queues q WHERE q.id = m.queue_id)"
     )
     op.create_foreign_key(FK, "messages", "queues", ["queue_id"], ["id"], ondelete="CASCADE")
-    for function, old, new in _LOCKED_REPAIRS:
-        _rewrite(function, new, old)
+    if not context.is_offline_mode():
+        for function, old, new in _LOCKED_REPAIRS:
+            _rewrite(function, new, old)
     op.execute("DROP TRIGGER queues_truncated ON queues")
     op.execute("DROP TRIGGER queues_deleted ON queues")
     op.execute("DROP FUNCTION cavalcade_queues_truncated()")

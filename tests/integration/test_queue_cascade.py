@@ -212,3 +212,27 @@ async def test_two_batches_into_one_length_limited_queue_do_not_deadlock(
 
     await asyncio.wait_for(asyncio.gather(batch_(True), batch_(False)), 10)
     assert await _count(repo, qid) == 2
+
+
+async def test_the_trigger_functions_serve_queues_only(repo: Repository) -> None:
+    """Nobody else may execute them (a trigger of one's own table would run them), and
+    attached elsewhere they refuse."""
+    for name in ("cavalcade_queues_deleted", "cavalcade_queues_truncated"):
+        public = await repo.durable_pool.fetchval(
+            "SELECT count(*) FROM pg_proc p, aclexplode(p.proacl) a"
+            " WHERE p.proname = $1 AND a.grantee = 0",
+            name,
+        )
+        acl = await repo.durable_pool.fetchval(
+            "SELECT proacl FROM pg_proc WHERE proname = $1", name
+        )
+        assert acl is not None and public == 0, name  # NULL proacl is PUBLIC's default grant
+    async with repo.durable_pool.acquire() as conn:
+        await conn.execute("CREATE TEMP TABLE decoy (id bigint)")
+        await conn.execute(
+            "CREATE TRIGGER decoy_truncated AFTER TRUNCATE ON decoy"
+            " FOR EACH STATEMENT EXECUTE FUNCTION cavalcade_queues_truncated()"
+        )
+        with pytest.raises(asyncpg.RaiseError, match="trigger of queues only"):
+            await conn.execute("TRUNCATE decoy")
+        await conn.execute("DROP TABLE decoy")
