@@ -50,7 +50,9 @@ class WriteBatch:
         await self.conn.execute("SET LOCAL synchronous_commit = off")
 
     async def ready_lengths(self, queue_ids: Sequence[int]) -> dict[int, tuple[int, int]]:
-        """Ready (messages, bytes) of each queue, the queue rows locked until commit."""
+        """Ready (messages, bytes) of each queue, the queue rows locked until commit
+        (then counted, in a statement of its own: see ``queries.READY_LENGTHS``)."""
+        await self.conn.execute(queries.LOCK_QUEUES, sorted(queue_ids))
         rows = await self.conn.fetch(queries.READY_LENGTHS, sorted(queue_ids))
         return {r[0]: (r[1], r[2]) for r in rows}
 

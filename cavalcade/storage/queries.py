@@ -280,16 +280,22 @@ DELETE FROM messages m
 RETURNING m.{_DEAD_COLUMNS.replace(", ", ", m.")}
 """
 
-# Ready (messages, bytes) of each queue $1, the queue rows locked until commit. ``NO KEY
-# UPDATE``: it serialises the length checks without waiting on the ``KEY SHARE`` an
-# insert of the same batch (or another node's) holds on the queue, which ``FOR UPDATE``
-# would (two batches publishing to one length-limited queue deadlocked).
+# Lock the rows of queues $1 until commit, in id order (their length checks serialise).
+# ``NO KEY UPDATE``: it does not wait on the ``KEY SHARE`` an insert of the same batch
+# (or another node's) holds on the queue, which ``FOR UPDATE`` did (two batches
+# publishing to one length-limited queue deadlocked).
+LOCK_QUEUES = "SELECT 1 FROM queues WHERE id = ANY($1::bigint[]) ORDER BY id FOR NO KEY UPDATE"
+
+# Ready (messages, bytes) of each queue $1: a statement of its own after ``LOCK_QUEUES``,
+# so that it counts what a batch that held the lock before committed (counted in the
+# locking statement, the counts were those of before the wait: another node's batch
+# could overshoot x-max-length with reject-publish).
 READY_LENGTHS = f"""
 SELECT q.id,
        (SELECT count(*) FROM messages WHERE queue_id = q.id AND {READY}),
        (SELECT coalesce(sum(octet_length(body)), 0) FROM messages
          WHERE queue_id = q.id AND {READY})
-  FROM queues q WHERE q.id = ANY($1::bigint[]) ORDER BY q.id FOR NO KEY UPDATE
+  FROM queues q WHERE q.id = ANY($1::bigint[])
 """
 
 # Lock queue $1's row (its overflow is decided under the lock; ``NO KEY``: see above).

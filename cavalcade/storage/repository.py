@@ -541,7 +541,9 @@ class Repository:
     ) -> str | None:
         """Register a consumer; returns 'exclusive' if the queue refuses it."""
         async with self.durable_pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT 1 FROM queues WHERE id = $1 FOR UPDATE", queue_id)
+            # NO KEY UPDATE: serialises consumers of the queue without waiting for the
+            # publishes in flight to it (their inserts hold KEY SHARE).
+            await conn.execute(queries.LOCK_QUEUE, queue_id)
             existing = await conn.fetch(
                 "SELECT exclusive FROM consumers WHERE queue_id = $1", queue_id
             )

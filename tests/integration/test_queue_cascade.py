@@ -236,3 +236,27 @@ async def test_the_trigger_functions_serve_queues_only(repo: Repository) -> None
         with pytest.raises(asyncpg.RaiseError, match="trigger of queues only"):
             await conn.execute("TRUNCATE decoy")
         await conn.execute("DROP TABLE decoy")
+
+
+async def test_a_length_check_counts_what_the_batch_before_it_committed(
+    repo: Repository,
+) -> None:
+    """Two batches into one length-limited queue: the second waits for the first's lock,
+    then counts the first's rows (counted in the locking statement, it saw the queue as
+    it was before the wait, and reject-publish could overshoot x-max-length)."""
+    vhost = await repo.find_vhost("/")
+    assert vhost is not None
+    qid = await _queue(repo, vhost, "counted")
+    counting: asyncio.Task[dict[int, tuple[int, int]]] | None = None
+
+    async def second() -> dict[int, tuple[int, int]]:
+        async with repo.write_transaction() as tx:
+            return await tx.ready_lengths([qid])
+
+    async with repo.write_transaction() as tx:
+        assert await tx.ready_lengths([qid]) == {qid: (0, 0)}
+        await tx.insert(_rows(qid, 1, b"abc"))
+        counting = asyncio.create_task(second())
+        await asyncio.sleep(0.3)
+        assert not counting.done()  # the length checks take turns
+    assert await counting == {qid: (1, 3)}
