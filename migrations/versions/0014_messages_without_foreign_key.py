@@ -9,6 +9,8 @@ row, and with the same cascade:
   queue deleted meanwhile gets none of its rows, and a delete waits for its commit.
   The broker's statements do (``storage/queries.py``), and so, from here on, do the
   repair functions ``cavalcade_move_messages`` and ``cavalcade_republish_dead_letters``;
+* ``cavalcade_requeue_node`` marks the queues its node's consumers leave used (their
+  ``x-expires`` counts from then, as when the broker reaps a node);
 * statement-level triggers delete the messages of deleted (or truncated) queues,
   however they go: the broker, a vhost or node cascade, SQL typed by an operator. They
   run with the broker's schema on their path, with the deleter's rights.
@@ -45,8 +47,8 @@ phase: str = "expand"
 
 FK = "fk_messages_queue_id_queues"
 
-# (function, text in its body, the same text with the destination queue locked)
-_LOCKED_REPAIRS = [
+# (function, text in its body, what 0014 puts there): the repair functions of 0007
+_REPAIRS = [
     (
         "cavalcade_move_messages(text, text, bigint, text)",
         "WHERE v.name = vhost AND q.name = destination;",
@@ -56,6 +58,15 @@ _LOCKED_REPAIRS = [
         "cavalcade_republish_dead_letters(text, bigint, text)",
         "FOR UPDATE OF m SKIP LOCKED),",
         "FOR UPDATE OF m SKIP LOCKED FOR KEY SHARE OF t),",
+    ),
+    # Not a lock: the queues its consumers leave start their x-expires clock, as when the
+    # broker reaps a node (``queries.MARK_CONSUMED_ON_NODES``).
+    (
+        "cavalcade_requeue_node(uuid, boolean)",
+        "    DELETE FROM nodes WHERE id = node;",
+        "    UPDATE queues SET last_used_at = now()\n"
+        "     WHERE id IN (SELECT queue_id FROM consumers WHERE node_id = node);\n"
+        "    DELETE FROM nodes WHERE id = node;",
     ),
 ]
 
@@ -118,7 +129,7 @@ def upgrade() -> None:
             " FOR EACH STATEMENT EXECUTE FUNCTION cavalcade_queues_truncated()"
         )
         if not context.is_offline_mode():  # offline (--sql) they keep 0007's text
-            for function, old, new in _LOCKED_REPAIRS:
+            for function, old, new in _REPAIRS:
                 _rewrite(function, old, new)
         op.drop_constraint(FK, "messages", type_="foreignkey")
     _record_window(True)
@@ -135,7 +146,7 @@ def downgrade() -> None:
     )
     op.create_foreign_key(FK, "messages", "queues", ["queue_id"], ["id"], ondelete="CASCADE")
     if not context.is_offline_mode():
-        for function, old, new in _LOCKED_REPAIRS:
+        for function, old, new in _REPAIRS:
             _rewrite(function, new, old)
     op.execute("DROP TRIGGER queues_truncated ON queues")
     op.execute("DROP TRIGGER queues_deleted ON queues")

@@ -186,6 +186,15 @@ async def test_a_consumer_node_going_starts_the_expiry_clock(repo: Repository) -
     await repo.unregister_node(node)
     assert await repo.expire_queues() == []
     assert await repo.find_queue(vhost, "expiring") is not None
+    # The same when an operator requeues a dead node's work by SQL.
+    other = uuid.uuid4()
+    await repo.register_node(other, "m")
+    await repo.add_consumer(q.id, other, 1, "c", False, False, 0)
+    await repo.durable_pool.execute(
+        "UPDATE queues SET last_used_at = now() - interval '1 hour' WHERE id = $1", q.id
+    )
+    await repo.durable_pool.execute("SELECT cavalcade_requeue_node($1, true)", other)
+    assert await repo.expire_queues() == []
 
 
 async def test_two_batches_into_one_length_limited_queue_do_not_deadlock(
