@@ -8,25 +8,14 @@ from dataclasses import replace
 from cavalcade.storage.counting import CAP
 from cavalcade.storage.repository import NewMessage, Repository
 
+from .rows import queue as _queue
+from .rows import rows as _rows
+
 
 async def _insert(repo: Repository, rows: list[NewMessage]) -> None:
     """Publish ``rows`` as the broker's write path does (one write transaction)."""
     async with repo.write_transaction() as tx:
         await tx.insert(rows)
-
-
-def _rows(qid: int, n: int, priority: int = 0) -> list[NewMessage]:
-    return [
-        NewMessage(qid, priority, False, "", "k", b"\x00\x00", None, None, None, None, b"x")
-        for _ in range(n)
-    ]
-
-
-async def _queue(repo: Repository, vhost: int, name: str) -> int:
-    await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
-    q = await repo.find_queue(vhost, name)
-    assert q is not None
-    return q.id
 
 
 async def test_counts_are_exact_when_small_and_close_when_large(database_url: str) -> None:

@@ -12,21 +12,10 @@ import pytest
 
 from cavalcade.storage import batch
 from cavalcade.storage.admin import AdminStore
-from cavalcade.storage.repository import NewMessage, Repository
+from cavalcade.storage.repository import Repository
 
-
-def _rows(qid: int, n: int, body: bytes = b"x") -> list[NewMessage]:
-    return [
-        NewMessage(qid, 0, True, "", "k", b"\x00\x00", None, None, None, None, body)
-        for _ in range(n)
-    ]
-
-
-async def _queue(repo: Repository, vhost: int, name: str) -> int:
-    await repo.write_alone(repo.queue_insert(vhost, name, True, False, None, None, {}))
-    q = await repo.find_queue(vhost, name)
-    assert q is not None
-    return q.id
+from .rows import queue as _queue
+from .rows import rows as _rows
 
 
 async def _count(repo: Repository, qid: int) -> int:
@@ -82,14 +71,14 @@ async def test_a_queue_deleted_during_an_insert_takes_its_rows(
     body = b"b" * (batch.LARGE_BODY if large else 1)
     deleting: asyncio.Task[int] | None = None
     async with repo.write_transaction() as tx:
-        await tx.insert(_rows(qid, 2, body))
+        await tx.insert(_rows(qid, 2, body=body))
         deleting = asyncio.create_task(repo.delete_queue(qid))
         await asyncio.sleep(0.3)
         assert not deleting.done()  # waits for this insert's commit
     await deleting
     assert await _count(repo, qid) == 0
     async with repo.write_transaction() as tx:
-        await tx.insert(_rows(qid, 2, body))
+        await tx.insert(_rows(qid, 2, body=body))
     assert await _count(repo, qid) == 0  # no rows for a queue that is gone
 
 
@@ -264,7 +253,7 @@ async def test_a_length_check_counts_what_the_batch_before_it_committed(
 
     async with repo.write_transaction() as tx:
         assert await tx.ready_lengths([qid]) == {qid: (0, 0)}
-        await tx.insert(_rows(qid, 1, b"abc"))
+        await tx.insert(_rows(qid, 1, body=b"abc"))
         counting = asyncio.create_task(second())
         await asyncio.sleep(0.3)
         assert not counting.done()  # the length checks take turns

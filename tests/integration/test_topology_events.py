@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
+from collections.abc import AsyncIterator
 
 from cavalcade.broker.service import Broker
+from cavalcade.broker.sessions import Session
 from cavalcade.broker.topology import VhostTopology
 from cavalcade.domain.routing import route
 from cavalcade.storage.notify import TopologyChanged
@@ -105,8 +108,9 @@ async def test_random_changes_applied_incrementally_match_a_full_load(database_u
         await repo.close()
 
 
-async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> None:
-    """Declare + bind through the broker: each step reads only what it changed."""
+@contextlib.asynccontextmanager
+async def _guest_session(database_url: str) -> AsyncIterator[tuple[Repository, Broker, Session]]:
+    """A started broker on a node of its own, and guest's session on "/"."""
     repo = await Repository.connect(database_url, size=4)
     node = uuid.uuid4()
     await repo.register_node(node, "n")
@@ -114,7 +118,15 @@ async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> N
     broker.start()
     try:
         user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
-        s = await broker.open_session(user_id, user, "/")
+        yield repo, broker, await broker.open_session(user_id, user, "/")
+    finally:
+        await broker.stop()
+        await repo.close()
+
+
+async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> None:
+    """Declare + bind through the broker: each step reads only what it changed."""
+    async with _guest_session(database_url) as (repo, broker, s):
         for i in range(300):
             await broker.declare_queue(s, f"many-{i}", False, False, False, False, {})
             await broker.bind_queue(s, f"many-{i}", "amq.topic", f"many.{i}.#", {})
@@ -126,24 +138,14 @@ async def test_binding_ten_thousand_queues_never_reloads(database_url: str) -> N
         vh = await s.vhost.fresh(repo)
         assert route(vh.exchanges, ex, "many.42.x", dict) == set()
         assert vh.reloads == 1
-    finally:
-        await broker.stop()
-        await repo.close()
 
 
 async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str) -> None:
     """Another reader (the sweeper) may refresh the cache while a change's version bump is
     in flight: it reads the version before the bump. The change must still be seen next,
     e.g. a binding by the delete of its queue (the auto-delete exchange goes with it)."""
-    repo = await Repository.connect(database_url, size=4)
-    node = uuid.uuid4()
-    await repo.register_node(node, "n")
-    broker = Broker(repo, node)
-    broker.start()
-    real_bump = repo.topology.bump
-    try:
-        user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
-        s = await broker.open_session(user_id, user, "/")
+    async with _guest_session(database_url) as (repo, broker, s):
+        real_bump = repo.topology.bump
 
         async def bump_after_a_read(
             vhost_id: int, change: object, payload: object, write: object = None
@@ -152,32 +154,24 @@ async def test_a_read_during_the_bump_does_not_hide_the_change(database_url: str
             return await real_bump(vhost_id, change, payload, write)  # type: ignore[arg-type]
 
         repo.topology.bump = bump_after_a_read  # type: ignore[method-assign]
-        await broker.declare_exchange(s, "ad", "fanout", False, False, True, False, {})
-        await broker.declare_queue(s, "ad-q", False, False, False, False, {})
-        await broker.bind_queue(s, "ad-q", "ad", "", {})
-        vh = await s.vhost.fresh(repo)
-        assert vh.edges_into.get((vh.queues["ad-q"].id, 0))
-        await broker.delete_queue(s, "ad-q", False, False)
-        assert await repo.find_exchange(s.vhost.id, "ad") is None
-    finally:
-        repo.topology.bump = real_bump  # type: ignore[method-assign]
-        await broker.stop()
-        await repo.close()
+        try:
+            await broker.declare_exchange(s, "ad", "fanout", False, False, True, False, {})
+            await broker.declare_queue(s, "ad-q", False, False, False, False, {})
+            await broker.bind_queue(s, "ad-q", "ad", "", {})
+            vh = await s.vhost.fresh(repo)
+            assert vh.edges_into.get((vh.queues["ad-q"].id, 0))
+            await broker.delete_queue(s, "ad-q", False, False)
+            assert await repo.find_exchange(s.vhost.id, "ad") is None
+        finally:
+            repo.topology.bump = real_bump  # type: ignore[method-assign]
 
 
 async def test_a_read_during_a_catch_up_waits_for_it(database_url: str) -> None:
     """A session reading the cache while another (the sweeper, a publish) is catching
     up must not get the old state: a passive declare right after a delete would still
     find the exchange."""
-    repo = await Repository.connect(database_url, size=4)
-    node = uuid.uuid4()
-    await repo.register_node(node, "n")
-    broker = Broker(repo, node)
-    broker.start()
-    real_read = repo.topology.read
-    try:
-        user_id, user = await broker.authenticate("guest", "guest", "127.0.0.1")
-        s = await broker.open_session(user_id, user, "/")
+    async with _guest_session(database_url) as (repo, broker, s):
+        real_read = repo.topology.read
         name = f"gone-{uuid.uuid4().hex[:8]}"
         await broker.declare_exchange(s, name, "fanout", False, False, False, False, {})
         assert name in (await s.vhost.fresh(repo)).exchanges_by_name
@@ -190,19 +184,18 @@ async def test_a_read_during_a_catch_up_waits_for_it(database_url: str) -> None:
             return await real_read(*args)  # type: ignore[arg-type]
 
         repo.topology.read = slow_read  # type: ignore[method-assign]
-        first = asyncio.create_task(s.vhost.fresh(repo))
-        await reading.wait()
-        second = asyncio.create_task(s.vhost.fresh(repo))
-        await asyncio.sleep(0.05)
-        assert not second.done()  # waits for the catch-up under way
-        release.set()
-        vh = await second
-        assert name not in vh.exchanges_by_name
-        await first
-    finally:
-        repo.topology.read = real_read  # type: ignore[method-assign]
-        await broker.stop()
-        await repo.close()
+        try:
+            first = asyncio.create_task(s.vhost.fresh(repo))
+            await reading.wait()
+            second = asyncio.create_task(s.vhost.fresh(repo))
+            await asyncio.sleep(0.05)
+            assert not second.done()  # waits for the catch-up under way
+            release.set()
+            vh = await second
+            assert name not in vh.exchanges_by_name
+            await first
+        finally:
+            repo.topology.read = real_read  # type: ignore[method-assign]
 
 
 async def test_a_write_that_changes_nothing_bumps_nothing(database_url: str) -> None:
