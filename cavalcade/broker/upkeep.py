@@ -67,7 +67,7 @@ class Upkeep:
     async def vacuum(self) -> None:
         """VACUUM the tables whose rows die as fast as they are born; every
         ``ORPHAN_SWEEP_EVERY`` times (the first included), delete messages whose queue is
-        gone (a scan of ``messages``: see ``Repository.delete_orphans``)."""
+        gone (``Repository.delete_orphans``)."""
         if self._vacuums % ORPHAN_SWEEP_EVERY == 0:
             try:
                 await self.node.repo.delete_orphans()

@@ -174,7 +174,8 @@ _BATCH_ROWS = (
 # queue deleted meanwhile is not among them, and a delete waits for this commit (the
 # ``queues_deleted`` trigger then deletes what it inserted). The queue ids are the
 # batch's column $1 and its default $14 (one of the two is empty or NULL). ``IN``, not
-# ``= ANY(ARRAY(...))``: a hashed subplan, where an array is compared element by element.
+# ``= ANY(ARRAY(...))``: a hash semi-join (the lock taken once), where an array is
+# compared element by element for every row.
 _LIVE_QUEUES = "(SELECT id FROM queues WHERE id = ANY($1::bigint[] || $14::bigint[]) FOR KEY SHARE)"
 
 # Insert the publishes (storage.batch.columns), in the given order (FIFO ids), into
@@ -396,7 +397,7 @@ SELECT q FROM ids WHERE q IS NOT NULL AND NOT EXISTS (SELECT 1 FROM queues WHERE
 # Every message of the queues $1 (whose queue rows are gone).
 DELETE_QUEUES_MESSAGES = "DELETE FROM messages WHERE queue_id = ANY($1::bigint[])"
 
-# One node sweeps at a time (two full deletes over one table deadlock).
+# One node sweeps at a time (two sweeps deleting the same orphans would wait on each other).
 ORPHAN_SWEEP_LOCK = "SELECT pg_try_advisory_xact_lock(hashtext('cavalcade_orphan_sweep'))"
 
 # The queues consumed on the nodes $1, which go (their consumer rows with them): as when a
