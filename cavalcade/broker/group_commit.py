@@ -316,11 +316,22 @@ class WriteBatcher:
                 return plain
         messages, spans = await self._route(ops)
         rules = self._rules.rules_for(messages, wake)
-        batch = write_path.Batch(messages, acks, requeues, rejects, wake)
-        async with self._repo.write_transaction(self._node_id) as tx:
-            outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
-        touched = outcome.touched | wake
+        # Rows are handed off as in the plain batch (large bodies come this way) where
+        # nothing can refuse or dead-letter them: indexes then stay those of `messages`.
+        settling = requeues or rejects or wake or rules.limits
+        direct = [] if settling else self._take_direct(messages)
+        rows, owned = _written_rows(messages, direct)
+        batch = write_path.Batch(rows, acks, requeues, rejects, wake, owned)
+        try:
+            async with self._repo.write_transaction(self._node_id) as tx:
+                outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
+        except BaseException:
+            for share in direct:
+                share.give_back()
+            raise
+        touched = (outcome.touched | wake) - _handed_only(direct)
         self._arrived(touched)
+        self._hand_off(direct, messages, outcome.delivered)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, touched
 
@@ -357,13 +368,9 @@ class WriteBatcher:
             for share in direct:
                 share.give_back()
             return None
-        handed_only = {s.dispatcher.queue_id for s in direct if len(s.rows) == s.rows_in_batch}
-        touched = {m.queue_id for m in rows} - handed_only
+        touched = {m.queue_id for m in rows} - _handed_only(direct)
         self._arrived(touched)
-        try:
-            self._deliver_direct(direct, messages, written)
-        except Exception:  # committed: a retry must not write it again
-            log.exception("direct hand-off after a commit failed")
+        self._hand_off(direct, messages, written)
         self._count(ops, spans, messages, set(), len(acks), started)
         return spans, set(), touched
 
@@ -391,6 +398,18 @@ class WriteBatcher:
             if shares:
                 direct.append(DirectShare.of(d, shares, indexes))
         return direct
+
+    def _hand_off(
+        self, direct: list[DirectShare], messages: list[NewMessage], written: list[tuple[int, int]]
+    ) -> None:
+        """:meth:`_deliver_direct` once the batch is committed (a retry must not write it
+        again, so a failure here is logged, not raised)."""
+        if not direct:
+            return
+        try:
+            self._deliver_direct(direct, messages, written)
+        except Exception:
+            log.exception("direct hand-off after a commit failed")
 
     def _deliver_direct(
         self, direct: list[DirectShare], messages: list[NewMessage], written: list[tuple[int, int]]
@@ -488,6 +507,11 @@ class WriteBatcher:
             (m.queue_id for i, m in enumerate(messages) if i not in refused),
             acks,
         )
+
+
+def _handed_only(direct: list[DirectShare]) -> set[int]:
+    """Queues whose every row in the batch was handed off (none waits in the queue)."""
+    return {s.dispatcher.queue_id for s in direct if len(s.rows) == s.rows_in_batch}
 
 
 def _written_rows(

@@ -34,6 +34,7 @@ class Batch:
     requeues: Sequence[int] = ()
     rejects: Sequence[int] = ()
     wake: set[int] = field(default_factory=set)  # queues that gain ready rows (requeues)
+    delivered: Sequence[int] = ()  # indexes of messages written as this node's deliveries
 
 
 def _as_dead(m: NewMessage) -> DeadRow:
@@ -43,9 +44,14 @@ def _as_dead(m: NewMessage) -> DeadRow:
 
 
 async def _publish(
-    tx: WriteBatch, messages: Sequence[NewMessage], rules: BatchRules, out: BatchOutcome
+    tx: WriteBatch,
+    messages: Sequence[NewMessage],
+    delivered: Sequence[int],
+    rules: BatchRules,
+    out: BatchOutcome,
 ) -> list[tuple[DeadRow, str]]:
-    """Insert the publishes full queues do not refuse; the refused that go to a DLX."""
+    """Insert the publishes full queues do not refuse (those at the indexes
+    ``delivered`` as this node's deliveries); the refused that go to a DLX."""
     capped = {m.queue_id for m in messages if m.queue_id in rules.limits}
     refusing = [q for q in capped if rules.limits[q].refuses]
     dead: list[tuple[DeadRow, str]] = []
@@ -54,8 +60,10 @@ async def _publish(
         decided = refusals([(m.queue_id, len(m.body)) for m in messages], lengths, rules.limits)
         out.refused = decided.refused
         dead += [(_as_dead(messages[i]), MAXLEN) for i in decided.dead_lettered]
-    kept = [m for i, m in enumerate(messages) if i not in out.refused]
-    await tx.insert(kept)
+    kept_at = [i for i in range(len(messages)) if i not in out.refused]
+    given = set(delivered)
+    kept = [messages[i] for i in kept_at]
+    out.delivered = await tx.insert(kept, [n for n, i in enumerate(kept_at) if i in given])
     out.touched.update(m.queue_id for m in kept)
     return dead
 
@@ -89,7 +97,7 @@ async def write(
         # RabbitMQ does too (a lost ack only redelivers; the node reconciles what it
         # owns when the database comes back), so do not wait for the disk.
         await tx.async_commit()
-    dead = await _publish(tx, batch.messages, rules, out)
+    dead = await _publish(tx, batch.messages, batch.delivered, rules, out)
     if batch.acks:
         await tx.ack(batch.acks)
     if batch.requeues:

@@ -32,6 +32,7 @@ from .framing import (
     FRAME_HEARTBEAT,
     FRAME_METHOD,
     PROTOCOL_HEADER,
+    Buffers,
     FrameReader,
     RawFrame,
     decode_method,
@@ -416,7 +417,7 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         self.transport.write(encode_method(channel, method))
         self._last_sent = time.monotonic()
 
-    def write_frames(self, frames: list[bytes]) -> None:
+    def write_frames(self, frames: Buffers) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         self.transport.writelines(frames)

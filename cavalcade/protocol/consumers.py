@@ -12,7 +12,7 @@ from cavalcade.domain.arguments import server_generated_name
 from cavalcade.errors import NotAllowed, NotImplemented_, PreconditionFailed
 
 from .deliveries import Deliveries
-from .framing import content_frames, deliver_payload, get_ok_payload
+from .framing import Buffers, content_frames, deliver_payload, get_ok_payload
 from .link import Link
 from .reply_to import DirectReplyTo
 
@@ -98,7 +98,7 @@ class Consumers:
     def deliver(self, c: Consumer, messages: list[ClaimedMessage]) -> bool:
         if not self._is_open() or self.by_tag.get(c.tag) is not c or self.link.closed:
             return False
-        frames: list[bytes] = []
+        frames: Buffers = []
         fmax = self.link.frame_max
         for msg in messages:
             tag = self.deliveries.track(c, msg.id, msg.queue_id, c.no_ack)

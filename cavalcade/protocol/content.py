@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from pamqp import commands
 from pamqp.base import Frame
@@ -38,7 +39,7 @@ class ContentAssembler:
         self._method: commands.Basic.Publish | None = None
         self._props = b""
         self._body_size = 0
-        self._body: list[bytes] = []
+        self._body: bytes | bytearray = b""
         self._body_got = 0
         self._discarding = False
         self._frame_handlers: dict[int, Callable[[RawFrame], None]] = {
@@ -90,7 +91,7 @@ class ContentAssembler:
                 )
             )
             return
-        self._props, self._body_size, self._body, self._body_got = props, size, [], 0
+        self._props, self._body_size, self._body, self._body_got = props, size, b"", 0
         if size == 0:
             self._complete_publish()
         else:
@@ -107,7 +108,14 @@ class ContentAssembler:
                 60,
                 40,
             )
-        self._body.append(f.payload)
+        if not self._body_got:
+            self._body = f.payload  # most bodies are one frame
+        else:
+            # Appended in place (a large bytearray grows by remapping its pages), not
+            # joined at the end: a join holds the body twice while it copies.
+            if isinstance(self._body, bytes):
+                self._body = bytearray(self._body)
+            self._body += f.payload
         self._body_got += len(f.payload)
         if self._body_got >= self._body_size:
             if self._body_got > self._body_size:
@@ -116,7 +124,10 @@ class ContentAssembler:
 
     def _complete_publish(self) -> None:
         method = self._method
-        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
-        self._method, self._body, self._body_size, self._body_got = None, [], 0, 0
+        # A bytearray body (several frames) goes on as bytes: it is read, sliced, sent and
+        # stored through the buffer protocol, never hashed or changed, and a copy to
+        # bytes would hold it twice (issue 13: node memory under 2x a large body).
+        body = cast(bytes, self._body)
+        self._method, self._body, self._body_size, self._body_got = None, b"", 0, 0
         assert method is not None
         self._enqueue(method, (self._props, body))

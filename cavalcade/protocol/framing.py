@@ -169,11 +169,17 @@ _DELIVER_HEAD = struct.Struct(">HH")
 _HEADER_HEAD = struct.Struct(">HHQ")
 
 
+# A body at least this large is sent as slices of itself, not copied into its frames.
+SLICED_BODY = 1024 * 1024
+
+Buffers = list[bytes | memoryview]  # what a transport's ``writelines`` takes
+
+
 def content_frames(
     channel: int, method_payload: bytes, properties: bytes, body: bytes, frame_max: int
-) -> list[bytes]:
+) -> Buffers:
     """Method, header and body frames of one message; bodies split at ``frame_max``."""
-    out = [
+    out: Buffers = [
         frame(FRAME_METHOD, channel, method_payload),
         frame(FRAME_HEADER, channel, _HEADER_HEAD.pack(60, 0, len(body)) + properties),
     ]
@@ -182,11 +188,13 @@ def content_frames(
         if len(body) <= chunk:
             out.append(frame(FRAME_BODY, channel, body))
         else:
-            # One copy per frame (joined from a slice of the body), not two.
             view = memoryview(body)
             head, end, size = _HEAD.pack(FRAME_BODY, channel, chunk), FRAME_END_BYTE, len(body)
             for i in range(0, size - chunk, chunk):
-                out.append(b"".join((head, view[i : i + chunk], end)))
+                if size >= SLICED_BODY:  # the transport holds views of the body: no copy
+                    out += (head, view[i : i + chunk], end)
+                else:  # one copy per frame (joined from a slice of the body), not two
+                    out.append(b"".join((head, view[i : i + chunk], end)))
             last = (size - 1) // chunk * chunk
             out.append(frame(FRAME_BODY, channel, bytes(view[last:])))
     return out

@@ -15,7 +15,7 @@ from pamqp.base import Frame
 from cavalcade.broker.api import BrokerPort as Broker
 from cavalcade.broker.api import Session
 
-from .framing import RawFrame
+from .framing import Buffers, RawFrame
 
 
 class ConnectionState(enum.Enum):
@@ -88,7 +88,7 @@ class Link(Protocol):
         """Write one method frame."""
         ...
 
-    def write_frames(self, frames: list[bytes]) -> None:
+    def write_frames(self, frames: Buffers) -> None:
         """Write encoded frames (deliveries, returns)."""
         ...
 

@@ -18,17 +18,19 @@ from typing import Any
 
 import asyncpg
 
-from . import queries, textsafe
+from . import large, queries, textsafe
 from .notify import QueuesWoken, encode, send
 from .records import DeadRow, NewMessage
 
 
 @dataclass(slots=True)
 class BatchOutcome:
-    """Which publishes a full queue refused (indexes), and which queues gained messages."""
+    """Which publishes a full queue refused (indexes), which queues gained messages, and
+    the rows written as this node's deliveries (in batch order)."""
 
     refused: set[int] = field(default_factory=set)
     touched: set[int] = field(default_factory=set)
+    delivered: list[tuple[int, int]] = field(default_factory=list)  # (queue id, id)
 
 
 def _dead(rows: Sequence[asyncpg.Record]) -> list[DeadRow]:
@@ -56,8 +58,12 @@ class WriteBatch:
         rows = await self.conn.fetch(queries.READY_LENGTHS, sorted(queue_ids))
         return {r[0]: (r[1], r[2]) for r in rows}
 
-    async def insert(self, messages: Sequence[NewMessage]) -> None:
-        await insert(self.conn, messages)
+    async def insert(
+        self, messages: Sequence[NewMessage], delivered: Sequence[int] = ()
+    ) -> list[tuple[int, int]]:
+        """Insert ``messages``, those at the indexes ``delivered`` as delivered by this
+        node; the (queue id, id) of those, in their order."""
+        return await insert(self.conn, messages, delivered, self.node_id)
 
     async def ack(self, ids: Sequence[int]) -> None:
         """Delete acked rows this node owns."""
@@ -108,19 +114,31 @@ async def transaction(
         yield WriteBatch(conn, node_id, notify)
 
 
-# A body this large is inserted on its own (``queries.INSERT_ONE``, a plain bytea
-# parameter) rather than as an element of the batch's arrays.
+# A body this large is inserted on its own, by COPY (storage/large.py), rather than as
+# an element of the batch's arrays.
 LARGE_BODY = 1024 * 1024
 
 
-async def insert(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:
-    """Multi-row insert, keeping the given order in the ids (FIFO)."""
+async def insert(
+    conn: asyncpg.Connection,
+    messages: Sequence[NewMessage],
+    delivered: Sequence[int] = (),
+    node_id: uuid.UUID | None = None,
+) -> list[tuple[int, int]]:
+    """Multi-row insert, keeping the given order in the ids (FIFO); the rows at the
+    indexes ``delivered`` as delivered by ``node_id``. Returns the (queue id, id) of
+    those, in their order (a row for a queue deleted meanwhile is not inserted)."""
     if not messages:
-        return
+        return []
     if not fits_one_statement(messages):
-        await _insert_with_large(conn, messages)
-        return
-    await conn.execute(queries.INSERT, *columns(messages))
+        return await _insert_with_large(conn, messages, delivered, node_id)
+    if not delivered:
+        await conn.execute(queries.INSERT, *columns(messages))
+        return []
+    rows = await conn.fetch(
+        queries.INSERT_DELIVERED, *columns(messages), node_id, [i + 1 for i in delivered]
+    )
+    return sorted(((r["queue_id"], r["id"]) for r in rows if r["owned"]), key=lambda r: r[1])
 
 
 def columns(messages: Sequence[NewMessage]) -> list[Any]:
@@ -188,24 +206,29 @@ async def write_plain(
     return list(zip(row["owned_queues"] or (), row["owned_ids"] or (), strict=True))
 
 
-async def _insert_with_large(conn: asyncpg.Connection, messages: Sequence[NewMessage]) -> None:
+async def _insert_with_large(
+    conn: asyncpg.Connection,
+    messages: Sequence[NewMessage],
+    delivered: Sequence[int],
+    node_id: uuid.UUID | None,
+) -> list[tuple[int, int]]:
     """The batch in its order: runs of small messages through :func:`insert`, each large
     one by itself, so ids (FIFO) follow the given order across both."""
+    given = set(delivered)
+    out: list[tuple[int, int]] = []
     start = 0
     for i, m in enumerate(messages):
         if len(m.body) >= LARGE_BODY:
-            await insert(conn, messages[start:i])
-            await insert_large(conn, m)
+            out += await insert(conn, messages[start:i], _within(given, start, i), node_id)
+            owner = node_id if i in given else None
+            mid = await large.insert_large(conn, m, owner)
+            if owner is not None and mid is not None:
+                out.append((m.queue_id, mid))
             start = i + 1
-    await insert(conn, messages[start:])
+    out += await insert(conn, messages[start:], _within(given, start, len(messages)), node_id)
+    return out
 
 
-async def insert_large(conn: asyncpg.Connection, m: NewMessage) -> None:
-    """One message, every value a scalar parameter (the text codec escapes the names)."""
-    copy = textsafe.escape_or_none
-    await conn.execute(
-        queries.INSERT_ONE,
-        m.queue_id, m.priority, m.persistent, m.exchange, m.routing_key, m.properties,
-        copy(m.content_type), copy(m.message_id), copy(m.correlation_id),
-        copy(m.expiration), m.body, m.ttl_ms, m.delay_ms,
-    )  # fmt: skip
+def _within(indexes: set[int], start: int, stop: int) -> list[int]:
+    """The ``indexes`` in [start, stop), counted from ``start``."""
+    return sorted(i - start for i in indexes if start <= i < stop)

@@ -134,15 +134,19 @@ SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
        CASE WHEN dly IS NULL OR dly <= 0 THEN NULL
             ELSE now() + dly * interval '1 millisecond' END{owned_values}
 """
-# What WRITE_PLAIN adds: the rows whose ordinals are in $33 are inserted as delivered,
-# owned by node $28 (a claim's columns), for consumers that take them at once.
+# What WRITE_PLAIN and INSERT_DELIVERED add: the rows whose ordinals are in the array
+# {ordinals} are inserted as delivered, owned by node {node} (a claim's columns), for
+# consumers that take them at once.
 _OWNED_COLUMNS = ", owner_node, owner_channel, delivery_count"
 _OWNED_VALUES = """,
-       CASE WHEN n = ANY($33::bigint[]) THEN $28::uuid END,
-       CASE WHEN n = ANY($33::bigint[]) THEN 0 END,
-       CASE WHEN n = ANY($33::bigint[]) THEN 1 ELSE 0 END"""
+       CASE WHEN n = ANY({ordinals}::bigint[]) THEN {node}::uuid END,
+       CASE WHEN n = ANY({ordinals}::bigint[]) THEN 0 END,
+       CASE WHEN n = ANY({ordinals}::bigint[]) THEN 1 ELSE 0 END"""
 _INSERT_PLAIN_FROM_U = _INSERT_FROM_U.format(
-    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES
+    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node="$28", ordinals="$33")
+)
+_INSERT_DELIVERED_FROM_U = _INSERT_FROM_U.format(
+    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node="$27", ordinals="$28")
 )
 _INSERT_FROM_U = _INSERT_FROM_U.format(owned_columns="", owned_values="")
 
@@ -186,14 +190,28 @@ INSERT = f"""{_INSERT_FROM_U.rstrip()}
  ORDER BY n
 """
 
-# One large message (storage.batch.LARGE_BODY or more) on its own: every value a plain
-# parameter, so the body goes to the server as one bytea, not as an element of the
-# ``INSERT`` batch's bytea[] (which asyncpg encodes into an array buffer first, and the
-# server builds and unnests again). Same columns, rules and FIFO id as ``INSERT``.
-INSERT_ONE = f"""{_INSERT_FROM_U.rstrip()}
-  FROM (VALUES ({", ".join(f"${i + 1}::{t}" for i, t in enumerate(_NEW_TYPES))}))
-       AS u({", ".join(_NEW_COLUMNS)})
- WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q FOR KEY SHARE)
+# ``INSERT``, the rows at the ordinals $28 inserted as delivered by node $27; returns
+# the id and queue of every row inserted, and whether it is one of those.
+INSERT_DELIVERED = f"""{_INSERT_DELIVERED_FROM_U.rstrip()}
+  FROM {_BATCH_ROWS}
+ WHERE u.q IN {_LIVE_QUEUES}
+ ORDER BY n
+ RETURNING id, queue_id, owner_node IS NOT NULL AS owned
+"""
+
+# One large message (storage.batch.LARGE_BODY or more) goes by ``COPY``, its body
+# streamed in slices (storage.large): the values a COPY cannot compute come first from
+# this statement, which locks queue $1 ``FOR KEY SHARE`` as ``INSERT`` does (no row: the
+# queue is gone, nothing is inserted). Its id (FIFO: taken between the batch's other
+# inserts), and its expiry and due times from TTL $2 and delay $3 in milliseconds, in
+# COPY's binary form. Same columns, rules and FIFO id as ``INSERT``.
+LARGE_ROW = """
+SELECT nextval(pg_get_serial_sequence('messages', 'id')) AS id,
+       timestamptz_send(CASE WHEN $2::bigint IS NULL THEN NULL
+                             ELSE now() + $2 * interval '1 millisecond' END) AS expires_at,
+       timestamptz_send(CASE WHEN $3::bigint IS NULL OR $3 <= 0 THEN NULL
+                             ELSE now() + $3 * interval '1 millisecond' END) AS available_at
+  FROM queues WHERE id = $1 FOR KEY SHARE
 """
 
 # A plain batch in one statement (its commit is the statement's): insert the publishes

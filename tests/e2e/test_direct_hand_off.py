@@ -11,6 +11,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from cavalcade.storage.batch import LARGE_BODY as STORAGE_LARGE
 from cavalcade.storage.dsn import normalize_dsn
 from tests.conftest import free_port
 
@@ -39,8 +40,11 @@ def _last_message_id(dsn: str) -> int:
     return asyncio.run(read())
 
 
-def _scenario(url: str, no_ack: bool) -> list[bytes]:
-    """Consume (waiting) on a fresh queue, publish 20 confirmed messages from another
+_BODIES = [b"m%02d" % i for i in range(20)]
+
+
+def _scenario(url: str, no_ack: bool, bodies: list[bytes] = _BODIES) -> list[bytes]:
+    """Consume (waiting) on a fresh queue, publish ``bodies`` confirmed from another
     connection, return what the consumer got, in order."""
     consumer_conn, publisher_conn = connect(url), connect(url)
     try:
@@ -58,11 +62,9 @@ def _scenario(url: str, no_ack: bool) -> list[bytes]:
         settle(consumer_conn, 0.3)  # the first claim finds the queue empty
         pch = publisher_conn.channel()
         pch.confirm_delivery()
-        for i in range(20):
-            pch.basic_publish(
-                "", q, b"m%02d" % i, pika.BasicProperties(delivery_mode=2), mandatory=True
-            )
-        assert drain(consumer_conn, lambda: len(got) == 20)
+        for body in bodies:
+            pch.basic_publish("", q, body, pika.BasicProperties(delivery_mode=2), mandatory=True)
+        assert drain(consumer_conn, lambda: len(got) == len(bodies))
         settle(consumer_conn, 0.2)
         assert ch.queue_declare(q, passive=True).method.message_count == 0
         return got
@@ -140,6 +142,23 @@ def test_a_waiting_ack_mode_consumer_needs_no_claim(database_url, start_broker) 
     while _rows(dsn):  # the acks are committed a moment later
         assert time.monotonic() < deadline, "acked rows left behind"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("no_ack", [False, True], ids=["ack", "no-ack"])
+def test_large_bodies_are_handed_off_in_their_place(
+    database_url, start_broker, no_ack: bool
+) -> None:
+    """Bodies of 1 MiB and more (inserted by COPY, storage/large.py) are handed off as
+    small ones are: in order among them, whole, and with no claim."""
+    port = free_port()
+    node = start_broker(database_url, management_port=port)
+    big = [bytes([i]) * (STORAGE_LARGE + 7919 * i) for i in range(1, 4)]
+    bodies = [b"a", big[0], b"b", big[1], big[2], b"c"]
+    before = _claims(port)
+    got = _scenario(node.url, no_ack=no_ack, bodies=bodies)
+    assert [len(b) for b in got] == [len(b) for b in bodies]
+    assert got == bodies
+    assert _claims(port) - before <= 2
 
 
 def _rows(dsn: str) -> int:

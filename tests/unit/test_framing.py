@@ -10,6 +10,7 @@ from pamqp import frame as pframe
 
 from cavalcade.errors import FrameError
 from cavalcade.protocol.framing import (
+    SLICED_BODY,
     FrameReader,
     content_frames,
     decode_method,
@@ -82,9 +83,13 @@ def test_hand_built_payloads_decode_with_pamqp() -> None:
     assert isinstance(r, commands.Basic.Return) and r.reply_code == 312
 
 
-@pytest.mark.parametrize("size", [0, 1, 131064, 131065, 300000])
-def test_content_frames_split_bodies(size: int) -> None:
-    body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+@pytest.mark.parametrize(
+    "size", [0, 1, 131064, 131065, 300000, SLICED_BODY - 1, SLICED_BODY, 8 * 131064 + 5]
+)
+@pytest.mark.parametrize("kind", [bytes, bytearray])  # a body of several frames: bytearray
+def test_content_frames_split_bodies(size: int, kind: type) -> None:
+    """Bodies of SLICED_BODY and more go out as views of themselves: the same bytes."""
+    body = kind(bytes(range(256)) * (size // 256) + b"x" * (size % 256))
     frames = content_frames(1, deliver_payload("t", 1, False, "", "q"), b"\x00\x00", body, 131072)
     reader = FrameReader(131072)
     parsed = list(reader.feed(b"".join(frames)))

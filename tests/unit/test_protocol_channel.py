@@ -144,6 +144,26 @@ async def test_publish_with_confirms_acks_each() -> None:
     await c.close()
 
 
+async def test_a_body_of_many_frames_arrives_whole_between_others() -> None:
+    """Frames are appended in place (no join at the end); the next publish starts
+    afresh."""
+    c = await _opened(frame_max=4096)
+    c.broker.queues["q"] = FakeQueue("q")
+    big = bytes(range(256)) * 100 + b"tail"
+    for body in (b"one", big, b"", big[::-1], b"two"):
+        c.send_method(1, commands.Basic.Publish(exchange="", routing_key="q"))
+        c.send(_content(1, body, frame_max=4096))
+    await until(lambda: len(c.broker.published) == 5)
+    assert [bytes(b) for _e, _rk, _p, b in c.broker.published] == [
+        b"one",
+        big,
+        b"",
+        big[::-1],
+        b"two",
+    ]
+    await c.close()
+
+
 async def test_confirms_of_a_batch_come_as_one_multiple_ack() -> None:
     c = await _opened()
     c.broker.auto_store = False

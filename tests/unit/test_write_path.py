@@ -39,8 +39,11 @@ class FakeTx:
         self.calls.append(("ready_lengths", sorted(queue_ids)))
         return {q: self.lengths.get(q, (0, 0)) for q in queue_ids}
 
-    async def insert(self, messages: Sequence[NewMessage]) -> None:
+    async def insert(
+        self, messages: Sequence[NewMessage], delivered: Sequence[int] = ()
+    ) -> list[tuple[int, int]]:
         self.calls.append(("insert", [m.queue_id for m in messages]))
+        return [(messages[i].queue_id, i + 1) for i in delivered]
 
     async def ack(self, ids: Sequence[int]) -> None:
         self.calls.append(("ack", list(ids)))
