@@ -321,7 +321,8 @@ class WriteBatcher:
         settling = requeues or rejects or wake or rules.limits
         direct = [] if settling else self._take_direct(messages)
         rows, owned = _written_rows(messages, direct)
-        batch = write_path.Batch(rows, acks, requeues, rejects, wake, owned)
+        handed = _handed_only(direct)
+        batch = write_path.Batch(rows, acks, requeues, rejects, wake, owned, handed)
         try:
             async with self._repo.write_transaction(self._node_id) as tx:
                 outcome = await write_path.write(tx, batch, rules, self._rules.dead_letter)
@@ -329,7 +330,7 @@ class WriteBatcher:
             for share in direct:
                 share.give_back()
             raise
-        touched = (outcome.touched | wake) - _handed_only(direct)
+        touched = (outcome.touched | wake) - handed
         self._arrived(touched)
         self._hand_off(direct, messages, outcome.delivered)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)

@@ -35,6 +35,7 @@ class Batch:
     rejects: Sequence[int] = ()
     wake: set[int] = field(default_factory=set)  # queues that gain ready rows (requeues)
     delivered: Sequence[int] = ()  # indexes of messages written as this node's deliveries
+    handed: set[int] = field(default_factory=set)  # queues whose every row is delivered
 
 
 def _as_dead(m: NewMessage) -> DeadRow:
@@ -118,7 +119,7 @@ async def write(
                 copies += dead_letter(group, reason)
         await tx.insert(copies)
         out.touched.update(m.queue_id for m in copies)
-    await tx.notify_queues(out.touched | batch.wake, tx.node_id)
+    await tx.notify_queues((out.touched | batch.wake) - batch.handed, tx.node_id)
     return out
 
 

@@ -138,7 +138,7 @@ async def insert(
     rows = await conn.fetch(
         queries.INSERT_DELIVERED, *columns(messages), node_id, [i + 1 for i in delivered]
     )
-    return sorted(((r["queue_id"], r["id"]) for r in rows if r["owned"]), key=lambda r: r[1])
+    return [(r["queue_id"], r["id"]) for r in rows]
 
 
 def columns(messages: Sequence[NewMessage]) -> list[Any]:

@@ -6,7 +6,8 @@ make them: 3x a 100 MB body in memory, and half the node's time publishing it. A
 binary COPY of one row lets the body go out as slices of itself: each becomes one
 CopyData message, and asyncpg waits for the socket to drain before the next. The
 values COPY cannot compute (the id, the expiry and due times, the queue's lock) come
-first from ``queries.LARGE_ROW``, in the same transaction.
+first from ``queries.LARGE_ROW``, in the same transaction. A database without that
+COPY gets the row by ``queries.INSERT_ONE`` (see :func:`insert_large`).
 """
 
 from __future__ import annotations
@@ -87,11 +88,42 @@ async def _stream(head: bytes, body: bytes) -> AsyncIterator[bytes | memoryview]
     yield _TRAILER
 
 
+# What a server without this COPY (binary COPY, ``timestamptz_send``: CockroachDB and
+# other PostgreSQL-compatible databases) answers: the row then goes by INSERT.
+_REFUSALS = (
+    asyncpg.FeatureNotSupportedError,
+    asyncpg.UndefinedFunctionError,
+    asyncpg.InsufficientPrivilegeError,
+)
+
+
 async def insert_large(
     conn: asyncpg.Connection, m: NewMessage, owner: uuid.UUID | None = None
 ) -> int | None:
     """Insert one message (as delivered by node ``owner``, if given) in the open
-    transaction of ``conn``; its id, or None if its queue is gone."""
+    transaction of ``conn``; its id, or None if its queue is gone. The COPY runs in a
+    savepoint (two short round trips beside a body of 1 MiB or more), so that a server
+    that cannot do it gets the row by ``INSERT`` instead."""
+    try:
+        async with conn.transaction():
+            return await _copy(conn, m, owner)
+    except _REFUSALS:
+        return await _insert(conn, m, owner)
+
+
+async def _insert(conn: asyncpg.Connection, m: NewMessage, owner: uuid.UUID | None) -> int | None:
+    """The row by ``queries.INSERT_ONE``: the body as one bytea parameter."""
+    copy = textsafe.escape_or_none
+    message_id = await conn.fetchval(
+        queries.INSERT_ONE,
+        m.queue_id, m.priority, m.persistent, m.exchange, m.routing_key, m.properties,
+        copy(m.content_type), copy(m.message_id), copy(m.correlation_id),
+        copy(m.expiration), m.body, m.ttl_ms, m.delay_ms, owner,
+    )  # fmt: skip
+    return None if message_id is None else int(message_id)
+
+
+async def _copy(conn: asyncpg.Connection, m: NewMessage, owner: uuid.UUID | None) -> int | None:
     row = await conn.fetchrow(queries.LARGE_ROW, m.queue_id, m.ttl_ms, m.delay_ms)
     if row is None:
         return None

@@ -148,6 +148,12 @@ _INSERT_PLAIN_FROM_U = _INSERT_FROM_U.format(
 _INSERT_DELIVERED_FROM_U = _INSERT_FROM_U.format(
     owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node="$27", ordinals="$28")
 )
+_INSERT_ONE_FROM_U = _INSERT_FROM_U.format(
+    owned_columns=_OWNED_COLUMNS,
+    owned_values=""",
+       $14::uuid, CASE WHEN $14 IS NULL THEN NULL ELSE 0 END,
+       CASE WHEN $14 IS NULL THEN 0 ELSE 1 END""",
+)
 _INSERT_FROM_U = _INSERT_FROM_U.format(owned_columns="", owned_values="")
 
 _NEW_COLUMNS = ("q", "p", "d", "e", "r", "h", "ct", "mi", "ci", "x", "b", "ttl", "dly")
@@ -191,12 +197,24 @@ INSERT = f"""{_INSERT_FROM_U.rstrip()}
 """
 
 # ``INSERT``, the rows at the ordinals $28 inserted as delivered by node $27; returns
-# the id and queue of every row inserted, and whether it is one of those.
-INSERT_DELIVERED = f"""{_INSERT_DELIVERED_FROM_U.rstrip()}
+# the queue and id of those, in id (so batch) order.
+INSERT_DELIVERED = f"""
+WITH ins AS ({_INSERT_DELIVERED_FROM_U.strip()}
   FROM {_BATCH_ROWS}
  WHERE u.q IN {_LIVE_QUEUES}
  ORDER BY n
- RETURNING id, queue_id, owner_node IS NOT NULL AS owned
+ RETURNING id, queue_id, owner_node IS NOT NULL AS owned)
+SELECT queue_id, id FROM ins WHERE owned ORDER BY id
+"""
+
+# One large message by INSERT, where the database cannot take ``LARGE_ROW``'s COPY
+# (storage/large.py): every value a plain parameter, the body one bytea; inserted as
+# delivered by node $14 if it is not NULL. Returns the id; no row if the queue is gone.
+INSERT_ONE = f"""{_INSERT_ONE_FROM_U.rstrip()}
+  FROM (VALUES ({", ".join(f"${i + 1}::{t}" for i, t in enumerate(_NEW_TYPES))}))
+       AS u({", ".join(_NEW_COLUMNS)})
+ WHERE EXISTS (SELECT 1 FROM queues WHERE queues.id = u.q FOR KEY SHARE)
+ RETURNING id
 """
 
 # One large message (storage.batch.LARGE_BODY or more) goes by ``COPY``, its body

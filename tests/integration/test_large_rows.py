@@ -1,5 +1,6 @@
-"""A large message's row goes by a binary COPY, its body in slices (storage/large.py):
-the row it stores is the row ``INSERT`` stores, in its FIFO place."""
+"""A large message's row goes by a binary COPY, its body in slices (storage/large.py),
+or by one INSERT where the database cannot COPY so: either way the row it stores is
+the row ``INSERT`` stores, in its FIFO place."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import uuid
 
 import pytest
 
-from cavalcade.storage import batch, large
+from cavalcade.storage import batch, large, queries
 from cavalcade.storage.records import NewMessage
 from cavalcade.storage.repository import Repository
 
@@ -21,8 +22,13 @@ _COLUMNS = """queue_id, priority, owner_node, owner_channel, redelivered, delive
     available_at - published_at AS delay"""
 
 
-@pytest.fixture
-async def repo(database_url: str):  # type: ignore[no-untyped-def]
+@pytest.fixture(params=["copy", "insert"])
+async def repo(database_url: str, request, monkeypatch):  # type: ignore[no-untyped-def]
+    """A fresh pool; "insert": a server that refuses the COPY's first statement (as one
+    without ``timestamptz_send`` would), so rows go by INSERT_ONE after a savepoint."""
+    if request.param == "insert":
+        refused = queries.LARGE_ROW.replace("timestamptz_send", "cavalcade_no_such_function")
+        monkeypatch.setattr(queries, "LARGE_ROW", refused)
     r = await Repository.connect(database_url, size=4)
     yield r
     await r.close()
