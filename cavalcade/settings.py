@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -30,7 +31,8 @@ class Settings(BaseSettings):
     channel_max: int = 2047
     heartbeat: int = 60
     handshake_timeout: float = 10.0
-    max_message_size: int = 128 * 1024 * 1024
+    # RabbitMQ's limit: 128 MiB by default, at most 512 MiB (a bytea holds under 1 GiB).
+    max_message_size: int = Field(default=128 * 1024 * 1024, gt=0, le=512 * 1024 * 1024)
     publish_backlog_bytes: int = 64 * 1024 * 1024
     # RabbitMQ's vm_memory_high_watermark: a fraction of RAM (<= 1) or bytes (> 1); 0 is
     # off. Above it, publishers are blocked until the node's resident memory falls again.

@@ -76,3 +76,16 @@ async def test_login() -> None:
     with pytest.raises(ConnectionAccessRefused, match="unsupported authentication mechanism"):
         await login(broker, external, None, None, True)
     assert await login(broker, external, "alice", None, True) == (1, "alice")
+
+
+@pytest.mark.parametrize(
+    ("size", "ok"), [(1, True), (512 * 1024 * 1024, True), (0, False), (2**29 + 1, False)]
+)
+def test_max_message_size_is_bounded_as_rabbitmq_bounds_it(size: int, ok: bool) -> None:
+    """At most 512 MiB, as RabbitMQ's ``max_message_size`` (a stored body is a bytea,
+    which holds under 1 GiB; larger would fail at every write, retried for ever)."""
+    if ok:
+        assert Settings(max_message_size=size).max_message_size == size
+    else:
+        with pytest.raises(ValueError):
+            Settings(max_message_size=size)
