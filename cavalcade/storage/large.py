@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import struct
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import asyncpg
 
@@ -75,16 +75,12 @@ def _head(
     return b"".join((_SIGNATURE, struct.pack(">h", count), *fields, struct.pack(">i", len(m.body))))
 
 
-def _slices(body: bytes) -> Iterator[memoryview]:
+async def _stream(head: bytes, body: bytes) -> AsyncIterator[bytes | memoryview]:
+    """The COPY's data: the row up to its body, the body in slices (views), the end."""
+    yield head
     view = memoryview(body)
     for start in range(0, len(view), SLICE):
         yield view[start : start + SLICE]
-
-
-async def _stream(head: bytes, body: bytes) -> AsyncIterator[bytes | memoryview]:
-    yield head
-    for piece in _slices(body):
-        yield piece
     yield _TRAILER
 
 

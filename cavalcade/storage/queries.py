@@ -134,26 +134,25 @@ SELECT q, p, d, e, r, h, ct, mi, ci, x, b,
        CASE WHEN dly IS NULL OR dly <= 0 THEN NULL
             ELSE now() + dly * interval '1 millisecond' END{owned_values}
 """
-# What WRITE_PLAIN and INSERT_DELIVERED add: the rows whose ordinals are in the array
-# {ordinals} are inserted as delivered, owned by node {node} (a claim's columns), for
+# What WRITE_PLAIN, INSERT_DELIVERED and INSERT_ONE add: the rows for which {owned}
+# holds are inserted as delivered, owned by node {node} (a claim's columns), for
 # consumers that take them at once.
 _OWNED_COLUMNS = ", owner_node, owner_channel, delivery_count"
 _OWNED_VALUES = """,
-       CASE WHEN n = ANY({ordinals}::bigint[]) THEN {node}::uuid END,
-       CASE WHEN n = ANY({ordinals}::bigint[]) THEN 0 END,
-       CASE WHEN n = ANY({ordinals}::bigint[]) THEN 1 ELSE 0 END"""
-_INSERT_PLAIN_FROM_U = _INSERT_FROM_U.format(
-    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node="$28", ordinals="$33")
-)
-_INSERT_DELIVERED_FROM_U = _INSERT_FROM_U.format(
-    owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node="$27", ordinals="$28")
-)
-_INSERT_ONE_FROM_U = _INSERT_FROM_U.format(
-    owned_columns=_OWNED_COLUMNS,
-    owned_values=""",
-       $14::uuid, CASE WHEN $14 IS NULL THEN NULL ELSE 0 END,
-       CASE WHEN $14 IS NULL THEN 0 ELSE 1 END""",
-)
+       CASE WHEN {owned} THEN {node}::uuid END,
+       CASE WHEN {owned} THEN 0 END,
+       CASE WHEN {owned} THEN 1 ELSE 0 END"""
+
+
+def _insert_owned(node: str, owned: str) -> str:
+    return _INSERT_FROM_U.format(
+        owned_columns=_OWNED_COLUMNS, owned_values=_OWNED_VALUES.format(node=node, owned=owned)
+    )
+
+
+_INSERT_PLAIN_FROM_U = _insert_owned("$28", "n = ANY($33::bigint[])")  # ordinals $33
+_INSERT_DELIVERED_FROM_U = _insert_owned("$27", "n = ANY($28::bigint[])")  # ordinals $28
+_INSERT_ONE_FROM_U = _insert_owned("$14", "$14::uuid IS NOT NULL")  # the one row, if $14
 _INSERT_FROM_U = _INSERT_FROM_U.format(owned_columns="", owned_values="")
 
 _NEW_COLUMNS = ("q", "p", "d", "e", "r", "h", "ct", "mi", "ci", "x", "b", "ttl", "dly")
