@@ -166,13 +166,7 @@ class QueueDispatcher:
         taken from their credit, if they would claim them first thing (the queue is
         drained, no claim is in flight, no other node consumes it): round-robin while
         credit lasts. Empty: they all go through the queue."""
-        if (
-            not self.drained
-            or self.single_active
-            or self.quorum
-            or self._stopping
-            or not self._settled.is_set()
-        ):
+        if not self.drained or self.single_active or self._stopping or not self._settled.is_set():
             return []
         if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
             self.wake()  # a claim, then a fresh look at the other nodes' consumers
@@ -404,8 +398,11 @@ class QueueDispatcher:
         """Deliver claimed rows round-robin; give back what a vanished consumer missed
         (True if any went back)."""
         if self.quorum:
+            # RabbitMQ's consumers see x-delivery-count from the first redelivery on
+            # (basic.get shows it from 0); a first delivery, as a hand-off's, has none.
             for row in rows:
-                row.properties = with_delivery_count(row.properties, row.delivery_count)
+                if row.delivery_count > 1:
+                    row.properties = with_delivery_count(row.properties, row.delivery_count)
         shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
         order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
         i = 0

@@ -43,18 +43,27 @@ def _last_message_id(dsn: str) -> int:
 _BODIES = [b"m%02d" % i for i in range(20)]
 
 
-def _scenario(url: str, no_ack: bool, bodies: list[bytes] = _BODIES) -> list[bytes]:
-    """Consume (waiting) on a fresh queue, publish ``bodies`` confirmed from another
-    connection, return what the consumer got, in order."""
+def _scenario(
+    url: str,
+    no_ack: bool,
+    bodies: list[bytes] = _BODIES,
+    arguments: dict[str, object] | None = None,
+    headers: list[object] | None = None,
+) -> list[bytes]:
+    """Consume (waiting) on a fresh queue (declared with ``arguments``), publish
+    ``bodies`` confirmed from another connection, return what the consumer got, in
+    order (and the headers of each into ``headers``)."""
     consumer_conn, publisher_conn = connect(url), connect(url)
     try:
         ch = consumer_conn.channel()
         q = unique("hand-off")
-        ch.queue_declare(q, durable=True, auto_delete=True)
+        ch.queue_declare(q, durable=True, auto_delete=arguments is None, arguments=arguments)
         got: list[bytes] = []
 
-        def on(c, method, _props, body: bytes) -> None:
+        def on(c, method, props, body: bytes) -> None:
             got.append(body)
+            if headers is not None:
+                headers.append(props.headers)
             if not no_ack:
                 c.basic_ack(method.delivery_tag)
 
@@ -67,6 +76,8 @@ def _scenario(url: str, no_ack: bool, bodies: list[bytes] = _BODIES) -> list[byt
         assert drain(consumer_conn, lambda: len(got) == len(bodies))
         settle(consumer_conn, 0.2)
         assert ch.queue_declare(q, passive=True).method.message_count == 0
+        if arguments is not None:
+            ch.queue_delete(q)
         return got
     finally:
         safe_close(publisher_conn)
@@ -142,6 +153,20 @@ def test_a_waiting_ack_mode_consumer_needs_no_claim(database_url, start_broker) 
     while _rows(dsn):  # the acks are committed a moment later
         assert time.monotonic() < deadline, "acked rows left behind"
         time.sleep(0.05)
+
+
+@pytest.mark.parametrize("no_ack", [False, True], ids=["ack", "no-ack"])
+def test_a_waiting_quorum_consumer_needs_no_claim(database_url, start_broker, no_ack) -> None:
+    """Quorum queues hand off too: a first delivery carries no x-delivery-count, so a
+    handed row looks as a claimed one would."""
+    port = free_port()
+    node = start_broker(database_url, management_port=port)
+    before = _claims(port)
+    headers: list[object] = []
+    got = _scenario(node.url, no_ack, arguments={"x-queue-type": "quorum"}, headers=headers)
+    assert got == _BODIES
+    assert headers == [None] * len(_BODIES)
+    assert _claims(port) - before <= 2
 
 
 @pytest.mark.parametrize("no_ack", [False, True], ids=["ack", "no-ack"])

@@ -1207,6 +1207,32 @@ def test_quorum_delivery_count_header(conn, resources):
     assert type(seen[0][1].headers["x-delivery-count"]) is pika.compat.long
 
 
+def test_quorum_consumer_sees_delivery_count_from_the_first_redelivery(conn, resources):
+    """A consumer's first delivery has no x-delivery-count (basic.get shows 0); the
+    redelivery after a requeue carries 1."""
+    q = resources.queue("qq-consume-count")
+    ch = conn.channel()
+    quorum(ch, q)
+    got: list[tuple[bool, object]] = []
+
+    def on(c, method, props, _body: bytes) -> None:
+        got.append((method.redelivered, props.headers))
+        if len(got) == 1:
+            c.basic_nack(method.delivery_tag, requeue=True)
+        else:
+            c.basic_ack(method.delivery_tag)
+
+    ch.basic_consume(q, on)
+    conn.process_data_events(0.3)  # waiting: the message may be handed straight over
+    publisher = conn.channel()
+    publisher.confirm_delivery()
+    publisher.basic_publish("", q, b"m", pika.BasicProperties(headers={"h": "v"}))
+    deadline = time.monotonic() + OP_TIMEOUT
+    while len(got) < 2 and time.monotonic() < deadline:
+        conn.process_data_events(0.05)
+    assert got == [(False, {"h": "v"}), (True, {"h": "v", "x-delivery-count": 1})]
+
+
 def test_quorum_delivery_limit_dead_letters(conn, resources):
     ch = conn.channel()
     dlx, dq = dlx_fanout(ch, resources)
