@@ -109,8 +109,19 @@ def _walk(raw: bytes) -> tuple[int, list[tuple[int, str, str, int, int]]]:
     return flags, spans
 
 
+# Parsed property lists by their bytes: a publisher sends the same few again and again
+# (one per kind of message). Bounded; cleared when full. Nothing changes a Properties
+# after parsing but the cached headers table, decoded from the same bytes.
+_PARSED: dict[bytes, Properties] = {}
+_PARSED_MAX = 1024
+_PARSED_LONGEST = 512  # longer ones (big headers tables) are parsed each time
+
+
 def parse_properties(raw: bytes) -> Properties:
     """Walk the flags and property list of a Basic content header."""
+    props = _PARSED.get(raw) if type(raw) is bytes else None
+    if props is not None:
+        return props
     props = Properties(raw=raw)
     _, spans = _walk(raw)
     for _bit, name, kind, start, end in spans:
@@ -121,6 +132,10 @@ def parse_properties(raw: bytes) -> Properties:
             props.headers_raw = raw[start:end]
         elif kind == "o":
             setattr(props, name, raw[start])
+    if type(raw) is bytes and len(raw) <= _PARSED_LONGEST:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[raw] = props
     return props
 
 

@@ -281,12 +281,23 @@ class Channel:
     ) -> None:
         """Run a handler; while the database is away, hold this channel and retry (the
         handlers are idempotent or reconciled), up to the database wait."""
-        backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
+        try:
+            await handler(method, content)  # the first attempt costs no retry state
+            return
+        except Exception as exc:
+            if not self.broker.database_unavailable(exc):
+                raise
+            backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
+            pause = backoff.pause()
+            if pause is None:
+                raise
+            self.broker.outage.report(exc)  # logged once per outage, not per channel
+        await asyncio.sleep(pause)
         await retry(
             lambda: handler(method, content),
             self.broker.database_unavailable,
             backoff,
-            lambda exc: self.broker.outage.report(exc),  # logged once per outage, not per channel
+            lambda exc: self.broker.outage.report(exc),
         )
 
     def _held(self) -> list[tuple[int, int]]:

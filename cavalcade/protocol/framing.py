@@ -48,8 +48,12 @@ class FrameReader:
         self._buf = bytearray()
 
     def feed(self, data: bytes) -> Iterator[RawFrame]:
-        buf = self._buf
-        buf += data
+        # Frames are sliced from ``data`` itself while nothing is held over (the usual
+        # case: one copy of each payload); else from the buffer ``data`` extends.
+        buf: bytes | bytearray = data
+        if self._buf:
+            self._buf += data
+            buf = self._buf
         pos = 0
         end = len(buf)
         try:
@@ -67,10 +71,16 @@ class FrameReader:
                     break
                 if buf[stop] != FRAME_END:
                     raise FrameError(f"type {ftype}, invalid frame end marker {buf[stop]}")
-                yield RawFrame(ftype, channel, bytes(buf[pos + 7 : stop]))
+                payload = buf[pos + 7 : stop]
+                if type(payload) is not bytes:
+                    payload = bytes(payload)
+                yield RawFrame(ftype, channel, payload)
                 pos = stop + 1
         finally:
-            del buf[:pos]
+            if buf is self._buf:
+                del self._buf[:pos]
+            elif pos < end:
+                self._buf += buf[pos:]  # an incomplete frame, held for the next read
 
 
 def decode_method(payload: bytes) -> Frame:

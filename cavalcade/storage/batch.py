@@ -145,17 +145,21 @@ def columns(messages: Sequence[NewMessage]) -> list[Any]:
     """The parameters of ``queries.INSERT``'s rows: 13 arrays, then 13 defaults. A
     column with one value in every row goes as an empty array and that value (asyncpg
     checks and encodes each array element, ~0.2 us each)."""
-    cols: list[list[Any]] = [[] for _ in range(13)]
     esc, copy = textsafe.escape, textsafe.escape_or_none  # arrays skip the text codec
-    for m in messages:
-        for i, v in enumerate(
-            (
-                m.queue_id, m.priority, m.persistent, esc(m.exchange), esc(m.routing_key),
-                m.properties, copy(m.content_type), copy(m.message_id),
-                copy(m.correlation_id), copy(m.expiration), m.body, m.ttl_ms, m.delay_ms,
-            )
-        ):  # fmt: skip
-            cols[i].append(v)
+    cols: list[list[Any]] = [
+        list(col)
+        for col in zip(
+            *[
+                (
+                    m.queue_id, m.priority, m.persistent, esc(m.exchange), esc(m.routing_key),
+                    m.properties, copy(m.content_type), copy(m.message_id),
+                    copy(m.correlation_id), copy(m.expiration), m.body, m.ttl_ms, m.delay_ms,
+                )
+                for m in messages
+            ],
+            strict=True,
+        )
+    ] or [[] for _ in range(13)]  # fmt: skip
     defaults: list[Any] = [[None]] * 13  # one-element arrays (see queries._BATCH_ROWS)
     for i, col in enumerate(cols):
         if i != _BODY and col and col.count(col[0]) == len(col):

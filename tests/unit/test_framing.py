@@ -5,6 +5,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pamqp import commands
 from pamqp import frame as pframe
 
@@ -33,6 +35,28 @@ def test_frames_split_across_reads() -> None:
     assert [(f.type, f.channel) for f in got] == [(1, 1), (1, 2)]
     qos = decode_method(got[0].payload)
     assert isinstance(qos, commands.Basic.Qos) and qos.prefetch_count == 5
+
+
+_STREAM = b"".join(
+    encode_method(1, commands.Basic.Qos(prefetch_count=5))
+    + bytes([3, 0, n % 3, 0, 0, 0, n]) + bytes([n]) * n + b"\xce"
+    for n in range(0, 40, 3)
+)  # fmt: skip
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=len(_STREAM)), max_size=12))
+def test_any_split_of_a_stream_gives_the_same_frames(cuts: list[int]) -> None:
+    """Frames come out whole and in order however the reads split the stream (sliced
+    from a read itself, or from the bytes held over from earlier reads)."""
+    whole = list(FrameReader(131072).feed(_STREAM))
+    reader = FrameReader(131072)
+    got = []
+    bounds = [0, *sorted(cuts), len(_STREAM)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        got += list(reader.feed(_STREAM[start:end]))
+    assert got == whole and len(whole) == 2 * 14
+    assert all(type(f.payload) is bytes for f in got)
 
 
 def test_bad_frame_end() -> None:

@@ -73,3 +73,16 @@ def test_undecodable_headers_route_as_empty() -> None:
 def test_malformed(raw: bytes) -> None:
     with pytest.raises(MalformedProperties):
         parse_properties(raw)
+
+
+def test_the_same_bytes_parse_to_the_same_fields_each_time() -> None:
+    """Parsed property lists are kept by their bytes: a repeat gets the same answer,
+    other bytes their own."""
+    a, b = _raw(content_type="a", delivery_mode=2), _raw(content_type="b", priority=3)
+    first = parse_properties(a)
+    assert parse_properties(bytes(a)) is first
+    other = parse_properties(b)
+    assert (other.content_type, other.priority, other.delivery_mode) == ("b", 3, None)
+    assert (first.content_type, first.delivery_mode) == ("a", 2)
+    with pytest.raises(MalformedProperties):
+        parse_properties(a + b"x")
