@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from cavalcade.domain.expiration import expiration_error
 from cavalcade.domain.properties import Properties
-from cavalcade.domain.routing import DELAYED_TYPE, route
+from cavalcade.domain.routing import DELAYED_TYPE, ExchangeInfo, route
 from cavalcade.domain.sender_selected import InvalidRoutingHeader, extra_routing_keys, without_bcc
 from cavalcade.errors import AccessRefused, PreconditionFailed
 from cavalcade.storage.records import NewMessage
@@ -49,6 +49,8 @@ class Publishing:
     async def check_exchange(self, s: Session, exchange: str) -> None:
         """Publishing needs write on it (403; ``amq.default`` for ``""``), the exchange
         (404), and it must not be internal (403)."""
+        if self.check_exchange_cached(s, exchange):
+            return
         if permissions.stale(s.grants_at):
             await self.sessions.require(s, Access.WRITE, "exchange", exchange)
         if exchange == "":
@@ -56,10 +58,20 @@ class Publishing:
         ex = s.vhost.exchanges_by_name.get(exchange)
         if ex is None or s.vhost.stale:
             ex = await self.exchanges.find(s, exchange)
-        if ex.internal:
-            raise AccessRefused(
-                f"cannot publish to internal exchange '{exchange}' in vhost '{s.vhost.name}'"
-            )
+        _check_not_internal(s, ex, exchange)
+
+    def check_exchange_cached(self, s: Session, exchange: str) -> bool:
+        """:meth:`check_exchange` from what the session holds: False if that takes the
+        database (stale grants, an exchange not cached; nothing was checked)."""
+        if permissions.stale(s.grants_at):
+            return False
+        if exchange == "":
+            return True
+        ex = s.vhost.exchanges_by_name.get(exchange)
+        if ex is None or s.vhost.stale:
+            return False
+        _check_not_internal(s, ex, exchange)
+        return True
 
     def publish(
         self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
@@ -144,3 +156,10 @@ class Publishing:
                 )
             )
         return rows
+
+
+def _check_not_internal(s: Session, ex: ExchangeInfo, exchange: str) -> None:
+    if ex.internal:
+        raise AccessRefused(
+            f"cannot publish to internal exchange '{exchange}' in vhost '{s.vhost.name}'"
+        )

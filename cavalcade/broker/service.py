@@ -311,6 +311,9 @@ class Broker:
     async def check_exchange(self, s: Session, exchange: str) -> None:
         await self.publishing.check_exchange(s, exchange)
 
+    def check_exchange_cached(self, s: Session, exchange: str) -> bool:
+        return self.publishing.check_exchange_cached(s, exchange)
+
     check_message = staticmethod(check_message)
 
     def publish(

@@ -71,6 +71,7 @@ class Channel:
         self.content = ContentAssembler(link, self._enqueue, self._fail_soon)
         self._inbox: asyncio.Queue[tuple[Frame | _Fail | _Mark, Content | None]] = asyncio.Queue()
         self._reading_paused = False
+        self._waiting = False  # the task waits for the inbox: nothing received is unhandled
         self._handlers = self._method_handlers()
         self._task = asyncio.create_task(self._run(), name=f"channel-{number}")
 
@@ -114,7 +115,7 @@ class Channel:
 
     @property
     def is_open(self) -> bool:
-        return self.state is ChannelState.OPEN
+        return self.state is _OPEN
 
     @property
     def _torn_down(self) -> bool:
@@ -190,7 +191,7 @@ class Channel:
     # -- frames in (synchronous, from data_received) ---------------------------
 
     def on_frame(self, f: RawFrame) -> None:
-        if self.state is not ChannelState.OPEN:
+        if self.state is not _OPEN:
             self._on_frame_while_closing(f)
             return
         self.content.on_frame(f)
@@ -210,6 +211,15 @@ class Channel:
             self._forget()
 
     def _enqueue(self, method: Frame, content: Content | None) -> None:
+        if content is not None and self._waiting and not self._inbox.qsize():
+            # A publish with nothing ahead of it: at once, if no check takes the database.
+            assert isinstance(method, commands.Basic.Publish)
+            try:
+                if self.publishing.publish_now(method, content):
+                    return
+            except Exception as exc:  # noqa: BLE001 - as the channel task would meet it
+                self._failed(method, exc)
+                return
         self._inbox.put_nowait((method, content))
         if not self._reading_paused and self._inbox.qsize() > INBOX_HIGH:
             self._reading_paused = True
@@ -235,7 +245,11 @@ class Channel:
         slice_end = 0.0
         while True:
             if self._inbox.empty():
-                method, content = await self._inbox.get()
+                self._waiting = True  # a publish may skip the inbox (see _enqueue)
+                try:
+                    method, content = await self._inbox.get()
+                finally:
+                    self._waiting = False
                 slice_end = loop.time() + SLICE
             else:
                 if loop.time() >= slice_end:
@@ -250,7 +264,7 @@ class Channel:
             if isinstance(method, _Mark):
                 method.reached()
                 continue
-            if self.state is not ChannelState.OPEN:
+            if self.state is not _OPEN:
                 continue
             try:
                 if isinstance(method, _Fail):
@@ -268,13 +282,18 @@ class Channel:
                     return
             except asyncio.CancelledError:
                 raise
-            except AMQPError as exc:
-                if not exc.class_id and not isinstance(method, _Fail):
-                    exc.class_id, exc.method_id = _ids(method)
-                self.fail(exc)
-            except Exception as exc:  # never take the node down
-                log.exception("channel %s: %s failed", self.number, type(method).__name__)
-                self.fail(exc)
+            except Exception as exc:  # noqa: BLE001 - never take the node down
+                self._failed(method, exc)
+
+    def _failed(self, method: Frame | _Fail, exc: Exception) -> None:
+        """A method failed: close the channel (or the connection) as the error says; an
+        unexpected error is logged and never takes the node down."""
+        if isinstance(exc, AMQPError):
+            if not exc.class_id and not isinstance(method, _Fail):
+                exc.class_id, exc.method_id = _ids(method)
+        else:
+            log.exception("channel %s: %s failed", self.number, type(method).__name__, exc_info=exc)
+        self.fail(exc)
 
     async def _handle(
         self, handler: Callable[[Any, Any], Awaitable[None]], method: Frame, content: Any
@@ -354,7 +373,10 @@ class Channel:
         self.link.send_method(self.number, commands.Channel.FlowOk(active=m.active))
 
 
+_OPEN = ChannelState.OPEN  # hot path: an Enum member read off its class is a lookup
+
 # Client methods that expect no reply: they need not wait for earlier publishes' replies.
+
 _ASYNC_METHODS = (
     commands.Basic.Publish,
     commands.Basic.Ack,

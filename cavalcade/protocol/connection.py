@@ -58,6 +58,11 @@ log = logging.getLogger(__name__)
 CLOSE_FINISH = 2.0
 
 
+# Hot-path constants (an Enum member read off its class costs a lookup each time).
+_OPENED = ConnectionState.OPENED
+_CHANNEL_FRAMES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY))
+_CHANNEL_OPEN = b"\x00\x14\x00\x0a"  # class 20, method 10
+
 class AMQPConnection(asyncio.Protocol, Generic[C]):
     """The asyncio protocol of one client socket; the ``Link`` its channels use. Its
     channels come from ``new_channel`` (protocol/server.py passes channel.Channel)."""
@@ -186,6 +191,15 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
     # -- inbound frames -------------------------------------------------------------
 
     def _on_frame(self, f: RawFrame) -> None:
+        if self._state is _OPENED and f.channel and f.type in _CHANNEL_FRAMES:
+            ch = self.channels.get(f.channel)  # the usual frame: the checks below, in short
+            if ch is None:
+                self._on_unknown_channel(f)
+            elif f.type == FRAME_METHOD and f.payload[:4] == _CHANNEL_OPEN and ch.is_open:
+                raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
+            else:
+                ch.on_frame(f)
+            return
         if self._state is ConnectionState.CLOSING:
             self._on_frame_closing(f)
             return
@@ -205,7 +219,7 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
             self._on_unknown_channel(f)
             return
         if f.type == FRAME_METHOD and ch.is_open:
-            if f.payload[:4] == b"\x00\x14\x00\x0a":  # channel.open again
+            if f.payload[:4] == _CHANNEL_OPEN:  # channel.open again
                 raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
         ch.on_frame(f)
 

@@ -42,16 +42,15 @@ class ContentAssembler:
         self._body: bytes | bytearray = b""
         self._body_got = 0
         self._discarding = False
-        self._frame_handlers: dict[int, Callable[[RawFrame], None]] = {
-            FRAME_METHOD: self._on_method_frame,
-            FRAME_HEADER: self._on_header_frame,
-            FRAME_BODY: self._on_body_frame,
-        }
 
     def on_frame(self, f: RawFrame) -> None:
-        handler = self._frame_handlers.get(f.type)
-        if handler is not None:
-            handler(f)
+        t = f.type
+        if t == FRAME_BODY:
+            self._on_body_frame(f)
+        elif t == FRAME_HEADER:
+            self._on_header_frame(f)
+        elif t == FRAME_METHOD:
+            self._on_method_frame(f)
 
     def _on_method_frame(self, f: RawFrame) -> None:
         if self._method is not None:

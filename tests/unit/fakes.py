@@ -253,6 +253,9 @@ class FakeBroker:
         if exchange not in self.exchanges:
             raise NotFound(f"no exchange '{exchange}' in vhost '/'")
 
+    def check_exchange_cached(self, s: Session, exchange: str) -> bool:
+        return exchange in self.exchanges  # else check_exchange (404) from the channel task
+
     @staticmethod
     def check_message(props: Properties) -> None:
         return None

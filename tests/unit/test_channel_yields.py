@@ -36,6 +36,9 @@ class _Broker:
     async def check_exchange(self, _s: Any, _exchange: str) -> None:
         return None
 
+    def check_exchange_cached(self, _s: Any, _exchange: str) -> bool:
+        return True
+
     @staticmethod
     def check_message(_props: Any) -> None:
         return None
