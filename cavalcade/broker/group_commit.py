@@ -505,7 +505,9 @@ class WriteBatcher:
             time.perf_counter() - started,
             publishes,
             unroutable,
-            (m.queue_id for i, m in enumerate(messages) if i not in refused),
+            (m.queue_id for i, m in enumerate(messages) if i not in refused)
+            if refused
+            else (m.queue_id for m in messages),
             acks,
         )
 
@@ -543,7 +545,7 @@ def _resolve(ops: list[Op], results: list[tuple[Spans, set[int]]]) -> None:
         for start, end, fut in spans:
             if fut.done():
                 continue
-            if any(i in refused for i in range(start, end)):
+            if refused and any(i in refused for i in range(start, end)):
                 fut.set_exception(PublishRefused())
                 fut.exception()  # retrieved: publishers without confirms never look
             else:

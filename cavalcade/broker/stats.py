@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import bisect
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -126,9 +126,9 @@ class NodeStats:
         t["drop_unroutable"] += unroutable
         t["ack"] += acks
         rows = 0
-        for qid in queue_rows:
-            self._queue(qid)["publish"] += 1
-            rows += 1
+        for qid, n in Counter(queue_rows).items():
+            self._queue(qid)["publish"] += n
+            rows += n
         t["routed"] += publishes - unroutable
         self.timings.batch_commit_seconds.observe(seconds)
         self.timings.batch_rows.observe(rows + acks)

@@ -63,6 +63,7 @@ _OPENED = ConnectionState.OPENED
 _CHANNEL_FRAMES = frozenset((FRAME_METHOD, FRAME_HEADER, FRAME_BODY))
 _CHANNEL_OPEN = b"\x00\x14\x00\x0a"  # class 20, method 10
 
+
 class AMQPConnection(asyncio.Protocol, Generic[C]):
     """The asyncio protocol of one client socket; the ``Link`` its channels use. Its
     channels come from ``new_channel`` (protocol/server.py passes channel.Channel)."""
