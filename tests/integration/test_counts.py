@@ -27,7 +27,13 @@ async def test_counts_are_exact_when_small_and_close_when_large(database_url: st
         assert await repo.ready_count(a) == 0
         await _insert(repo, _rows(a, 1))
         assert await repo.ready_count(a) == 1
-        await _insert(repo, _rows(a, 2 * CAP - 2))
+        await _insert(repo, _rows(a, CAP - 2))
+        assert await repo.ready_count(a) == CAP - 1  # the head window alone
+        await _insert(repo, _rows(a, 1))
+        assert await repo.ready_count(a) == CAP  # the head window full: the tail read too
+        await _insert(repo, _rows(a, 1))
+        assert await repo.ready_count(a) == CAP + 1
+        await _insert(repo, _rows(a, CAP - 2))
         assert await repo.ready_count(a) == 2 * CAP - 1  # the largest exact count
         # Priorities shuffle the index order; small counts stay exact.
         for prio in (0, 5, 2, 9, 0, 5):
