@@ -72,6 +72,8 @@ class Channel:
         self._inbox: asyncio.Queue[tuple[Frame | _Fail | _Mark, Content | None]] = asyncio.Queue()
         self._reading_paused = False
         self._waiting = False  # the task waits for the inbox: nothing received is unhandled
+        self._inline_until = 0.0  # (loop time) publishes skip the inbox until then
+        self._loop = asyncio.get_running_loop()
         self._handlers = self._method_handlers()
         self._task = asyncio.create_task(self._run(), name=f"channel-{number}")
 
@@ -136,6 +138,9 @@ class Channel:
             return
         closing = close_frame(self.broker.amqp_error(exc), self.number)
         if closing.closes_connection:
+            # What follows on this channel is ignored, as RabbitMQ ignores what follows an
+            # error it closes the connection for (the task skips a channel not open).
+            self.state = ChannelState.CLOSING
             self.link.fail(closing.error)
             return
         if self.state is not ChannelState.OPEN:
@@ -211,8 +216,15 @@ class Channel:
             self._forget()
 
     def _enqueue(self, method: Frame, content: Content | None) -> None:
-        if content is not None and self._waiting and not self._inbox.qsize():
-            # A publish with nothing ahead of it: at once, if no check takes the database.
+        if (
+            content is not None
+            and self._waiting
+            and not self._inbox.qsize()
+            and self._loop.time() < self._inline_until
+        ):
+            # A publish with nothing ahead of it: at once, if no check takes the database
+            # (for at most SLICE per wait of the task: then they queue, and the task's
+            # turns let the event loop in between).
             assert isinstance(method, commands.Basic.Publish)
             try:
                 if self.publishing.publish_now(method, content):
@@ -246,6 +258,7 @@ class Channel:
         while True:
             if self._inbox.empty():
                 self._waiting = True  # a publish may skip the inbox (see _enqueue)
+                self._inline_until = loop.time() + SLICE
                 try:
                     method, content = await self._inbox.get()
                 finally:

@@ -98,3 +98,26 @@ async def test_a_long_inbox_does_not_hold_the_event_loop() -> None:
     assert not conn.failures
     assert broker.published == N
     assert any(0 < p < N for p in seen_while_draining), seen_while_draining[:5]
+
+
+async def test_publishes_handed_over_at_once_stop_after_a_slice() -> None:
+    """Publishes skip the inbox while the channel task waits, for at most one SLICE:
+    one large read of them does not hold the event loop for all of them."""
+    broker = _Broker()
+    conn = _Conn(broker)
+    ch = Channel(conn, 1)  # type: ignore[arg-type]
+    for _ in range(3):
+        await asyncio.sleep(0)  # the task now waits on its empty inbox
+    publish = commands.Basic.Publish(exchange="", routing_key="q")
+    for _ in range(N):  # one read's worth, synchronously (data_received)
+        ch._enqueue(publish, (b"\x00\x00", b"x"))
+    at_once = broker.published
+    assert 0 < at_once < N  # some at once, the rest queued once the slice was spent
+    await asyncio.wait_for(until_published(broker, N), 60)
+    ch.stop()
+    assert not conn.failures
+
+
+async def until_published(broker: _Broker, n: int) -> None:
+    while broker.published < n:
+        await asyncio.sleep(0)
