@@ -12,7 +12,7 @@ from cavalcade.domain.arguments import server_generated_name
 from cavalcade.errors import NotAllowed, NotImplemented_, PreconditionFailed
 
 from .deliveries import Deliveries
-from .framing import Buffers, content_frames, deliver_payload, get_ok_payload
+from .framing import Buffers, content_frames, deliver_frames, get_ok_payload, short_str
 from .link import Link
 from .reply_to import DirectReplyTo
 
@@ -99,15 +99,17 @@ class Consumers:
         if not self._is_open() or self.by_tag.get(c.tag) is not c or self.link.closed:
             return False
         frames: Buffers = []
-        fmax = self.link.frame_max
+        fmax, number, track = self.link.frame_max, self.number, self.deliveries.track
+        consumer = short_str(c.tag)
+        names: dict[tuple[str, str], bytes] = {}  # a claim's rows share a few
         for msg in messages:
-            tag = self.deliveries.track(c, msg.id, msg.queue_id, c.no_ack)
-            frames += content_frames(
-                self.number,
-                deliver_payload(c.tag, tag, msg.redelivered, msg.exchange, msg.routing_key),
-                msg.properties,
-                msg.body,
-                fmax,
+            key = (msg.exchange, msg.routing_key)
+            named = names.get(key)
+            if named is None:
+                named = names[key] = short_str(msg.exchange) + short_str(msg.routing_key)
+            tag = track(c, msg.id, msg.queue_id, c.no_ack)
+            frames += deliver_frames(
+                number, consumer, tag, msg.redelivered, named, msg.properties, msg.body, fmax
             )
         self.link.write_frames(frames)
         return True

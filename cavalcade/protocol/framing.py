@@ -210,19 +210,61 @@ def content_frames(
     return out
 
 
+_DELIVER_FRAMES = struct.Struct(">QB")
+_SMALL_HEADER = struct.Struct(">BHIHHQ")  # a header frame's head and its class, weight, size
+
+
+def deliver_frames(
+    channel: int,
+    consumer: bytes,
+    delivery_tag: int,
+    redelivered: bool,
+    names: bytes,
+    properties: bytes,
+    body: bytes,
+    frame_max: int,
+) -> Buffers:
+    """:func:`content_frames` of a Basic.Deliver, as one buffer when the body fits one
+    frame (most do): ``consumer`` is the consumer tag as a short string, ``names`` the
+    exchange and routing key as two."""
+    size = len(body)
+    method = _deliver_method(consumer, delivery_tag, redelivered, names)
+    if not size or size > frame_max - FRAME_OVERHEAD or size >= SLICED_BODY:
+        return content_frames(channel, method, properties, body, frame_max)
+    return [
+        b"".join(
+            (
+                _HEAD.pack(FRAME_METHOD, channel, len(method)),
+                method,
+                FRAME_END_BYTE,
+                _SMALL_HEADER.pack(FRAME_HEADER, channel, 12 + len(properties), 60, 0, size),
+                properties,
+                FRAME_END_BYTE,
+                _HEAD.pack(FRAME_BODY, channel, size),
+                body,
+                FRAME_END_BYTE,
+            )
+        )
+    ]
+
+
+def _deliver_method(consumer: bytes, delivery_tag: int, redelivered: bool, names: bytes) -> bytes:
+    return b"".join(
+        (
+            _DELIVER_HEAD.pack(60, 60),
+            consumer,
+            _DELIVER_FRAMES.pack(delivery_tag, 1 if redelivered else 0),
+            names,
+        )
+    )
+
+
 def deliver_payload(
     consumer_tag: str, delivery_tag: int, redelivered: bool, exchange: str, routing_key: str
 ) -> bytes:
     """Basic.Deliver (60, 60) method payload."""
-    return b"".join(
-        (
-            _DELIVER_HEAD.pack(60, 60),
-            short_str(consumer_tag),
-            struct.pack(">QB", delivery_tag, 1 if redelivered else 0),
-            short_str(exchange),
-            short_str(routing_key),
-        )
-    )
+    names = short_str(exchange) + short_str(routing_key)
+    return _deliver_method(short_str(consumer_tag), delivery_tag, redelivered, names)
 
 
 def get_ok_payload(

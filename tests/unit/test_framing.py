@@ -16,11 +16,13 @@ from cavalcade.protocol.framing import (
     FrameReader,
     content_frames,
     decode_method,
+    deliver_frames,
     deliver_payload,
     encode_method,
     get_ok_payload,
     parse_content_header,
     return_payload,
+    short_str,
 )
 
 
@@ -124,3 +126,24 @@ def test_content_frames_split_bodies(size: int, kind: type) -> None:
     assert all(f.type == 3 and len(f.payload) <= 131064 for f in bodies)
     assert b"".join(f.payload for f in bodies) == body
     assert (len(bodies) == 0) == (size == 0)  # an empty body has no body frame
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from([0, 1, 256, 131064, 131065, 300_000, SLICED_BODY, SLICED_BODY + 3]),
+    st.booleans(),
+    st.text(max_size=20),
+    st.sampled_from([4096, 131072]),
+)
+def test_deliver_frames_are_the_content_frames_of_a_deliver(
+    size: int, redelivered: bool, routing_key: str, frame_max: int
+) -> None:
+    """The one-buffer deliver (a body in one frame) and its fallback give the same bytes
+    as the method payload and content frames built apart."""
+    body, props = b"b" * size, b"\x90\x00\x03abc\x02"
+    apart = content_frames(
+        7, deliver_payload("ctag", 99, redelivered, "ex", routing_key), props, body, frame_max
+    )
+    names = short_str("ex") + short_str(routing_key)
+    joined = deliver_frames(7, short_str("ctag"), 99, redelivered, names, props, body, frame_max)
+    assert b"".join(joined) == b"".join(apart)
