@@ -313,23 +313,12 @@ class Channel:
     ) -> None:
         """Run a handler; while the database is away, hold this channel and retry (the
         handlers are idempotent or reconciled), up to the database wait."""
-        try:
-            await handler(method, content)  # the first attempt costs no retry state
-            return
-        except Exception as exc:
-            if not self.broker.database_unavailable(exc):
-                raise
-            backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
-            pause = backoff.pause()
-            if pause is None:
-                raise
-            self.broker.outage.report(exc)  # logged once per outage, not per channel
-        await asyncio.sleep(pause)
+        backoff = Backoff(0.1, 2.0, wait=self.link.database_wait)
         await retry(
             lambda: handler(method, content),
             self.broker.database_unavailable,
             backoff,
-            lambda exc: self.broker.outage.report(exc),
+            lambda exc: self.broker.outage.report(exc),  # logged once per outage, not per channel
         )
 
     def _held(self) -> list[tuple[int, int]]:
@@ -389,7 +378,6 @@ class Channel:
 _OPEN = ChannelState.OPEN  # hot path: an Enum member read off its class is a lookup
 
 # Client methods that expect no reply: they need not wait for earlier publishes' replies.
-
 _ASYNC_METHODS = (
     commands.Basic.Publish,
     commands.Basic.Ack,

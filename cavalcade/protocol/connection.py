@@ -193,13 +193,7 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
 
     def _on_frame(self, f: RawFrame) -> None:
         if self._state is _OPENED and f.channel and f.type in _CHANNEL_FRAMES:
-            ch = self.channels.get(f.channel)  # the usual frame: the checks below, in short
-            if ch is None:
-                self._on_unknown_channel(f)
-            elif f.type == FRAME_METHOD and f.payload[:4] == _CHANNEL_OPEN and ch.is_open:
-                raise ChannelErrorHard("second 'channel.open' seen", 20, 10)
-            else:
-                ch.on_frame(f)
+            self._to_channel(f)  # the usual frame: what the checks below come to
             return
         if self._state is ConnectionState.CLOSING:
             self._on_frame_closing(f)
@@ -215,6 +209,10 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
             return
         if self._state is not ConnectionState.OPENED:
             raise ChannelErrorHard("channel frame before the connection is open")
+        self._to_channel(f)
+
+    def _to_channel(self, f: RawFrame) -> None:
+        """A frame for a channel of the open connection."""
         ch = self.channels.get(f.channel)
         if ch is None:
             self._on_unknown_channel(f)
