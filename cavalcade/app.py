@@ -97,6 +97,7 @@ async def _run_incarnation(
     if settings.notify == "listen":
         listener = Listener(dsn, node_id, broker, services.channels())
         await listener.ensure()
+        broker.listening = listener.listening
     tls = server_context(settings) if settings.tls_port is not None else None
     # closing the server must not close the shared socket; without a plain listener the
     # main socket is the amqps one

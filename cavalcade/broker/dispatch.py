@@ -147,6 +147,7 @@ class QueueDispatcher:
         # them directly: they would take every one anyway), and when that was read.
         self._alone = False
         self._alone_read = -ALONE_RECHECK
+        self._heard_elsewhere = 0  # NOTIFYs of consumers added on other nodes
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -213,6 +214,26 @@ class QueueDispatcher:
                 log.exception("direct delivery on queue %s failed", self.queue_id)
                 left += batch
         return left
+
+    def consumers_if_empty(self) -> int | None:
+        """The queue's consumer count, if this node knows it holds no ready row (what a
+        declare-ok counts): drained, no claim in flight, consumed on this node only (read
+        within ``ALONE_RECHECK``). None: ask the database (a stale look at the other
+        nodes also wakes a claim, which reads it again)."""
+        if not self.consumers or not self.drained or self.single_active or self._stopping:
+            return None
+        if not self._settled.is_set():
+            return None
+        if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
+            self.wake()
+            return None
+        return len(self.consumers)
+
+    def consumed_elsewhere(self) -> None:
+        """Another node now consumes the queue too (its NOTIFY): no hand-off, and declares
+        count in the database, until a look at the other nodes finds none."""
+        self._alone = False
+        self._heard_elsewhere += 1
 
     def arrived(self) -> None:
         """Rows were just written into the queue (the wake-up follows the batch)."""
@@ -386,7 +407,10 @@ class QueueDispatcher:
         now = time.monotonic()
         if now - self._alone_read >= ALONE_RECHECK:
             self._alone_read = now
-            self._alone = not await self._repo.consumed_elsewhere(self.queue_id, self._node_id)
+            heard = self._heard_elsewhere
+            alone = not await self._repo.consumed_elsewhere(self.queue_id, self._node_id)
+            # A consumer whose NOTIFY came during the read may be missing from it.
+            self._alone = alone and heard == self._heard_elsewhere
 
     async def _hand_out(
         self,

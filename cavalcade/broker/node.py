@@ -26,6 +26,10 @@ def _nothing_held() -> set[int]:
     return set()
 
 
+def _deaf() -> bool:
+    return False
+
+
 @dataclass(eq=False)
 class NodeState:
     """The state the use-case modules of one broker node share (owned by the facade)."""
@@ -47,6 +51,9 @@ class NodeState:
     held: Callable[[], set[int]] = _nothing_held
     # Settles exclusive owners on other nodes (set by the app; None: never in doubt).
     liveness: Liveness | None = None
+    # Whether other nodes' commits are heard as they come (NOTIFY; set by the app).
+    # Without that, what this node knows of a queue's ready rows may be a poll old.
+    listening: Callable[[], bool] = _deaf
 
     # -- cached topology ----------------------------------------------------
 

@@ -91,10 +91,32 @@ class Queues:
 
     async def _use(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
         """Like :meth:`find`, also marking the queue used and counting it."""
+        known = self._known_empty(s, name)
+        if known is not None:
+            return known
         used = await self.node.repo.use_queue_named(s.vhost.id, name)
         if used is not None and await self._owner_closed(s, used[0]):
             used = await self.node.repo.use_queue_named(s.vhost.id, name)
         return used
+
+    def _known_empty(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
+        """(queue, 0, consumers) without the database, for a queue this node consumes
+        alone and knows to hold no ready row (its dispatcher drained it and has heard of
+        no arrival since; other nodes' commits are heard by NOTIFY). As RabbitMQ's, that
+        count may trail commits not yet heard of, by a NOTIFY's delay. Nothing is marked
+        used: a queue with consumers does not expire, and its last consumer's leaving
+        (or its node's death) starts the clock. None: ask the database."""
+        node, vh = self.node, s.vhost
+        if vh.stale or not node.listening():
+            return None
+        q = vh.queues.get(name)
+        if q is None or (q.exclusive_node is not None and q.exclusive_connection != s.id):
+            return None
+        if q.exclusive_node is not None and q.exclusive_node != node.node_id:
+            return None
+        d = node.dispatchers.get(q.id)
+        consumers = None if d is None else d.consumers_if_empty()
+        return None if consumers is None else (q, 0, consumers)
 
     async def get(self, s: Session, name: str, exclusive_check: bool = True) -> QueueRow:
         """The queue (404 if missing; 405 if exclusive to another connection)."""

@@ -128,6 +128,15 @@ class Broker:
         self.node.liveness = value
 
     @property
+    def listening(self) -> Callable[[], bool]:
+        """Whether other nodes' commits are heard as they come (set by the app)."""
+        return self.node.listening
+
+    @listening.setter
+    def listening(self, value: Callable[[], bool]) -> None:
+        self.node.listening = value
+
+    @property
     def _dispatchers(self) -> dict[int, QueueDispatcher]:
         return self.node.dispatchers
 
@@ -209,6 +218,12 @@ class Broker:
     def queue_deleted_elsewhere(self, queue_id: int) -> None:
         """Another node deleted a queue: cancel our consumers on it."""
         self.node.cancel_local_consumers(queue_id)
+
+    def consumed_elsewhere(self, queue_id: int) -> None:
+        """Another node registered a consumer of a queue: ours no longer have it alone."""
+        d = self.node.dispatchers.get(queue_id)
+        if d is not None:
+            d.consumed_elsewhere()
 
     def vhost_topology(self, vhost_id: int, name: str) -> VhostTopology:
         """This node's cached topology of a vhost (for publishes that come from SQL)."""

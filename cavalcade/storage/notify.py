@@ -9,7 +9,9 @@ rolling upgrade runs both releases side by side, docs/upgrading.md), so they are
 ``cavalcade_wake``        ``NODE:1,2,3`` (queues that gained ready messages),
                           ``NODE:*`` (too many to list), ``-:…`` (no node: the
                           expiry sweep, ``cavalcade_publish()`` in SQL),
-                          ``reaper:*`` (nodes were reaped)
+                          ``reaper:*`` (nodes were reaped), ``NODE:-Q`` (queue
+                          Q gained a consumer on NODE; releases before it read a
+                          wake-up of a queue that does not exist, and do nothing)
 ``cavalcade_topology``    ``NODE:VHOST`` or ``NODE:VHOST:DELETED_QUEUE``, ``reaper``
 ``cavalcade_outbox``      empty (``cavalcade_publish()`` committed outbox rows)
 ========================  =====================================================
@@ -44,6 +46,14 @@ class QueuesWoken:
 
 
 @dataclass(frozen=True, slots=True)
+class ConsumerAdded:
+    """A node registered a consumer of a queue (the others no longer consume it alone)."""
+
+    node: uuid.UUID
+    queue: int
+
+
+@dataclass(frozen=True, slots=True)
 class TopologyChanged:
     """A node changed a vhost's topology (``vhost_id`` None: any vhost), maybe by
     deleting a queue (whose consumers elsewhere are then cancelled)."""
@@ -63,7 +73,7 @@ class OutboxFilled:
     """``cavalcade_publish()`` committed rows to the outbox (sent by SQL, never here)."""
 
 
-Event = QueuesWoken | TopologyChanged | NodesReaped | OutboxFilled
+Event = QueuesWoken | ConsumerAdded | TopologyChanged | NodesReaped | OutboxFilled
 Notification = tuple[str, str]  # (channel, payload), what pg_notify takes
 
 
@@ -78,6 +88,8 @@ def encode(event: Event) -> list[Notification]:
         if len(payload) > MAX_LISTED:
             payload = f"{sender}:*"
         return [(WAKE_CHANNEL, payload)]
+    if isinstance(event, ConsumerAdded):
+        return [(WAKE_CHANNEL, f"{event.node}:-{event.queue}")]
     if isinstance(event, TopologyChanged):
         payload = str(event.node)
         if event.vhost_id is not None:
@@ -109,6 +121,10 @@ def _parse_wake(payload: str) -> Event | None:
     if sender == _REAPER:
         return NodesReaped()
     node = None if sender == _NO_NODE else uuid.UUID(sender)
+    if ids.startswith("-"):
+        if node is None or not ids[1:].isdigit():
+            return None
+        return ConsumerAdded(node, int(ids[1:]))
     if ids == "*":
         return QueuesWoken(node, None)
     return QueuesWoken(node, frozenset(int(i) for i in ids.split(",")))
@@ -146,6 +162,8 @@ class NotifyTarget(Protocol):
 
     def queue_deleted_elsewhere(self, queue_id: int) -> None: ...
 
+    def consumed_elsewhere(self, queue_id: int) -> None: ...
+
 
 CLOSE_TIMEOUT = 10.0  # seconds for closing the LISTEN connection
 
@@ -170,9 +188,13 @@ class Listener:
         self.conn: asyncpg.Connection | None = None
         self.extra = extra or {}
 
+    def listening(self) -> bool:
+        """Is the LISTEN connection up (so other nodes' commits are heard as they come)?"""
+        return self.conn is not None and not self.conn.is_closed()
+
     async def ensure(self) -> None:
         """Listen (again, if the connection was lost); then assume anything changed."""
-        if self.conn is not None and not self.conn.is_closed():
+        if self.listening():
             return
         self.conn = await asyncpg.connect(self.dsn)
         await self.conn.add_listener(WAKE_CHANNEL, self._on_notify)
@@ -197,6 +219,8 @@ class Listener:
                 t.wake_all()
             else:
                 t.wake_queues(event.queues)
+        elif isinstance(event, ConsumerAdded) and event.node != self.me:
+            t.consumed_elsewhere(event.queue)
         elif isinstance(event, TopologyChanged) and event.node != self.me:
             t.topology_changed(event.vhost_id)
             if event.deleted_queue is not None:

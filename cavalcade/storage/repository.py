@@ -25,7 +25,7 @@ import asyncpg
 from cavalcade.domain.routing import ExchangeInfo
 
 from . import batch, desync, notify, queries, textsafe
-from .notify import NodesReaped, QueuesWoken
+from .notify import ConsumerAdded, NodesReaped, QueuesWoken
 from .records import ClaimedMessage, NewMessage, QueueRow
 from .rows import binding_info as _binding_info
 from .rows import exchange_info as _exchange_info
@@ -564,6 +564,8 @@ class Repository:
                 "UPDATE queues SET had_consumer = true, last_used_at = now() WHERE id = $1",
                 queue_id,
             )
+            if self.notify:
+                await notify.send(conn, ConsumerAdded(node_id, queue_id))
             return None
 
     async def remove_consumer(

@@ -226,3 +226,72 @@ def test_a_channel_wide_prefetch_holds_for_handed_messages(amqp_url: str) -> Non
     finally:
         safe_close(publisher)
         safe_close(conn)
+
+
+class _QueueRowLock:
+    """Holds a row lock on a queue from a connection of its own (as a long transaction
+    of an operator would), until released or 10 s have passed; ``held`` says whether it
+    still held the lock when it was asked."""
+
+    def __init__(self, dsn: str, name: str) -> None:
+        import threading
+
+        self.dsn, self.name = dsn, name
+        self.locked, self.release = threading.Event(), threading.Event()
+        self.ending = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        assert self.locked.wait(10), "no lock"
+
+    def _run(self) -> None:
+        import asyncio
+
+        import asyncpg
+
+        async def hold() -> None:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                async with conn.transaction():
+                    await conn.execute("SELECT 1 FROM queues WHERE name = $1 FOR UPDATE", self.name)
+                    self.locked.set()
+                    await asyncio.get_running_loop().run_in_executor(None, self.release.wait, 10)
+                    self.ending.set()  # before the commit: nobody waiting got past it yet
+            finally:
+                await conn.close()
+
+        asyncio.run(hold())
+
+    def held(self) -> bool:
+        return not self.ending.is_set()
+
+    def close(self) -> None:
+        self.release.set()
+        self.thread.join(15)
+
+
+def test_the_queue_of_a_waiting_consumer_is_redeclared_from_memory(
+    database_url, start_broker
+) -> None:
+    """A redeclare of a queue this node consumes alone and knows to be empty (Celery's
+    rpc reply queue, before every task) is answered without the database: it does not
+    wait for a transaction holding the queue's row."""
+    node = start_broker(database_url)
+    conn, other = connect(node.url), connect(node.url)
+    lock = None
+    try:
+        q = unique("from-memory")
+        args = {"x-expires": 60_000}  # a declare marks such a queue used, in its row
+        ch = conn.channel()
+        ch.queue_declare(q, auto_delete=True, arguments=args)
+        ch.basic_consume(q, lambda *a: None, auto_ack=True)
+        settle(conn, 0.3)  # its first claim finds the queue empty
+        och = other.channel()
+        lock = _QueueRowLock(normalize_dsn(database_url), q)
+        ok = och.queue_declare(q, auto_delete=True, arguments=args).method
+        assert lock.held(), "the declare waited for the database"
+        assert (ok.message_count, ok.consumer_count) == (0, 1)
+    finally:
+        if lock is not None:
+            lock.close()
+        safe_close(other)
+        safe_close(conn)

@@ -82,6 +82,43 @@ def test_declare_ok_counts(conn, resources):
     assert ok.method.consumer_count == 1
 
 
+def _counts(ch, q: str, arguments: dict) -> tuple[int, int]:
+    ok = ch.queue_declare(q, arguments=arguments).method
+    return ok.message_count, ok.consumer_count
+
+
+def test_declare_ok_counts_around_a_waiting_consumer(conn, open_conn, resources):
+    """Celery's rpc client redeclares the reply queue it consumes before every task
+    (with x-expires): the queue of a waiting consumer counts (0, 1); what its prefetch
+    holds back shows as ready, and a second consumer counts at once."""
+    q = resources.queue("waiting")
+    args = {"x-expires": 60_000}
+    ch = conn.channel()
+    ch.queue_declare(q, arguments=args)
+    ch.basic_qos(prefetch_count=1)
+    got: list[int] = []
+    ch.basic_consume(q, lambda c, m, p, b: got.append(m.delivery_tag))
+    conn.process_data_events(time_limit=0.3)  # the consumer waits on an empty queue
+    other = open_conn()
+    och = other.channel()
+    assert [_counts(och, q, args) for _ in range(3)] == [(0, 1)] * 3
+    och.confirm_delivery()
+    for i in range(3):
+        och.basic_publish("", q, b"%d" % i)
+    assert drain(conn, lambda: len(got) == 1)
+    assert _counts(och, q, args) == (2, 1)  # one unacked, two held back by the prefetch
+    for n in (2, 3):
+        ch.basic_ack(got[-1])
+        assert drain(conn, lambda n=n: len(got) == n)
+    ch.basic_ack(got[-1])
+    deadline = time.monotonic() + OP_TIMEOUT
+    while _counts(och, q, args) != (0, 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _counts(och, q, args) == (0, 1)
+    och.basic_consume(q, lambda *a: None)
+    assert _counts(ch, q, args) == (0, 2)
+
+
 def test_server_named_queue(conn):
     ch = conn.channel()
     ok = ch.queue_declare("", exclusive=True)

@@ -240,6 +240,40 @@ def test_counts_are_cluster_wide(start_broker, database_url):
             conn_b.close()
 
 
+def test_a_consumer_on_b_is_counted_at_once_by_a_declare_on_a(start_broker, database_url):
+    """A's waiting consumer lets A answer a declare from memory; B's new consumer ends
+    that (its NOTIFY), so A's next declare-ok counts both, and A's count follows B's
+    publishes."""
+    a = start_broker(database_url)
+    b = start_broker(database_url)
+    q = unique("counts-memory")
+    conn_a, conn_b = connect(a.url), connect(b.url)
+    try:
+        ch_a = conn_a.channel()
+        ch_a.queue_declare(q, durable=True)
+        ch_a.basic_qos(prefetch_count=1)
+        got: list = []
+        ch_a.basic_consume(q, collector(got))
+        conn_a.process_data_events(time_limit=0.3)
+        for _ in range(5):  # answered on A from what A knows (its look at B is fresh)
+            assert passive(a.url, q) == (0, 1)
+        ch_b = conn_b.channel()
+        ch_b.basic_qos(prefetch_count=1)
+        got_b: list = []
+        ch_b.basic_consume(q, collector(got_b))
+        # The NOTIFY takes a moment; a second of a stale look at B would not do.
+        assert wait_until(lambda: passive(a.url, q) == (0, 2), 0.5, "B's consumer, on A")
+        ch_b.confirm_delivery()
+        for i in range(4):  # one for each consumer; two ready
+            ch_b.basic_publish("", q, f"m{i}".encode())
+        drain(conn_a, got, 1, timeout=5)
+        drain(conn_b, got_b, 1, timeout=5)
+        assert passive(a.url, q) == (2, 2)
+    finally:
+        conn_a.close()
+        conn_b.close()
+
+
 # --------------------------------------------------------------------------- ownership
 
 

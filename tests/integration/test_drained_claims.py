@@ -181,3 +181,53 @@ async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consume
         await _settle(d)
         assert d.drained
         assert d.take_direct(5) == []  # the other node's consumer gets its turn
+
+
+async def test_a_drained_queue_consumed_here_alone_counts_without_the_database(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """``consumers_if_empty`` (what answers a declare-ok from memory) gives a count only
+    while the queue is known to hold no ready row and no other node consumes it."""
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
+        assert d.drained and d.consumers_if_empty() == 1
+        await _publish(repo, qid, 3)
+        d.arrived()  # a local commit into the queue: the database must count
+        assert d.consumers_if_empty() is None
+        d.wake()
+        await _settle(d)
+        assert len(t.unacked) == 1 and d.consumers_if_empty() is None  # two still ready
+        for _ in range(2):
+            await _ack(repo, node, t)
+            d.credit_freed()
+            await _settle(d)
+        assert d.consumers_if_empty() is None  # that claim was full: one more may be there
+        await _ack(repo, node, t)
+        d.credit_freed()
+        await _settle(d)
+        assert d.drained and d.consumers_if_empty() == 1
+        d._alone_read -= 2  # a stale look at the other nodes: the database counts, and
+        assert d.consumers_if_empty() is None  # a claim reads them again
+        await _settle(d)
+        assert d.consumers_if_empty() == 1
+
+
+async def test_a_consumer_heard_of_on_another_node_is_never_forgotten_by_a_read(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """The NOTIFY of a consumer added elsewhere ends counting from memory at once, even
+    when it comes while a read of the other nodes' consumers (begun before) is on."""
+    repo, qid, node = setup
+
+    class Racing(Counting):
+        async def consumed_elsewhere(self, queue_id: int, node_id: uuid.UUID) -> bool:
+            before = await super().consumed_elsewhere(queue_id, node_id)
+            d.consumed_elsewhere()  # heard while the answer was on its way
+            return before
+
+    racing = Racing(repo.durable_pool, repo.async_commit_pool)
+    async with _dispatching(racing, qid, node, prefetch=1) as (d, _t):
+        assert d.consumers_if_empty() is None
+        assert d.take_direct(1) == []
+        await _settle(d)
+        assert d.consumers_if_empty() is None  # the read did not undo what was heard

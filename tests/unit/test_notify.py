@@ -12,6 +12,7 @@ from cavalcade.storage.notify import (
     OUTBOX_CHANNEL,
     TOPOLOGY_CHANNEL,
     WAKE_CHANNEL,
+    ConsumerAdded,
     Event,
     Listener,
     NodesReaped,
@@ -33,6 +34,7 @@ OTHER = uuid.UUID("0b7e2c1d-1111-4a4a-8888-123456789abc")
         (QueuesWoken(NODE, None), [(WAKE_CHANNEL, f"{NODE}:*")]),
         (QueuesWoken(None, frozenset({7})), [(WAKE_CHANNEL, "-:7")]),
         (QueuesWoken(None, None), [(WAKE_CHANNEL, "-:*")]),
+        (ConsumerAdded(NODE, 12), [(WAKE_CHANNEL, f"{NODE}:-12")]),
         (TopologyChanged(NODE, 4), [(TOPOLOGY_CHANNEL, f"{NODE}:4")]),
         (TopologyChanged(NODE, 4, 9), [(TOPOLOGY_CHANNEL, f"{NODE}:4:9")]),
         (NodesReaped(), [(WAKE_CHANNEL, "reaper:*"), (TOPOLOGY_CHANNEL, "reaper")]),
@@ -69,6 +71,9 @@ def test_what_sql_functions_send_parses() -> None:
         (WAKE_CHANNEL, "garbage"),
         (WAKE_CHANNEL, "nonode:1"),
         (WAKE_CHANNEL, f"{NODE}:1,x"),
+        (WAKE_CHANNEL, "-:-5"),
+        (WAKE_CHANNEL, f"{NODE}:-x"),
+        (WAKE_CHANNEL, f"{NODE}:-"),
         (TOPOLOGY_CHANNEL, f"{NODE}:vhost"),
         ("other_channel", "x"),
     ],
@@ -93,6 +98,9 @@ class Target:
     def queue_deleted_elsewhere(self, queue_id: int) -> None:
         self.calls.append(("deleted", queue_id))
 
+    def consumed_elsewhere(self, queue_id: int) -> None:
+        self.calls.append(("consumer elsewhere", queue_id))
+
 
 def _heard(channel: str, payload: str) -> list[tuple[str, object]]:
     target = Target()
@@ -106,6 +114,8 @@ def test_listener_acts_on_other_nodes_only() -> None:
     assert _heard(WAKE_CHANNEL, f"{OTHER}:*") == [("wake_all", None)]
     assert _heard(WAKE_CHANNEL, "-:3") == [("wake", [3])]
     assert _heard(WAKE_CHANNEL, f"{NODE}:1") == []
+    assert _heard(WAKE_CHANNEL, f"{OTHER}:-6") == [("consumer elsewhere", 6)]
+    assert _heard(WAKE_CHANNEL, f"{NODE}:-6") == []
     assert _heard(TOPOLOGY_CHANNEL, f"{OTHER}:4") == [("topology", 4)]
     assert _heard(TOPOLOGY_CHANNEL, f"{OTHER}:4:9") == [("topology", 4), ("deleted", 9)]
     assert _heard(TOPOLOGY_CHANNEL, f"{NODE}:4:9") == []
