@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import random
 import uuid
 from collections.abc import AsyncIterator
@@ -12,6 +13,7 @@ from cavalcade.broker.service import Broker
 from cavalcade.broker.sessions import Session
 from cavalcade.broker.topology import VhostTopology
 from cavalcade.domain.routing import route
+from cavalcade.storage import topology_log as tl
 from cavalcade.storage.notify import TopologyChanged
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange
@@ -229,3 +231,52 @@ async def test_a_write_that_changes_nothing_bumps_nothing(database_url: str) -> 
         if q is not None:
             await repo.delete_queue(q.id)
         await repo.close()
+
+
+def _rows_visited(plan: dict[str, object]) -> int:
+    """Rows a plan node and its children produced or filtered away, per loop summed."""
+    loops = int(plan.get("Actual Loops", 1))  # type: ignore[call-overload]
+    own = (int(plan.get("Actual Rows", 0)) + int(plan.get("Rows Removed by Filter", 0))) * loops  # type: ignore[call-overload]
+    children = plan.get("Plans", [])
+    assert isinstance(children, list)
+    return own + sum(_rows_visited(c) for c in children)
+
+
+async def test_a_catch_up_reads_its_rows_by_key_however_large_the_vhost(database_url: str) -> None:
+    """The catch-up reads of one change visit that change's rows only, with the generic
+    plans a long-lived connection ends up using and no statistics (autovacuum off): they
+    once walked every queue of the vhost and every binding, per change."""
+    async with _guest_session(database_url) as (repo, broker, s):
+        await broker.declare_queue(s, "probe", False, False, False, False, {})
+        await broker.bind_queue(s, "probe", "amq.topic", "probe.#", {})
+        vh = await s.vhost.fresh(repo)
+        q, ex = vh.queues["probe"], vh.exchanges_by_name["amq.topic"]
+        async with repo.topology.pool.acquire() as conn:
+            await conn.execute(
+                "INSERT INTO queues (vhost_id, name) SELECT $1, 'bulk-' || i"
+                " FROM generate_series(1, 3000) i",
+                vh.id,
+            )
+            await conn.execute(
+                "INSERT INTO bindings (source_id, queue_id, routing_key)"
+                " SELECT $1, id, name FROM queues WHERE name LIKE 'bulk-%'",
+                ex.id,
+            )
+            await conn.execute("SET plan_cache_mode = force_generic_plan")
+            reads = [
+                (tl._QUEUES_BY_ID, ([q.id],)),
+                (tl._EXCHANGES_BY_ID, ([ex.id],)),
+                (tl._BINDINGS_OF_EDGES, ([ex.id], [q.id], [0])),
+            ]
+            for sql, args in reads:
+                types = ", ".join("bigint[]" for _ in args)
+                params = ", ".join("'{" + ",".join(map(str, a)) + "}'" for a in args)
+                await conn.execute(f"PREPARE probe ({types}) AS {sql}")
+                try:
+                    plan = await conn.fetchval(
+                        f"EXPLAIN (ANALYZE, FORMAT JSON) EXECUTE probe({params})"
+                    )
+                finally:
+                    await conn.execute("DEALLOCATE probe")
+                top = json.loads(plan)[0]["Plan"]
+                assert _rows_visited(top) <= 10, (sql, top)
