@@ -222,7 +222,10 @@ class QueueDispatcher:
         nodes also wakes a claim, which reads it again)."""
         if not self.consumers or not self.drained or self.single_active or self._stopping:
             return None
-        if not self._settled.is_set():
+        if not self._settled.is_set() or not any(c.credit() > 0 for c in self.consumers):
+            # A consumer with credit would take at once what another node commits (its
+            # NOTIFY on the way), as on RabbitMQ, where a waiting consumer leaves none
+            # ready; with none, a row committed there would count as ready.
             return None
         if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
             self.wake()
@@ -404,13 +407,14 @@ class QueueDispatcher:
     async def _check_alone(self) -> None:
         """Drained: read again, at most once a second, whether other nodes consume this
         queue (their consumers must get their turn, so nothing is handed over here)."""
-        now = time.monotonic()
-        if now - self._alone_read >= ALONE_RECHECK:
-            self._alone_read = now
+        started = time.monotonic()
+        if started - self._alone_read >= ALONE_RECHECK:
             heard = self._heard_elsewhere
             alone = not await self._repo.consumed_elsewhere(self.queue_id, self._node_id)
-            # A consumer whose NOTIFY came during the read may be missing from it.
+            # A consumer whose NOTIFY came during the read may be missing from it. Until
+            # the read is back, the last one stays too old to count.
             self._alone = alone and heard == self._heard_elsewhere
+            self._alone_read = started
 
     async def _hand_out(
         self,

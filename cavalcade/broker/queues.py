@@ -166,7 +166,8 @@ class Queues:
         if q.exclusive_node is None:  # an exclusive queue's durable flag is not compared
             assert_flag("queue", name, vhost, "durable", durable, q.durable)
         assert_flag("queue", name, vhost, "auto_delete", auto_delete, q.auto_delete)
-        assert_equivalent("queue", name, vhost, q.arguments, args, QUEUE_EQUIVALENCE_KEYS)
+        declared = q.arguments if q.declared is None else q.declared  # not the policies'
+        assert_equivalent("queue", name, vhost, declared, args, QUEUE_EQUIVALENCE_KEYS)
         if used is not None:
             return DeclaredQueue(name, used[1], used[2])
         if created:  # this statement made it: nothing in it, nobody on it

@@ -196,6 +196,8 @@ def _apply_policies(
     if not policies:
         return
     for q in queues:
-        q.arguments = apply_to_queue(q.name, q.arguments, policies).arguments
+        if q.declared is None:
+            q.declared = q.arguments
+        q.arguments = apply_to_queue(q.name, q.declared, policies).arguments
     for e in exchanges:
         e.arguments = apply_to_exchange(e.name, e.arguments, policies).arguments

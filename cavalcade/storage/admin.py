@@ -17,7 +17,8 @@ import asyncpg
 
 from cavalcade.domain.passwords import hash_password
 
-from . import queries
+from . import notify, queries
+from .notify import TopologyChanged
 
 # The exchanges every vhost has (migration 0001 seeds them for '/').
 DEFAULT_EXCHANGES = (
@@ -52,6 +53,10 @@ def _rows(records: Sequence[asyncpg.Record], *json_columns: str) -> list[Record]
                 d[c] = _json(d[c])
         out.append(d)
     return out
+
+
+# The sender of the admin layer's NOTIFYs (``ctl`` runs on no node): every node acts on them.
+NO_NODE = uuid.UUID(int=0)
 
 
 class AdminStore:
@@ -179,9 +184,8 @@ class AdminStore:
         return bool(status != "UPDATE 0")
 
     async def bump_topology(self, vhost_id: int) -> None:
-        await self.pool.execute(
-            "UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1", vhost_id
-        )
+        async with self.pool.acquire() as conn, conn.transaction():
+            await _bump(conn, vhost_id)
 
     # -- permissions -----------------------------------------------------------
 
@@ -322,7 +326,7 @@ class AdminStore:
                 " AND NOT EXISTS (SELECT 1 FROM bindings b WHERE b.source_id = e.id)",
                 [r[0] for r in sources],
             )
-            await _bump(conn, vhost_id)
+            await _bump(conn, vhost_id, queue_id)
             return int(count or 0)
 
     async def exchanges(self, vhost_id: int | None) -> list[Record]:
@@ -522,7 +526,16 @@ class AdminStore:
         return int(n or 0)
 
 
-async def _bump(conn: asyncpg.Connection, vhost_id: int) -> None:
+async def _bump(conn: asyncpg.Connection, vhost_id: int, deleted_queue: int | None = None) -> None:
+    """Bump the vhost's topology version, in the caller's transaction. Every node sees
+    it before its next routing; those listening hear it at commit (a deleted queue's
+    consumers are cancelled then), where the database has NOTIFY at all."""
     await conn.execute(
         "UPDATE vhosts SET topology_version = topology_version + 1 WHERE id = $1", vhost_id
     )
+    ((channel, payload),) = notify.encode(TopologyChanged(NO_NODE, vhost_id, deleted_queue))
+    try:
+        async with conn.transaction():  # a savepoint: without pg_notify, only this fails
+            await conn.execute("SELECT pg_notify($1, $2)", channel, payload)
+    except asyncpg.PostgresError:
+        pass

@@ -187,15 +187,18 @@ class Listener:
         self.target = target
         self.conn: asyncpg.Connection | None = None
         self.extra = extra or {}
+        self._caught_up = False  # since the connection's LISTENs, all was assumed changed
 
     def listening(self) -> bool:
-        """Is the LISTEN connection up (so other nodes' commits are heard as they come)?"""
-        return self.conn is not None and not self.conn.is_closed()
+        """Is the LISTEN connection up, and was everything assumed changed since it began
+        (so other nodes' commits are heard as they come, and none missed before counts)?"""
+        return self._caught_up and self.conn is not None and not self.conn.is_closed()
 
     async def ensure(self) -> None:
         """Listen (again, if the connection was lost); then assume anything changed."""
-        if self.listening():
+        if self.conn is not None and not self.conn.is_closed():
             return
+        self._caught_up = False
         self.conn = await asyncpg.connect(self.dsn)
         await self.conn.add_listener(WAKE_CHANNEL, self._on_notify)
         await self.conn.add_listener(TOPOLOGY_CHANNEL, self._on_notify)
@@ -205,6 +208,7 @@ class Listener:
         # Anything may have changed while we were not listening.
         self.target.topology_changed()
         self.target.wake_all()
+        self._caught_up = True
 
     async def close(self) -> None:
         if self.conn is not None:

@@ -18,6 +18,9 @@ class QueueRow:
     exclusive_node: uuid.UUID | None
     exclusive_connection: int | None
     arguments: dict[str, Any]
+    # As declared, where ``arguments`` holds them with policies applied (the topology
+    # cache's rows); None: the same. A redeclare is compared with these, as RabbitMQ does.
+    declared: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

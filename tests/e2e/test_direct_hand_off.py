@@ -295,3 +295,55 @@ def test_the_queue_of_a_waiting_consumer_is_redeclared_from_memory(
             lock.close()
         safe_close(other)
         safe_close(conn)
+
+
+def test_a_redeclare_from_memory_compares_the_declared_arguments_not_the_policys(
+    database_url, start_broker
+) -> None:
+    """The topology cache holds a queue's arguments with its policy applied; a redeclare
+    with the arguments it was declared with is equivalent (RabbitMQ compares those)."""
+    from .test_operations import _admin
+
+    node = start_broker(database_url)
+    q = unique("policy-redeclare")
+    _admin(database_url, lambda a: a.set_policy("/", "ttl", f"^{q}$", {"message-ttl": 60_000}))
+    conn, other = connect(node.url), connect(node.url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q, arguments={"x-max-length": 50})
+        ch.basic_consume(q, lambda *a: None, auto_ack=True)
+        settle(conn, 0.3)  # drained: the next declares are answered from memory
+        och = other.channel()
+        for _ in range(3):
+            ok = och.queue_declare(q, arguments={"x-max-length": 50}).method
+            assert (ok.message_count, ok.consumer_count) == (0, 1)
+        with pytest.raises(pika.exceptions.ChannelClosedByBroker) as err:
+            och.queue_declare(q, arguments={"x-max-length": 60})
+        assert err.value.reply_code == 406
+    finally:
+        safe_close(other)
+        safe_close(conn)
+
+
+def test_a_queue_deleted_by_ctl_is_not_redeclared_from_memory(database_url, start_broker) -> None:
+    """``ctl delete_queue`` (no node of its own) tells the nodes at its commit: a redeclare
+    right after it creates the queue again instead of answering for the deleted one."""
+    from .test_operations import _admin
+
+    node = start_broker(database_url)
+    q = unique("ctl-deleted")
+    conn, other = connect(node.url), connect(node.url)
+    try:
+        ch = conn.channel()
+        ch.queue_declare(q)
+        ch.basic_consume(q, lambda *a: None, auto_ack=True)
+        settle(conn, 0.3)
+        och = other.channel()
+        assert och.queue_declare(q).method.consumer_count == 1  # from memory
+        _admin(database_url, lambda a: a.delete_queue("/", q))
+        time.sleep(0.2)  # the NOTIFY's way to the node, far below the node's 1 s check
+        assert och.queue_declare(q).method.consumer_count == 0  # declared again, anew
+        och.queue_declare(q, passive=True)  # and it exists
+    finally:
+        safe_close(other)
+        safe_close(conn)

@@ -12,6 +12,8 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from cavalcade.broker.dispatch import QueueDispatcher
+from cavalcade.storage.dsn import normalize_dsn
+from cavalcade.storage.notify import Listener
 from cavalcade.storage.records import ClaimedMessage
 from cavalcade.storage.repository import NewMessage, Repository
 
@@ -210,6 +212,8 @@ async def test_a_drained_queue_consumed_here_alone_counts_without_the_database(
         assert d.consumers_if_empty() is None  # a claim reads them again
         await _settle(d)
         assert d.consumers_if_empty() == 1
+        t.blocked = True  # no credit: a row another node commits would stay ready
+        assert d.consumers_if_empty() is None
 
 
 async def test_a_consumer_heard_of_on_another_node_is_never_forgotten_by_a_read(
@@ -231,3 +235,62 @@ async def test_a_consumer_heard_of_on_another_node_is_never_forgotten_by_a_read(
         assert d.take_direct(1) == []
         await _settle(d)
         assert d.consumers_if_empty() is None  # the read did not undo what was heard
+
+
+async def test_a_look_at_the_other_nodes_under_way_does_not_extend_the_last_one(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """While the once-a-second read of other nodes' consumers is on its way, the last
+    answer is too old to count from memory: nothing is counted in the meantime."""
+    repo, qid, node = setup
+    during: list[int | None] = []
+    box: list[QueueDispatcher] = []
+
+    class Slow(Counting):
+        async def consumed_elsewhere(self, queue_id: int, node_id: uuid.UUID) -> bool:
+            if box:
+                during.append(box[0].consumers_if_empty())
+            return await super().consumed_elsewhere(queue_id, node_id)
+
+    slow = Slow(repo.durable_pool, repo.async_commit_pool)
+    async with _dispatching(slow, qid, node, prefetch=1) as (d, _t):
+        box.append(d)
+        assert d.consumers_if_empty() == 1
+        d._alone_read -= 2
+        d.wake()
+        await _settle(d)
+        assert during and all(n is None for n in during)
+        assert d.consumers_if_empty() == 1
+
+
+async def test_the_listener_counts_as_listening_only_once_all_was_assumed_changed(
+    database_url: str,
+) -> None:
+    """While a (re)connected listener has not yet told the broker that anything may have
+    changed, what the node knows from before (drained queues, topology) must not count
+    as current: ``listening()`` stays false until then."""
+    seen: list[bool] = []
+
+    class Target:
+        def wake_queues(self, queue_ids: object) -> None: ...
+        def wake_all(self) -> None:
+            seen.append(listener.listening())
+
+        def topology_changed(self, vhost_id: int | None = None) -> None:
+            seen.append(listener.listening())
+
+        def queue_deleted_elsewhere(self, queue_id: int) -> None: ...
+        def consumed_elsewhere(self, queue_id: int) -> None: ...
+
+    listener = Listener(normalize_dsn(database_url), uuid.uuid4(), Target())
+    assert not listener.listening()
+    try:
+        await listener.ensure()
+        assert seen == [False, False] and listener.listening()
+        assert listener.conn is not None
+        await listener.conn.close()
+        assert not listener.listening()
+        await listener.ensure()
+        assert seen == [False, False, False, False] and listener.listening()
+    finally:
+        await listener.close()
