@@ -14,9 +14,10 @@ from cavalcade.domain.arguments import (
     check_reserved,
     json_safe,
 )
-from cavalcade.domain.routing import ExchangeInfo, routing_type
+from cavalcade.domain.routing import BindingInfo, ExchangeInfo, routing_type
 from cavalcade.errors import AccessRefused, ChannelError, NotFound, PreconditionFailed
-from cavalcade.storage.topology_log import TopologyChange
+from cavalcade.storage.rows import as_stored
+from cavalcade.storage.topology_log import TopologyChange, TopologyRows
 
 from .node import NodeState
 from .sessions import Access, Session, Sessions, permit
@@ -168,7 +169,14 @@ class Exchanges:
             await self.node.changed(s.vhost, change=change)
         else:
             write = repo.binding_insert(src.id, queue_id, exchange_id, routing_key, args)
-            await self.node.changed(s.vhost, change=change, write=write)
+            edge = (src.id, queue_id or 0, exchange_id or 0)
+            added = BindingInfo(src.id, routing_key, as_stored(args), queue_id, exchange_id)
+
+            def bound(_id: int | None, vh: VhostTopology) -> tuple[TopologyChange, TopologyRows]:
+                now = [*vh.edges.get(edge, ()), added]  # the edge's bindings, as of then
+                return TopologyChange(edges={edge}), TopologyRows({}, {}, {edge: now})
+
+            await self.node.changed(s.vhost, change=change, write=write, own=bound)
 
     async def drop_unused_auto_delete(
         self, exchanges: Iterable[ExchangeInfo], vh: VhostTopology | None = None

@@ -12,7 +12,7 @@ from cavalcade.storage.admin import AdminStore
 from cavalcade.storage.notify import TopologyChanged
 from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
-from cavalcade.storage.topology_log import TopologyChange, Write
+from cavalcade.storage.topology_log import TopologyChange, TopologyRows, Write
 
 from .dispatch import DatabaseClock, QueueDispatcher
 from .group_commit import WriteBatcher
@@ -80,19 +80,30 @@ class NodeState:
         queue_deleted: int | None = None,
         change: TopologyChange | None = None,
         write: Write | None = None,
+        own: Callable[[int | None, VhostTopology], tuple[TopologyChange, TopologyRows]]
+        | None = None,
     ) -> int | None:
         """A topology change is committed (or ``write`` makes it, in the same statement):
         bump the vhost's version (every node checks it before routing a batch), record
         what it touched (``change``: nodes catch up on just that; None: they reload the
-        vhost) and tell the others now (NOTIFY). Returns the id ``write`` returned."""
+        vhost) and tell the others now (NOTIFY). ``own``, given the id ``write``
+        returned, says what the change and its rows are, so this node's cache takes it
+        without reading it back (see :meth:`VhostTopology.apply_own`). Returns that id."""
+        was_fresh = not vh.stale
         vh.stale = True
+        marks = vh.marks
         if queue_deleted is not None and change is None:
             change = TopologyChange(queues={queue_deleted})
         event = TopologyChanged(self.node_id, vh.id, queue_deleted)
-        _, written = await self.repo.topology.bump(vh.id, change, event, write)
+        version, written = await self.repo.topology.bump(vh.id, change, event, write)
         # Again: a fresh() during the bump (the sweeper's, another session's) read the
         # version before it and cleared ``stale``; it would miss this change for good.
         vh.stale = True
+        if own is not None and version and (write is None or written is not None):
+            wrote = written
+            await vh.apply_own(version, marks + 1, lambda: own(wrote, vh))
+        elif write is not None and not version and was_fresh:
+            await vh.apply_own(vh.version + 1, marks + 1, None)  # it changed nothing
         return written
 
     # -- dispatchers ----------------------------------------------------------

@@ -19,7 +19,8 @@ from cavalcade.domain.arguments import (
 )
 from cavalcade.errors import ChannelError, NotFound, PreconditionFailed, ResourceLocked
 from cavalcade.storage.records import QueueRow
-from cavalcade.storage.topology_log import TopologyChange
+from cavalcade.storage.rows import as_stored
+from cavalcade.storage.topology_log import TopologyChange, TopologyRows
 
 from .exchanges import Exchanges, no_default_exchange
 from .limits import check_queue_limit
@@ -206,8 +207,15 @@ class Queues:
         write = repo.queue_insert(
             s.vhost.id, name, durable, auto_delete, owner, owner_connection, args
         )
+        stored = as_stored(args)
+
+        def created(qid: int | None, _vh: VhostTopology) -> tuple[TopologyChange, TopologyRows]:
+            assert qid is not None
+            row = QueueRow(qid, name, durable, auto_delete, owner, owner_connection, stored)
+            return TopologyChange(queues={qid}), TopologyRows({qid: row}, {}, {})
+
         # The insert commits with its topology bump: one statement, one commit.
-        qid = await node.changed(s.vhost, change=TopologyChange(), write=write)
+        qid = await node.changed(s.vhost, change=TopologyChange(), write=write, own=created)
         if qid is None:  # declared meanwhile by another session: answer with that one
             q = await repo.find_queue(s.vhost.id, name)
             assert q is not None
@@ -286,4 +294,10 @@ class Queues:
         self.node.cancel_local_consumers(q.id)
         deleted = await self.exchanges.drop_unused_auto_delete(sources, vh)
         change = TopologyChange(queues={q.id}, exchanges={e.id for e in sources} | deleted)
-        await self.node.changed(vh, queue_deleted=q.id, change=change)
+
+        def gone(_id: int | None, _vh: VhostTopology) -> tuple[TopologyChange, TopologyRows]:
+            return change, TopologyRows({}, {}, {})  # the queue and its bindings are gone
+
+        # With auto-delete sources (gone or not), the next use reads them back.
+        own = None if sources else gone
+        await self.node.changed(vh, queue_deleted=q.id, change=change, own=own)

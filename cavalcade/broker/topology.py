@@ -11,7 +11,7 @@ vhost is reloaded, as before.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,8 @@ class VhostTopology:
     exchanges_by_name: dict[str, ExchangeInfo] = field(default_factory=dict)
     queues: dict[str, QueueRow] = field(default_factory=dict)
     queues_by_id: dict[int, QueueRow] = field(default_factory=dict)
-    stale: bool = True
+    _stale: bool = True
+    marks: int = 0  # times marked stale so far (see :meth:`apply_own`)
     version: int = -1
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     reloads: int = 0  # full loads so far (the rest were incremental)
@@ -42,6 +43,17 @@ class VhostTopology:
     edges_into: dict[tuple[int, int], set[Edge]] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)  # max-connections, max-queues
     policies: list[Any] = field(default_factory=list)  # policies of this vhost, applied
+
+    @property
+    def stale(self) -> bool:
+        """May the cache have missed a change (the next use catches up first)?"""
+        return self._stale
+
+    @stale.setter
+    def stale(self, value: bool) -> None:
+        if value:
+            self.marks += 1
+        self._stale = value
 
     def force_reload(self) -> None:
         """Next use reloads everything (the cache may have missed a change)."""
@@ -63,6 +75,26 @@ class VhostTopology:
                         self.stale = True
                         raise
         return self
+
+    async def apply_own(
+        self,
+        version: int,
+        marks: int,
+        own: Callable[[], tuple[TopologyChange, TopologyRows]] | None,
+    ) -> None:
+        """This node's own change, committed as ``version``: applied without reading it
+        back, if the cache holds the version before it (so that change is all that
+        moved) and nothing has marked it stale since ``marks`` (no other change was
+        heard of meanwhile). ``own`` gives the change and its rows, as of the cache
+        then (None: the write changed nothing, and ``version`` is the cache's next).
+        Otherwise the next use catches up from the events, as usual."""
+        async with self.lock:  # not in the middle of a catch-up
+            if self.version != version - 1 or self.marks != marks:
+                return
+            if own is not None:
+                self.apply(*own())
+                self.version = version
+            self._stale = False
 
     async def _reload(self, repo: Repository) -> None:
         version, exchanges, queues = await repo.load_topology(self.id)

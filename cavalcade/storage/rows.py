@@ -18,6 +18,11 @@ def json_args(value: Any) -> dict[str, Any]:
     return dict(textsafe.load_json(value) or {})
 
 
+def as_stored(arguments: dict[str, Any]) -> dict[str, Any]:
+    """``arguments`` as a read of the column they are written to returns them."""
+    return json_args(textsafe.dump_json(arguments))
+
+
 def exchange_info(r: asyncpg.Record) -> ExchangeInfo:
     """An exchange (without its bindings) from a row of ``exchanges``."""
     return ExchangeInfo(

@@ -280,3 +280,69 @@ async def test_a_catch_up_reads_its_rows_by_key_however_large_the_vhost(database
                     await conn.execute("DEALLOCATE probe")
                 top = json.loads(plan)[0]["Plan"]
                 assert _rows_visited(top) <= 10, (sql, top)
+
+
+async def test_own_changes_are_taken_without_reading_them_back(database_url: str) -> None:
+    """A declare, bind or queue delete of this node goes into its cache as it committed
+    it: no catch-up read follows, and the cache is what a full load gives."""
+    async with _guest_session(database_url) as (repo, broker, s):
+        vh = await s.vhost.fresh(repo)
+        reads = 0
+        real = repo.topology.changes_since
+
+        async def counted(vhost_id: int, since: int) -> tuple[int, TopologyChange | None]:
+            nonlocal reads
+            reads += 1
+            return await real(vhost_id, since)
+
+        repo.topology.changes_since = counted  # type: ignore[method-assign]
+        await broker.declare_exchange(s, "own-x", "topic", False, False, False, False, {})
+        for i in range(20):
+            await broker.declare_queue(s, f"own-{i}", False, False, False, False, {"x-a": [i]})
+            await broker.bind_queue(s, f"own-{i}", "amq.topic", f"own.{i}.#", {"k": "v\x00"})
+            await broker.bind_queue(s, f"own-{i}", "amq.topic", f"own.{i}.*", {})
+        before = reads
+        for i in range(20):
+            await broker.declare_queue(s, f"own-{i}", False, False, False, False, {"x-a": [i]})
+            await broker.bind_queue(s, f"own-{i}", "amq.topic", f"own.{i}.#", {"k": "v\x00"})
+        assert reads == before  # declares and binds of nothing new read nothing either
+        for i in range(0, 20, 4):
+            await broker.delete_queue(s, f"own-{i}", False, False)
+        assert reads <= 3  # the exchange (read back, with its bindings); no queue, no bind
+        assert not vh.stale
+        full = VhostTopology(id=vh.id, name="/")
+        await full.fresh(repo)
+        assert _snapshot(vh) == _snapshot(full) and vh.version == full.version
+        assert vh.queues["own-3"].arguments == full.queues["own-3"].arguments == {"x-a": [3]}
+        edge = (vh.exchanges_by_name["amq.topic"].id, vh.queues["own-3"].id, 0)
+        assert sorted(vh.edges[edge], key=repr) == sorted(full.edges[edge], key=repr)
+
+
+async def test_own_changes_racing_others_still_match_a_full_load(database_url: str) -> None:
+    """Sessions of two nodes declare and bind at once: whatever each node took without
+    reading back, a catch-up from its version then gives what a full load gives."""
+    async with (
+        _guest_session(database_url) as (repo_a, broker_a, a),
+        _guest_session(database_url) as (repo_b, broker_b, b),
+    ):
+        a2 = await broker_a.open_session(*(await broker_a.authenticate("guest", "guest", "")), "/")
+        rnd = random.Random(11)
+
+        async def work(broker: Broker, s: Session, tag: str) -> None:
+            for i in range(40):
+                q = f"race-{tag}-{i}"
+                await broker.declare_queue(s, q, False, False, False, False, {})
+                for _ in range(rnd.randint(1, 3)):
+                    await broker.bind_queue(s, q, "amq.topic", f"{tag}.{rnd.randint(0, 4)}", {})
+                if rnd.random() < 0.2:
+                    await broker.delete_queue(s, q, False, False)
+
+        await asyncio.gather(
+            work(broker_a, a, "a"), work(broker_a, a2, "c"), work(broker_b, b, "b")
+        )
+        for repo, s in ((repo_a, a), (repo_b, b)):
+            s.vhost.stale = True  # as a NOTIFY would: catch up from the cached version
+            vh = await s.vhost.fresh(repo)
+            full = VhostTopology(id=vh.id, name="/")
+            await full.fresh(repo)
+            assert _snapshot(vh) == _snapshot(full) and vh.version == full.version
