@@ -416,6 +416,15 @@ PURGE = f"DELETE FROM messages WHERE queue_id = $1 AND {READY}"
 # queue.delete-ok's count: the ready messages of queue $1 (what declare-ok counted).
 COUNT_READY = f"SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}"
 
+# Delete queue $1, returning how many ready messages it held, in one statement (one round
+# trip, no transaction around it). The count reads the snapshot before the delete; the
+# queue row is locked by the delete, as a write batch takes it (its inserts lock the queue
+# KEY SHARE, then its acks lock messages). Its messages go with it (``queues_deleted``).
+DELETE_QUEUE = f"""
+WITH gone AS (DELETE FROM queues WHERE id = $1 RETURNING id)
+SELECT count(*) FROM messages WHERE queue_id = $1 AND {READY}
+"""
+
 # The queues of ready (or delayed) messages that have no queue row (``messages`` has no
 # foreign key, migration 0014), found without reading the table: a skip scan of
 # ix_messages_ready, one probe per queue. An owned orphan is found once it is requeued.

@@ -458,13 +458,8 @@ class Repository:
     async def delete_queue(self, queue_id: int) -> int:
         """Delete a queue with its messages; returns how many ready messages it held
         (``queries.READY``: what declare-ok and purge-ok count)."""
-        async with self.durable_pool.acquire() as conn, conn.transaction():
-            count = await conn.fetchval(queries.COUNT_READY, queue_id)
-            # The queue row first, as a write batch takes them: its inserts lock the queue
-            # (KEY SHARE), then its acks lock messages. Its messages go with it (the
-            # ``queues_deleted`` trigger).
-            await conn.execute("DELETE FROM queues WHERE id = $1", queue_id)
-            return int(count or 0)
+        count = await self.durable_pool.fetchval(queries.DELETE_QUEUE, queue_id)
+        return int(count or 0)
 
     async def delete_exclusive_queues(
         self, node_id: uuid.UUID, connection_id: int
