@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -162,21 +163,39 @@ class Exchanges:
         if not unbind and routing_type(src) == "headers":
             check_headers_binding(args)
         if unbind:
-            await repo.delete_binding(src.id, queue_id, exchange_id, routing_key, args)
-            change.exchanges |= await self.drop_unused_auto_delete([src], s.vhost)
-            if src.auto_delete:
-                change.exchanges.add(src.id)
-            await self.node.changed(s.vhost, change=change)
+            # Shielded: cancelled between the delete and its bump, no node would hear of it.
+            await asyncio.shield(self._unbind(s, src, queue_id, exchange_id, routing_key, args))
         else:
             write = repo.binding_insert(src.id, queue_id, exchange_id, routing_key, args)
             edge = (src.id, queue_id or 0, exchange_id or 0)
-            added = BindingInfo(src.id, routing_key, as_stored(args), queue_id, exchange_id)
+            stored = as_stored(args)
+            added = BindingInfo(src.id, routing_key, stored or {}, queue_id, exchange_id)
 
             def bound(_id: int | None, vh: VhostTopology) -> tuple[TopologyChange, TopologyRows]:
-                now = [*vh.edges.get(edge, ()), added]  # the edge's bindings, as of then
+                now = [*vh.edges.get(edge, ())]  # the edge's bindings, as of then
+                if added not in now:
+                    now.append(added)
                 return TopologyChange(edges={edge}), TopologyRows({}, {}, {edge: now})
 
-            await self.node.changed(s.vhost, change=change, write=write, own=bound)
+            own = None if stored is None else bound
+            await self.node.changed(s.vhost, change=change, write=write, own=own)
+
+    async def _unbind(
+        self,
+        s: Session,
+        src: ExchangeInfo,
+        queue_id: int | None,
+        exchange_id: int | None,
+        routing_key: str,
+        args: dict[str, Any],
+    ) -> None:
+        repo = self.node.repo
+        change = TopologyChange(edges={(src.id, queue_id or 0, exchange_id or 0)})
+        await repo.delete_binding(src.id, queue_id, exchange_id, routing_key, args)
+        change.exchanges |= await self.drop_unused_auto_delete([src], s.vhost)
+        if src.auto_delete:
+            change.exchanges.add(src.id)
+        await self.node.changed(s.vhost, change=change)
 
     async def drop_unused_auto_delete(
         self, exchanges: Iterable[ExchangeInfo], vh: VhostTopology | None = None

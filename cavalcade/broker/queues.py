@@ -211,11 +211,13 @@ class Queues:
 
         def created(qid: int | None, _vh: VhostTopology) -> tuple[TopologyChange, TopologyRows]:
             assert qid is not None
+            assert stored is not None
             row = QueueRow(qid, name, durable, auto_delete, owner, owner_connection, stored)
             return TopologyChange(queues={qid}), TopologyRows({qid: row}, {}, {})
 
         # The insert commits with its topology bump: one statement, one commit.
-        qid = await node.changed(s.vhost, change=TopologyChange(), write=write, own=created)
+        own = None if stored is None else created
+        qid = await node.changed(s.vhost, change=TopologyChange(), write=write, own=own)
         if qid is None:  # declared meanwhile by another session: answer with that one
             q = await repo.find_queue(s.vhost.id, name)
             assert q is not None
@@ -286,6 +288,10 @@ class Queues:
     async def delete_row(self, vh: VhostTopology, q: QueueRow) -> None:
         """Delete a queue (no checks): its consumers here are cancelled, auto-delete
         exchanges it was the last binding of go too, and every node hears of it."""
+        # Shielded: cancelled between the delete and its bump, no node would hear of it.
+        await asyncio.shield(self._delete_row(vh, q))
+
+    async def _delete_row(self, vh: VhostTopology, q: QueueRow) -> None:
         repo = self.node.repo
         vh = await vh.fresh(repo)
         into = vh.edges_into.get((q.id, 0), set())

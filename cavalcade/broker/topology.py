@@ -68,6 +68,7 @@ class VhostTopology:
             async with self.lock:
                 if self.stale:
                     self.stale = False
+                    self.marks += 1  # a catch-up now may read an own change half-way
                     try:
                         if self.version < 0 or not await self._catch_up(repo):
                             await self._reload(repo)

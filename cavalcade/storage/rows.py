@@ -18,9 +18,22 @@ def json_args(value: Any) -> dict[str, Any]:
     return dict(textsafe.load_json(value) or {})
 
 
-def as_stored(arguments: dict[str, Any]) -> dict[str, Any]:
-    """``arguments`` as a read of the column they are written to returns them."""
+def as_stored(arguments: dict[str, Any]) -> dict[str, Any] | None:
+    """``arguments`` as a read of the column they are written to returns them; None if
+    that is not known here (jsonb prints floats its own way: 1e23 comes back an int)."""
+    if _has_float(arguments):
+        return None
     return json_args(textsafe.dump_json(arguments))
+
+
+def _has_float(value: Any) -> bool:
+    if isinstance(value, float):
+        return True
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_float(v) for v in value)
+    return False
 
 
 def exchange_info(r: asyncpg.Record) -> ExchangeInfo:
