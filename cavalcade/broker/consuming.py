@@ -79,6 +79,9 @@ class Consuming:
                 outage=node.outage,
                 stats=node.stats,
                 clock=node.clock,
+                # A priority queue's next row may have to jump the held ones.
+                holds=not q.arguments.get("x-max-priority"),
+                budget=node.hold_budget,
             )
             node.dispatchers[q.id] = d
         return d

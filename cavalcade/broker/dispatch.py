@@ -17,6 +17,16 @@ to a waiting consumer without queueing it: the write batch inserts a row for an
 ack-mode consumer as already claimed, leaves a no-ack consumer's row out altogether,
 and delivers them once it commits. Nothing is claimed for them.
 
+Rows past the consumers' credit are *held* (``_Hold``): written as this node's
+deliveries too, kept in memory (at most ``HOLD_ROWS`` and ``HOLD_BYTES`` per queue,
+``HOLD_NODE_BYTES`` per node, bodies up to ``HOLD_BODY``), and handed out, oldest
+first, as acks free credit: a publisher ahead of its consumer (a window of confirms
+larger than the prefetch) costs no claim per message. A held row is a ready message
+to the client: declare-ok and the management API count it so on this node, and it
+goes back to the queue as never delivered (``release_held``) when the last consumer
+leaves, another node starts consuming, before a basic.get or a purge. Only queues of
+ack-mode consumers without priorities, TTLs or limits hold rows (``holds``).
+
 A zero TTL delivers to a consumer that is waiting when the message is published and
 drops it otherwise (RabbitMQ). A dispatcher knows since when its consumers have had
 credit without a break (``_waiting_since``, reset whenever it finds none); its claims
@@ -29,11 +39,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import Sequence
 from typing import Protocol
 from uuid import UUID
 
 from cavalcade.domain.deadletter import with_delivery_count
 from cavalcade.storage.repository import ClaimedMessage, Repository
+from cavalcade.storage.retry import Backoff, retry
 
 from .outage import Outage
 from .stats import NodeStats
@@ -44,6 +57,10 @@ CLAIM_CAP = 256
 ALONE_RECHECK = 1.0  # seconds: how stale "no consumers on other nodes" may be
 CLOCK_REFRESH = 60.0  # seconds between readings of the database clock
 CLOCK_TIGHT = 0.002  # a reading whose round trip is this short is kept at once
+HOLD_ROWS = 2000  # rows a queue holds for its consumers here, at most
+HOLD_BYTES = 4 * 1024 * 1024  # their bodies, at most
+HOLD_NODE_BYTES = 64 * 1024 * 1024  # the bodies every queue of a node holds, at most
+HOLD_BODY = 64 * 1024  # a larger body is never held
 
 
 class DeliveryTarget(Protocol):
@@ -69,6 +86,63 @@ class DeliveryTarget(Protocol):
     def release(self, n: int) -> None:
         """Give back a reservation (just before delivering what the claim returned)."""
         ...
+
+
+class HoldBudget:
+    """The body bytes every dispatcher of a node holds (one per node)."""
+
+    def __init__(self, limit: int = HOLD_NODE_BYTES) -> None:
+        self.limit = limit
+        self.bytes = 0
+
+
+class _Hold:
+    """The target of a batch's rows that a queue holds for its consumers (see the
+    module's docstring): what the write path writes as delivered, then hands here."""
+
+    tag = ""
+    channel_key = -1
+    no_ack = False
+    priority = 0
+
+    def __init__(self, d: QueueDispatcher) -> None:
+        self._d = d
+        self.rows = 0  # taken for a batch not yet committed
+        self.bytes = 0
+
+    def take(self, sizes: Sequence[int | None]) -> int:
+        """How many of the first ``sizes`` it may hold (their bytes reserved; None: a
+        row never held)."""
+        d = self._d
+        room = HOLD_ROWS - len(d.held) - self.rows
+        n = 0
+        for size in sizes:
+            if n >= room or size is None or size > HOLD_BODY:
+                break
+            if d.held_bytes + self.bytes + size > HOLD_BYTES:
+                break
+            if d.budget.bytes + size > d.budget.limit:
+                break
+            n += 1
+            self.bytes += size
+            d.budget.bytes += size
+        self.rows += n
+        return n
+
+    def credit(self) -> int:
+        return 0
+
+    def reserve(self, n: int) -> None:
+        pass
+
+    def release(self, n: int) -> None:
+        """The batch is written (or failed): its reservation ends."""
+        self._d.budget.bytes -= self.bytes
+        self.rows = self.bytes = 0
+
+    def deliver(self, messages: list[ClaimedMessage]) -> bool:
+        self._d.hold(messages)
+        return True
 
 
 class DatabaseClock:
@@ -114,6 +188,8 @@ class QueueDispatcher:
         outage: Outage | None = None,
         stats: NodeStats | None = None,
         clock: DatabaseClock | None = None,
+        holds: bool = False,
+        budget: HoldBudget | None = None,
     ) -> None:
         self.queue_id = queue_id
         self.stats = stats or NodeStats()
@@ -148,6 +224,13 @@ class QueueDispatcher:
         self._alone = False
         self._alone_read = -ALONE_RECHECK
         self._heard_elsewhere = 0  # NOTIFYs of consumers added on other nodes
+        # Rows held for the consumers (see the module's docstring), oldest first.
+        self.holds = holds
+        self.budget = budget or HoldBudget()
+        self.held: deque[ClaimedMessage] = deque()
+        self.held_bytes = 0
+        self._hold = _Hold(self)
+        self._releasing: set[asyncio.Task[None]] = set()
 
     def add(self, consumer: DeliveryTarget) -> None:
         self.consumers.append(consumer)
@@ -162,16 +245,31 @@ class QueueDispatcher:
 
     # -- direct hand-off ------------------------------------------------------
 
-    def take_direct(self, count: int) -> list[tuple[DeliveryTarget, int]]:
-        """Shares of the first of ``count`` new messages for this queue's consumers,
-        taken from their credit, if they would claim them first thing (the queue is
-        drained, no claim is in flight, no other node consumes it): round-robin while
-        credit lasts. Empty: they all go through the queue."""
+    def take_direct(self, sizes: Sequence[int | None]) -> list[tuple[DeliveryTarget, int]]:
+        """Shares of the first of ``len(sizes)`` new messages (of these body sizes) for
+        this queue's consumers, taken from their credit, if they would claim them first
+        thing (the queue is drained, no claim is in flight, no other node consumes it):
+        round-robin while credit lasts, then what the queue may hold for them (a size of
+        None: not that row, nor the ones after it). Empty: they all go through the queue."""
         if not self.drained or self.single_active or self._stopping or not self._settled.is_set():
             return []
         if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
             self.wake()  # a claim, then a fresh look at the other nodes' consumers
             return []
+        self.give_held()  # older rows first
+        count = len(sizes)
+        shares = [] if self.held else self._credit_shares(count)
+        taken = sum(n for _, n in shares)
+        if taken < count and self.holds and not any(c.no_ack for c in self.consumers):
+            held = self._hold.take(sizes[taken:])
+            if held:
+                shares.append((self._hold, held))
+        if not any(c.credit() > 0 for c in self.consumers):
+            self._waiting_since = None  # zero-TTL messages published now are dropped
+        return shares
+
+    def _credit_shares(self, count: int) -> list[tuple[DeliveryTarget, int]]:
+        """Round-robin shares of ``count`` rows while the consumers' credit lasts."""
         eligible = self._eligible()
         if not eligible:
             return []
@@ -188,8 +286,6 @@ class QueueDispatcher:
             shares[k] += 1
             k = (k + 1) % len(eligible)
         self._next = k
-        if not any(c.credit() > 0 for c in self.consumers):
-            self._waiting_since = None  # zero-TTL messages published now are dropped
         return [(c, n) for c, n in zip(eligible, shares, strict=True) if n]
 
     def deliver_direct(
@@ -206,7 +302,9 @@ class QueueDispatcher:
                 c.release(n)
                 if not batch:
                     continue
-                if c.deliver(batch):
+                if c is self._hold:
+                    c.deliver(batch)
+                elif c.deliver(batch):
                     self.stats.delivered(self.queue_id, len(batch), c.no_ack, 0)
                 else:
                     left += batch
@@ -222,6 +320,8 @@ class QueueDispatcher:
         nodes also wakes a claim, which reads it again)."""
         if not self.consumers or not self.drained or self.single_active or self._stopping:
             return None
+        if self.held or self._hold.rows:
+            return None  # held rows are ready ones to a client
         if not self._settled.is_set() or not any(c.credit() > 0 for c in self.consumers):
             # A consumer with credit would take at once what another node commits (its
             # NOTIFY on the way), as on RabbitMQ, where a waiting consumer leaves none
@@ -237,6 +337,94 @@ class QueueDispatcher:
         count in the database, until a look at the other nodes finds none."""
         self._alone = False
         self._heard_elsewhere += 1
+        self._release_soon()  # their consumers get their turn at the held rows
+
+    # -- held rows -------------------------------------------------------------
+
+    def hold(self, rows: list[ClaimedMessage]) -> None:
+        """Keep rows written as this node's deliveries for the consumers; hand out what
+        their credit takes now."""
+        for row in rows:
+            size = len(row.body)
+            self.held_bytes += size
+            self.budget.bytes += size
+        self.held.extend(rows)
+        self.give_held()
+        if self.held and (self._stopping or not self.consumers):
+            self._release_soon()
+
+    def _unhold(self, n: int) -> list[ClaimedMessage]:
+        rows = [self.held.popleft() for _ in range(min(n, len(self.held)))]
+        size = sum(len(r.body) for r in rows)
+        self.held_bytes -= size
+        self.budget.bytes -= size
+        return rows
+
+    def give_held(self) -> None:
+        """Hand held rows, oldest first, to the consumers with credit (round-robin).
+        Never raises: it runs inside acks and after commits."""
+        if not self.held or self._stopping:
+            return
+        eligible = self._eligible()
+        if not eligible:
+            return
+        credit = self._reserve(eligible)
+        for c in eligible:
+            c.release(credit[id(c)])
+        rows = self._unhold(sum(credit.values()))
+        shares = self._split(eligible, credit, rows)
+        back: list[ClaimedMessage] = []
+        for c in eligible:
+            batch = shares[id(c)]
+            if not batch:
+                continue
+            try:
+                if c.deliver(batch):
+                    self.stats.delivered(self.queue_id, len(batch), False, 0)
+                    continue
+            except Exception:  # a consumer's failure stays its own
+                log.exception("delivery of held rows on queue %s failed", self.queue_id)
+            back += batch
+        if back:
+            back.sort(key=lambda r: r.id)
+            self.held.extendleft(reversed(back))
+            size = sum(len(r.body) for r in back)
+            self.held_bytes += size
+            self.budget.bytes += size
+
+    async def release_held(self) -> None:
+        """Return the held rows to the queue as never delivered (before a basic.get or a
+        purge, and when nobody here may take them). A failure is retried in the
+        background (the rows stay this node's until then) and raised."""
+        rows = self._unhold(len(self.held))
+        if not rows:
+            return
+        self._arrivals += 1  # they are ready now: claims find them
+        ids = [r.id for r in rows]
+        try:
+            await self._repo.release(ids, self._node_id)
+        except Exception:
+            self._spawn_release(ids)
+            raise
+        self._wake.set()
+
+    def _release_soon(self) -> None:
+        rows = self._unhold(len(self.held))
+        if rows:
+            self._arrivals += 1
+            self._spawn_release([r.id for r in rows])
+
+    def _spawn_release(self, ids: list[int]) -> None:
+        async def attempt() -> None:
+            await self._repo.release(ids, self._node_id)
+
+        async def run() -> None:
+            await retry(attempt, lambda _exc: True, Backoff(0.1, 5.0))
+            self.wake()
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"release-{self.queue_id}")
+        self._releasing.add(task)
+        task.add_done_callback(self._releasing.discard)
 
     def arrived(self) -> None:
         """Rows were just written into the queue (the wake-up follows the batch)."""
@@ -253,8 +441,13 @@ class QueueDispatcher:
         self._wake.set()
 
     def credit_freed(self) -> None:
-        """A consumer may take more: claim, unless the queue is known to be drained."""
+        """A consumer may take more: held rows first, then claim, unless the queue is
+        known to be drained."""
         self._note_credit()
+        if self.held:
+            self.give_held()
+            if self.held:
+                return
         if self._drained_at != self._arrivals:
             self._wake.set()
 
@@ -278,6 +471,9 @@ class QueueDispatcher:
 
     async def caught_up(self) -> None:
         """Let consumers with credit take what is ready now (before a basic.get)."""
+        self.give_held()
+        if self.held:
+            await self.release_held()  # the get takes the oldest, as a consumer would
         if not any(c.credit() > 0 for c in self.consumers):
             return
         self._wake.set()
@@ -296,6 +492,11 @@ class QueueDispatcher:
                 await self._task
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
+        self._stopping = True
+        try:
+            await asyncio.shield(self.release_held())
+        except Exception as exc:  # noqa: BLE001 - retried in the background
+            log.warning("returning held rows of queue %s failed: %s", self.queue_id, exc)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -379,6 +580,10 @@ class QueueDispatcher:
     async def _drain(self) -> bool:
         """Claim and deliver until the queue is empty (True) or nobody has credit."""
         while not self._stopping:
+            self.give_held()
+            if self.held:  # the credit went to older rows than the queue's
+                self._waiting_since = None
+                return False
             eligible = await self._claimers()
             if not eligible:
                 self._waiting_since = None  # zero-TTL messages published now are dropped
@@ -416,6 +621,23 @@ class QueueDispatcher:
             self._alone = alone and heard == self._heard_elsewhere
             self._alone_read = started
 
+    def _split(
+        self, eligible: list[DeliveryTarget], credit: dict[int, int], rows: list[ClaimedMessage]
+    ) -> dict[int, list[ClaimedMessage]]:
+        """Rows dealt round-robin within each consumer's credit: {id(c): rows}."""
+        shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
+        order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
+        i = 0
+        for row in rows:
+            for _ in range(len(order)):
+                c = order[i % len(order)]
+                i += 1
+                if len(shares[id(c)]) < credit[id(c)]:
+                    shares[id(c)].append(row)
+                    break
+        self._next += i
+        return shares
+
     async def _hand_out(
         self,
         eligible: list[DeliveryTarget],
@@ -431,17 +653,7 @@ class QueueDispatcher:
             for row in rows:
                 if row.delivery_count > 1:
                     row.properties = with_delivery_count(row.properties, row.delivery_count)
-        shares: dict[int, list[ClaimedMessage]] = {id(c): [] for c in eligible}
-        order = eligible[self._next % len(eligible) :] + eligible[: self._next % len(eligible)]
-        i = 0
-        for row in rows:
-            for _ in range(len(order)):
-                c = order[i % len(order)]
-                i += 1
-                if len(shares[id(c)]) < credit[id(c)]:
-                    shares[id(c)].append(row)
-                    break
-        self._next += i
+        shares = self._split(eligible, credit, rows)
         requeue: list[int] = []
         consumed: list[int] = []
         for c in eligible:

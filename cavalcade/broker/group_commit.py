@@ -385,7 +385,7 @@ class WriteBatcher:
 
     def _take_direct(self, messages: list[NewMessage]) -> list[DirectShare]:
         """The first rows of each drained local queue, for its consumers to take straight
-        away (their credit reserved)."""
+        away (their credit reserved), and the next ones it holds for them."""
         by_queue: dict[int, list[int]] = {}
         for i, m in enumerate(messages):
             if m.queue_id in self._dispatchers:
@@ -395,7 +395,12 @@ class WriteBatcher:
             if any(messages[i].delay_ms is not None for i in indexes):
                 continue
             d = self._dispatchers[qid]
-            shares = d.take_direct(len(indexes))
+            # A row with a TTL or a priority is never held (it must expire, or jump).
+            sizes = [
+                len(m.body) if m.ttl_ms is None and not m.priority else None
+                for m in (messages[i] for i in indexes)
+            ]
+            shares = d.take_direct(sizes)
             if shares:
                 direct.append(DirectShare.of(d, shares, indexes))
         return direct

@@ -106,8 +106,25 @@ def local_snapshot_age(broker: Broker) -> float:
 
 
 async def totals(broker: Broker, vhost_ids: list[int] | None = None) -> stats_sql.Totals:
-    """Object and message counts, cluster-wide (optionally only some vhosts)."""
-    return await stats_sql.totals(broker.repo, vhost_ids)
+    """Object and message counts, cluster-wide (optionally only some vhosts); rows
+    this node holds for its consumers count as ready (dispatch.py)."""
+    t = await stats_sql.totals(broker.repo, vhost_ids)
+    held = sum(
+        len(d.held)
+        for qid, d in broker.node.dispatchers.items()
+        if vhost_ids is None or _vhost_of(broker, qid) in vhost_ids
+    )
+    held = min(held, t.messages_unacknowledged)
+    t.messages_ready += held
+    t.messages_unacknowledged -= held
+    return t
+
+
+def _vhost_of(broker: Broker, queue_id: int) -> int | None:
+    for vh in broker.node.vhosts.values():
+        if queue_id in vh.queues_by_id:
+            return vh.id
+    return None
 
 
 def pools(broker: Broker) -> dict[str, dict[str, int]]:
@@ -118,8 +135,19 @@ def pools(broker: Broker) -> dict[str, dict[str, int]]:
 async def queue_depths(
     broker: Broker, vhost: str | None = None, name: str | None = None
 ) -> list[stats_sql.QueueDepth]:
-    """Queues with their ready/unacked counts, bytes and consumers (cluster-wide)."""
-    return await stats_sql.queue_depths(broker.repo, vhost, name)
+    """Queues with their ready/unacked counts, bytes and consumers (cluster-wide); rows
+    this node holds for its consumers count as ready (dispatch.py)."""
+    depths = await stats_sql.queue_depths(broker.repo, vhost, name)
+    for q in depths:
+        d = broker.node.dispatchers.get(q.id)
+        if d is None or not d.held:
+            continue
+        held = min(len(d.held), q.unacked)
+        size = min(d.held_bytes, q.unacked_bytes)
+        if held:
+            q.ready, q.unacked = q.ready + held, q.unacked - held
+            q.ready_bytes, q.unacked_bytes = q.ready_bytes + size, q.unacked_bytes - size
+    return depths
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from cavalcade.storage.records import QueueRow
 from cavalcade.storage.repository import Repository
 from cavalcade.storage.topology_log import TopologyChange, TopologyRows, Write
 
-from .dispatch import DatabaseClock, QueueDispatcher
+from .dispatch import DatabaseClock, HoldBudget, QueueDispatcher
 from .group_commit import WriteBatcher
 from .liveness import Liveness
 from .outage import Outage
@@ -46,6 +46,8 @@ class NodeState:
     dispatchers: dict[int, QueueDispatcher] = field(default_factory=dict)
     # The database clock as every dispatcher of this node maps onto it (zero TTL).
     clock: DatabaseClock = field(default_factory=DatabaseClock)
+    # The bodies its dispatchers hold for their consumers (dispatch.py), bounded.
+    hold_budget: HoldBudget = field(default_factory=HoldBudget)
     closing: dict[int, asyncio.Event] = field(default_factory=dict)
     # Message ids the protocol layer holds as unacked (given by the server).
     held: Callable[[], set[int]] = _nothing_held

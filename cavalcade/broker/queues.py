@@ -98,7 +98,14 @@ class Queues:
         used = await self.node.repo.use_queue_named(s.vhost.id, name)
         if used is not None and await self._owner_closed(s, used[0]):
             used = await self.node.repo.use_queue_named(s.vhost.id, name)
-        return used
+        if used is None:
+            return None
+        return used[0], used[1] + self.held(used[0].id), used[2]
+
+    def held(self, queue_id: int) -> int:
+        """Rows this node holds for the queue's consumers: ready ones to a client."""
+        d = self.node.dispatchers.get(queue_id)
+        return 0 if d is None else len(d.held)
 
     def _known_empty(self, s: Session, name: str) -> tuple[QueueRow, int, int] | None:
         """(queue, 0, consumers) without the database, for a queue this node consumes
@@ -174,7 +181,7 @@ class Queues:
         if created:  # this statement made it: nothing in it, nobody on it
             return DeclaredQueue(name, 0, 0)
         msgs, consumers = await self.node.repo.use_queue(q.id)
-        return DeclaredQueue(name, msgs, consumers)
+        return DeclaredQueue(name, msgs + self.held(q.id), consumers)
 
     async def _declare_passive(self, s: Session, name: str) -> DeclaredQueue:
         if name == DIRECT_REPLY_TO:
@@ -266,6 +273,9 @@ class Queues:
         await self.sessions.require(s, Access.READ, "queue", name)
         await self.node.batcher.flush()
         q = await self.get(s, name)
+        d = self.node.dispatchers.get(q.id)
+        if d is not None:
+            await d.release_held()  # they are ready messages: purged too
         return await self.node.repo.purge_queue(q.id)
 
     async def delete(self, s: Session, name: str, if_unused: bool, if_empty: bool) -> int:
@@ -277,6 +287,7 @@ class Queues:
             return 0  # RabbitMQ: deleting a missing queue succeeds
         self.check_exclusive(s, q)
         msgs, consumers = await self.node.repo.queue_counts(q.id)
+        msgs += self.held(q.id)
         if if_unused and consumers:
             raise PreconditionFailed(f"queue '{name}' in vhost '{s.vhost.name}' in use")
         if if_empty and msgs:

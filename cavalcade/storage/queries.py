@@ -104,6 +104,14 @@ UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
  WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
 """
 
+# Return the rows $1 that node $2 held for its consumers, never delivered, to ready: not
+# redelivered, their delivery not counted. ``IS TRUE``: see ``ACK``.
+RELEASE = """
+UPDATE messages SET owner_node = NULL, owner_channel = NULL,
+       delivery_count = greatest(delivery_count - 1, 0)
+ WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
+"""
+
 # Return everything node $1 holds to ready (the node shuts down).
 REQUEUE_NODE = (
     "UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true"

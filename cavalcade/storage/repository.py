@@ -663,6 +663,11 @@ class Repository:
         if ids:
             await self.durable_pool.execute(queries.REQUEUE, list(ids), node_id)
 
+    async def release(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
+        """Return rows this node held undelivered to ready, as never delivered."""
+        if ids:
+            await self.durable_pool.execute(queries.RELEASE, list(ids), node_id)
+
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:
             await self.durable_pool.execute(queries.ACK, list(ids), node_id)

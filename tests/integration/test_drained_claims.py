@@ -171,7 +171,7 @@ async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consume
     repo, qid, node = setup
     async with _dispatching(repo, qid, node, prefetch=3) as (d, t):
         assert d.drained
-        shares = d.take_direct(5)  # the first three: the consumer's credit
+        shares = d.take_direct([1] * 5)  # the first three: the consumer's credit
         assert shares == [(t, 3)]
         d.deliver_direct(shares, [])  # nothing written: the credit is given back
         assert t.credit() == 3
@@ -182,7 +182,7 @@ async def test_rows_go_to_local_consumers_directly_only_if_no_other_node_consume
         d._alone_read -= 2  # as if a second had passed
         await _settle(d)
         assert d.drained
-        assert d.take_direct(5) == []  # the other node's consumer gets its turn
+        assert d.take_direct([1] * 5) == []  # the other node's consumer gets its turn
 
 
 async def test_a_drained_queue_consumed_here_alone_counts_without_the_database(
@@ -232,7 +232,7 @@ async def test_a_consumer_heard_of_on_another_node_is_never_forgotten_by_a_read(
     racing = Racing(repo.durable_pool, repo.async_commit_pool)
     async with _dispatching(racing, qid, node, prefetch=1) as (d, _t):
         assert d.consumers_if_empty() is None
-        assert d.take_direct(1) == []
+        assert d.take_direct([1]) == []
         await _settle(d)
         assert d.consumers_if_empty() is None  # the read did not undo what was heard
 
