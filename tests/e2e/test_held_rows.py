@@ -31,9 +31,7 @@ class _Behind:
         self.ch.queue_declare(self.q, durable=True)
         self.ch.basic_qos(prefetch_count=prefetch)
         self.got: list[tuple[pika.spec.Basic.Deliver, bytes]] = []
-        self.tag = self.ch.basic_consume(
-            self.q, lambda _c, m, _p, body: self.got.append((m, body))
-        )
+        self.tag = self.ch.basic_consume(self.q, lambda _c, m, _p, body: self.got.append((m, body)))
         settle(self.conn, 0.3)  # its first claim finds the queue empty
         self.pch = self.publisher.channel()
         self.pch.confirm_delivery()
