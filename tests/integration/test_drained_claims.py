@@ -294,3 +294,68 @@ async def test_the_listener_counts_as_listening_only_once_all_was_assumed_change
         assert seen == [False, False, False, False] and listener.listening()
     finally:
         await listener.close()
+
+
+async def _held_rows(repo: Repository, qid: int, node: uuid.UUID, n: int) -> list[ClaimedMessage]:
+    """``n`` rows written as node's deliveries (as a batch writes the rows a queue
+    holds), as the write path hands them to the dispatcher."""
+    rows = [
+        NewMessage(qid, 0, True, "", "q", b"\x00\x00", None, None, None, None, b"h%d" % i)
+        for i in range(n)
+    ]
+    written = await repo.write_plain(rows, [], {}, node, True, list(range(n)))
+    assert written is not None and len(written) == n
+    return [
+        ClaimedMessage(mid, qid, False, "", "q", b"\x00\x00", r.body, 0)
+        for (_, mid), r in zip(written, rows, strict=True)
+    ]
+
+
+async def test_held_rows_go_to_the_consumer_as_credit_frees_without_a_claim(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=2) as (d, t):
+        d.holds = True
+        shares = d.take_direct([2] * 5)
+        assert [(c is t, n) for c, n in shares] == [(True, 2), (False, 3)]
+        assert d.budget.bytes == 6  # the held rows' bytes, reserved
+        rows = await _held_rows(repo, qid, node, 5)
+        d.deliver_direct(shares, rows)
+        assert [m.body for m in t.unacked] == [b"h0", b"h1"] and len(d.held) == 3
+        assert d.consumers_if_empty() is None  # held rows are ready ones to a client
+        before = repo.claims
+        for _ in range(2):
+            await _ack(repo, node, t)
+            d.credit_freed()
+        assert [m.body for m in t.unacked] == [b"h4"] and not d.held
+        await _settle(d)
+        assert repo.claims == before and d.budget.bytes == 0
+        await _ack(repo, node, t)
+        d.credit_freed()
+        assert d.drained and d.consumers_if_empty() == 1
+
+
+async def test_held_rows_go_back_as_never_delivered_when_another_node_consumes(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
+        d.holds = True
+        shares = d.take_direct([2] * 3)
+        d.deliver_direct(shares, await _held_rows(repo, qid, node, 3))
+        assert len(t.unacked) == 1 and len(d.held) == 2
+        d.consumed_elsewhere()  # their consumers get their turn at the held rows
+        assert not d.held and d.budget.bytes == 0
+        deadline = asyncio.get_running_loop().time() + 5
+        while True:
+            rows = await repo.durable_pool.fetch(
+                "SELECT body, redelivered, delivery_count FROM messages"
+                " WHERE queue_id = $1 AND owner_node IS NULL ORDER BY id",
+                qid,
+            )
+            if len(rows) == 2:
+                break
+            assert asyncio.get_running_loop().time() < deadline, rows
+            await asyncio.sleep(0.02)
+        assert [tuple(r) for r in rows] == [(b"h1", False, 0), (b"h2", False, 0)]
