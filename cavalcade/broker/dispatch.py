@@ -224,6 +224,7 @@ class QueueDispatcher:
         self._alone = False
         self._alone_read = -ALONE_RECHECK
         self._heard_elsewhere = 0  # NOTIFYs of consumers added on other nodes
+        self._looking: asyncio.Task[None] | None = None  # a read of them under way
         # Rows held for the consumers (see the module's docstring), oldest first.
         self.holds = holds
         self.budget = budget or HoldBudget()
@@ -253,7 +254,7 @@ class QueueDispatcher:
         None: not that row, nor the ones after it). Empty: they all go through the queue."""
         if not self.drained or self.single_active or self._stopping or not self._settled.is_set():
             return []
-        if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
+        if not self._alone_now():
             self.wake()  # a claim, then a fresh look at the other nodes' consumers
             return []
         self.give_held()  # older rows first
@@ -327,7 +328,7 @@ class QueueDispatcher:
             # NOTIFY on the way), as on RabbitMQ, where a waiting consumer leaves none
             # ready; with none, a row committed there would count as ready.
             return None
-        if not self._alone or time.monotonic() - self._alone_read >= ALONE_RECHECK:
+        if not self._alone_now():
             self.wake()
             return None
         return len(self.consumers)
@@ -609,11 +610,29 @@ class QueueDispatcher:
                 return True
         return False
 
-    async def _check_alone(self) -> None:
-        """Drained: read again, at most once a second, whether other nodes consume this
-        queue (their consumers must get their turn, so nothing is handed over here)."""
+    def _alone_now(self) -> bool:
+        """Consumed on this node only, as read within ``ALONE_RECHECK``. A read older
+        than half of that starts the next one in the background: a queue whose rows are
+        all handed off or held runs no claim, whose end would read it."""
+        age = time.monotonic() - self._alone_read
+        if self._alone and age >= ALONE_RECHECK / 2 and self._looking is None:
+            self._looking = asyncio.get_running_loop().create_task(self._look_again())
+        return self._alone and age < ALONE_RECHECK
+
+    async def _look_again(self) -> None:
+        try:
+            await self._check_alone(ALONE_RECHECK / 2)
+        except Exception as exc:  # noqa: BLE001 - the read goes stale: claims read it
+            log.debug("reading the consumers of queue %s failed: %s", self.queue_id, exc)
+        finally:
+            self._looking = None
+
+    async def _check_alone(self, every: float = ALONE_RECHECK) -> None:
+        """Drained: read again, at most once a second (``every``), whether other nodes
+        consume this queue (their consumers must get their turn, so nothing is handed
+        over here)."""
         started = time.monotonic()
-        if started - self._alone_read >= ALONE_RECHECK:
+        if started - self._alone_read >= every:
             heard = self._heard_elsewhere
             alone = not await self._repo.consumed_elsewhere(self.queue_id, self._node_id)
             # A consumer whose NOTIFY came during the read may be missing from it. Until
