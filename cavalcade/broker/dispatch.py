@@ -232,8 +232,12 @@ class QueueDispatcher:
         self.held_bytes = 0
         self._hold = _Hold(self)
         self._releasing: set[asyncio.Task[None]] = set()
+        self._unreleased: set[int] = set()  # ids on their way back to the queue
+        self._after_requeue: list[int] = []  # ids to return once a requeue is committed
 
     def add(self, consumer: DeliveryTarget) -> None:
+        if consumer.no_ack:
+            self._release_soon()  # held rows are for ack-mode consumers only
         self.consumers.append(consumer)
         self.consumers.sort(key=lambda c: -c.priority)
         if self._task is None or self._task.done():
@@ -261,7 +265,7 @@ class QueueDispatcher:
         count = len(sizes)
         shares = [] if self.held else self._credit_shares(count)
         taken = sum(n for _, n in shares)
-        if taken < count and self.holds and not any(c.no_ack for c in self.consumers):
+        if taken < count and self.holds and self._holding_allowed():
             held = self._hold.take(sizes[taken:])
             if held:
                 shares.append((self._hold, held))
@@ -351,8 +355,35 @@ class QueueDispatcher:
             self.budget.bytes += size
         self.held.extend(rows)
         self.give_held()
-        if self.held and (self._stopping or not self.consumers):
+        if self.held and (self._stopping or not self._alone or not self._holding_allowed()):
             self._release_soon()
+        elif self.held:
+            self._wake.set()  # the task looks at the other nodes' consumers every second
+
+    def _holding_allowed(self) -> bool:
+        return bool(self.consumers) and not any(c.no_ack for c in self.consumers)
+
+    def kept(self) -> set[int]:
+        """Ids of the rows this node holds (or is returning to the queue): owned by it,
+        tracked by no channel, not orphans (see ``Upkeep.reconcile``)."""
+        return {r.id for r in self.held} | self._unreleased
+
+    def requeue_coming(self) -> None:
+        """Rows older than the held ones are going back to the queue (a requeue, a
+        recover, a closed channel): none is handed out from memory any more; once the
+        requeue is committed (:meth:`requeued`) the held rows go back too, so that claims
+        take them all in order."""
+        rows = self._unhold(len(self.held))
+        if rows:
+            self._arrivals += 1
+            self._after_requeue += [r.id for r in rows]
+            self._unreleased.update(self._after_requeue)
+
+    def requeued(self) -> None:
+        """The requeue is committed: the rows held until it go back to the queue."""
+        ids, self._after_requeue = self._after_requeue, []
+        if ids:
+            self._spawn_release(ids)
 
     def _unhold(self, n: int) -> list[ClaimedMessage]:
         rows = [self.held.popleft() for _ in range(min(n, len(self.held)))]
@@ -366,7 +397,7 @@ class QueueDispatcher:
         Never raises: it runs inside acks and after commits."""
         if not self.held or self._stopping:
             return
-        eligible = self._eligible()
+        eligible = [c for c in self._eligible() if not c.no_ack]
         if not eligible:
             return
         credit = self._reserve(eligible)
@@ -402,11 +433,13 @@ class QueueDispatcher:
             return
         self._arrivals += 1  # they are ready now: claims find them
         ids = [r.id for r in rows]
+        self._unreleased.update(ids)
         try:
             await self._repo.release(ids, self._node_id)
         except Exception:
             self._spawn_release(ids)
             raise
+        self._unreleased.difference_update(ids)
         self._wake.set()
 
     def _release_soon(self) -> None:
@@ -416,11 +449,14 @@ class QueueDispatcher:
             self._spawn_release([r.id for r in rows])
 
     def _spawn_release(self, ids: list[int]) -> None:
+        self._unreleased.update(ids)
+
         async def attempt() -> None:
             await self._repo.release(ids, self._node_id)
 
         async def run() -> None:
             await retry(attempt, lambda _exc: True, Backoff(0.1, 5.0))
+            self._unreleased.difference_update(ids)
             self.wake()
 
         task = asyncio.get_running_loop().create_task(run(), name=f"release-{self.queue_id}")
@@ -448,14 +484,17 @@ class QueueDispatcher:
         if self.held:
             self.give_held()
             if self.held:
+                if not any(c.credit() > 0 for c in self.consumers):
+                    self._waiting_since = None  # zero-TTL messages published now are dropped
                 return
         if self._drained_at != self._arrivals:
             self._wake.set()
 
     @property
     def drained(self) -> bool:
-        """The last claim came back short and nothing may have arrived since."""
-        return self._drained_at == self._arrivals
+        """The last claim came back short and nothing may have arrived since (nor are
+        held rows on their way back to the queue)."""
+        return self._drained_at == self._arrivals and not self._unreleased
 
     def _note_credit(self) -> None:
         if self._waiting_since is None and any(c.credit() > 0 for c in self.consumers):
@@ -494,6 +533,7 @@ class QueueDispatcher:
             except (asyncio.CancelledError, Exception):  # noqa: BLE001
                 pass
         self._stopping = True
+        self.requeued()  # nobody here takes them: not even after the requeue
         try:
             await asyncio.shield(self.release_held())
         except Exception as exc:  # noqa: BLE001 - retried in the background
@@ -503,6 +543,8 @@ class QueueDispatcher:
         loop = asyncio.get_running_loop()
         while self.consumers and not self._stopping:
             timeout = None if self._due_at is None else max(self._due_at - loop.time(), 0.0)
+            if self.held:  # no claim reads the other nodes' consumers: look every second
+                timeout = ALONE_RECHECK if timeout is None else min(timeout, ALONE_RECHECK)
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except TimeoutError:
@@ -584,6 +626,7 @@ class QueueDispatcher:
             self.give_held()
             if self.held:  # the credit went to older rows than the queue's
                 self._waiting_since = None
+                await self._check_alone()  # another node's consumer gets them back
                 return False
             eligible = await self._claimers()
             if not eligible:
@@ -639,6 +682,8 @@ class QueueDispatcher:
             # the read is back, the last one stays too old to count.
             self._alone = alone and heard == self._heard_elsewhere
             self._alone_read = started
+            if not self._alone:
+                self._release_soon()  # their consumers get their turn at the held rows
 
     def _split(
         self, eligible: list[DeliveryTarget], credit: dict[int, int], rows: list[ClaimedMessage]

@@ -242,7 +242,12 @@ class WriteBatcher:
         """Queue (queue id, message id) pairs to return to ready, redelivered."""
         if messages:
             self._requeues.extend(m for _, m in messages)
-            self._requeue_queues.update(q for q, _ in messages)
+            queue_ids = {q for q, _ in messages}
+            self._requeue_queues.update(queue_ids)
+            for qid in queue_ids:
+                d = self._dispatchers.get(qid)
+                if d is not None:
+                    d.requeue_coming()  # nothing held is handed out ahead of them
             self._kick()
 
     def reject(self, ids: Sequence[int]) -> None:
@@ -332,6 +337,7 @@ class WriteBatcher:
             raise
         touched = (outcome.touched | wake) - handed
         self._arrived(touched)
+        self._requeued(wake)
         self._hand_off(direct, messages, outcome.delivered)
         self._count(ops, spans, messages, outcome.refused, len(acks), started)
         return spans, outcome.refused, touched
@@ -382,6 +388,14 @@ class WriteBatcher:
             d = self._dispatchers.get(qid)
             if d is not None:
                 d.arrived()
+
+    def _requeued(self, queue_ids: set[int]) -> None:
+        """Rows went back to these queues (requeues): the rows their dispatchers hold,
+        newer, go back too, so that claims take them all in order."""
+        for qid in queue_ids:
+            d = self._dispatchers.get(qid)
+            if d is not None:
+                d.requeued()
 
     def _take_direct(self, messages: list[NewMessage]) -> list[DirectShare]:
         """The first rows of each drained local queue, for its consumers to take straight

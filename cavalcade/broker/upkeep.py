@@ -28,7 +28,8 @@ class Upkeep:
         an ack lost in a crash) go back to their queues. Returns how many."""
         node = self.node
         await node.batcher.flush()
-        held = node.held()
+        # Rows held for consumers are delivered from memory later: not orphans either.
+        held = node.held().union(*(d.kept() for d in node.dispatchers.values()))
         orphans = [m for m in await node.repo.owned_messages(node.node_id) if m not in held]
         await node.repo.requeue(orphans, node.node_id)
         if orphans:

@@ -105,11 +105,12 @@ UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
 """
 
 # Return the rows $1 that node $2 held for its consumers, never delivered, to ready: not
-# redelivered, their delivery not counted. ``IS TRUE``: see ``ACK``.
+# redelivered, their delivery not counted. Only as they were written (a row requeued and
+# claimed again meanwhile is a delivery). ``IS TRUE``: see ``ACK``.
 RELEASE = """
-UPDATE messages SET owner_node = NULL, owner_channel = NULL,
-       delivery_count = greatest(delivery_count - 1, 0)
+UPDATE messages SET owner_node = NULL, owner_channel = NULL, delivery_count = 0
  WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
+   AND owner_channel = 0 AND delivery_count = 1 AND NOT redelivered
 """
 
 # Return everything node $1 holds to ready (the node shuts down).

@@ -133,3 +133,28 @@ async def test_reconcile_requeues_what_no_channel_holds(database_url: str) -> No
     finally:
         await broker.stop()
         await repo.close()
+
+
+async def test_reconcile_leaves_the_rows_a_dispatcher_holds(database_url: str) -> None:
+    """Rows held for a consumer behind its publisher (owned by the node, tracked by no
+    channel yet) are not orphans: requeued, they would be delivered twice."""
+    from cavalcade.broker.dispatch import QueueDispatcher
+    from cavalcade.broker.service import Broker
+
+    repo, qid = await _setup(database_url, 3)
+    node = uuid.uuid4()
+    await repo.register_node(node, "n")
+    broker = Broker(repo, node)
+    broker.start()
+    try:
+        claimed = await repo.claim(qid, node, 0, 3, no_ack=False)
+        d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+        broker.node.dispatchers[qid] = d
+        d.held.extend(claimed[1:])  # as the write path hands them over
+        broker.held = lambda: {claimed[0].id}  # one is delivered, on a channel
+        assert await broker.reconcile() == 0
+        assert sorted(await repo.owned_messages(node)) == sorted(m.id for m in claimed)
+    finally:
+        broker.node.dispatchers.pop(qid, None)
+        await broker.stop()
+        await repo.close()

@@ -359,3 +359,81 @@ async def test_held_rows_go_back_as_never_delivered_when_another_node_consumes(
             assert asyncio.get_running_loop().time() < deadline, rows
             await asyncio.sleep(0.02)
         assert [tuple(r) for r in rows] == [(b"h1", False, 0), (b"h2", False, 0)]
+
+
+async def test_held_rows_wait_for_a_requeue_and_go_back_with_it(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """A requeue coming (older than every held row) stops hand-outs from memory at
+    once; once it is committed the held rows go back to the queue, never delivered."""
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
+        d.holds = True
+        shares = d.take_direct([2] * 3)
+        d.deliver_direct(shares, await _held_rows(repo, qid, node, 3))
+        assert len(d.held) == 2
+        d.requeue_coming()
+        assert not d.held and not d.drained and d.kept()  # still this node's rows
+        await _ack(repo, node, t)
+        d.credit_freed()
+        assert not t.unacked  # nothing from memory ahead of the requeued row
+        d.requeued()
+        deadline = asyncio.get_running_loop().time() + 5
+        while d.kept() or not t.unacked:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        assert [(m.body, m.redelivered) for m in t.unacked] == [(b"h1", False)]
+
+
+class NoAck(Target):
+    tag = "c2"
+    no_ack = True
+
+
+async def test_a_no_ack_consumer_never_gets_held_rows(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """Held rows are written as deliveries, which only an ack deletes: a no-ack consumer
+    joining sends them back to the queue (it claims them, deleting them)."""
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, t):
+        d.holds = True
+        shares = d.take_direct([2] * 3)
+        d.deliver_direct(shares, await _held_rows(repo, qid, node, 3))
+        assert len(d.held) == 2
+        other = NoAck(10)
+        d.add(other)
+        assert not d.held
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(other.unacked) < 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.02)
+        await _settle(d)
+        owned = await repo.durable_pool.fetchval(
+            "SELECT count(*) FROM messages WHERE queue_id = $1 AND owner_node IS NOT NULL", qid
+        )
+        assert owned == 1  # the ack-mode consumer's delivery alone
+        shares = d.take_direct([2] * 3)  # a no-ack consumer waits: nothing is held now
+        assert all(c.no_ack for c, _ in shares)
+        d.deliver_direct(shares, [])
+
+
+async def test_held_rows_go_back_when_a_look_finds_another_nodes_consumer(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """Without its NOTIFY (poll mode, or lost), the once-a-second look at the other
+    nodes' consumers finds one, and the held rows go back to the queue for it."""
+    repo, qid, node = setup
+    async with _dispatching(repo, qid, node, prefetch=1) as (d, _t):
+        d.holds = True
+        shares = d.take_direct([2] * 3)
+        d.deliver_direct(shares, await _held_rows(repo, qid, node, 3))
+        assert len(d.held) == 2
+        other = uuid.uuid4()
+        await repo.register_node(other, "other")
+        await repo.add_consumer(qid, other, 1, "elsewhere", False, False, 0)
+        deadline = asyncio.get_running_loop().time() + 5
+        while d.held or d.kept():
+            assert asyncio.get_running_loop().time() < deadline, "still held"
+            await asyncio.sleep(0.05)
+        assert await repo.ready_count(qid) == 2
