@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 from cavalcade.domain.deadletter import with_delivery_count
+from cavalcade.domain.limits import queue_limit
 from cavalcade.errors import AccessRefused
 from cavalcade.storage.records import ClaimedMessage, QueueRow
 
@@ -82,9 +84,16 @@ class Consuming:
                 # A priority queue's next row may have to jump the held ones.
                 holds=not q.arguments.get("x-max-priority"),
                 budget=node.hold_budget,
+                ahead=lambda: self._may_claim_ahead(q.id),
             )
             node.dispatchers[q.id] = d
         return d
+
+    def _may_claim_ahead(self, queue_id: int) -> bool:
+        """Whether a queue's dispatcher may hold rows of a backlog: not past a length
+        limit, which counts them as ready (its rules as cached now: policies change)."""
+        found = self.node.queue_by_id(queue_id)
+        return found is not None and queue_limit(found[1].arguments) is None
 
     @staticmethod
     def is_single_active(s: Session, queue_id: int) -> bool:
@@ -132,9 +141,10 @@ class Consuming:
         q = await self.queues.get(s, queue)
         await node.repo.touch_queue(q.id)
         d = node.dispatchers.get(q.id)
-        if d is not None:
-            await d.caught_up()  # as on RabbitMQ, waiting consumers get new messages first
-        rows = await node.repo.claim(q.id, node.node_id, channel_key, 1, no_ack)
+        async with d.held_back() if d is not None else contextlib.nullcontext():
+            if d is not None:
+                await d.caught_up()  # as on RabbitMQ, waiting consumers get new ones first
+            rows = await node.repo.claim(q.id, node.node_id, channel_key, 1, no_ack)
         node.stats.got(q.id, bool(rows), no_ack, bool(rows) and rows[0].redelivered)
         if not rows:
             return None

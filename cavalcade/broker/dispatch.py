@@ -37,10 +37,11 @@ database clock, see ``DatabaseClock``); the others are left to the expiry sweep.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 from uuid import UUID
 
@@ -61,6 +62,9 @@ HOLD_ROWS = 2000  # rows a queue holds for its consumers here, at most
 HOLD_BYTES = 4 * 1024 * 1024  # their bodies, at most
 HOLD_NODE_BYTES = 64 * 1024 * 1024  # the bodies every queue of a node holds, at most
 HOLD_BODY = 64 * 1024  # a larger body is never held
+RELEASE_WAIT = 5.0  # seconds a basic.get or purge waits for held rows to be back
+AHEAD_ROWS = 1024  # a backlog: rows a queue claims ahead of its consumers' credit
+AHEAD_CAP = 512  # rows one claim ahead takes, at most
 
 
 class DeliveryTarget(Protocol):
@@ -190,6 +194,7 @@ class QueueDispatcher:
         clock: DatabaseClock | None = None,
         holds: bool = False,
         budget: HoldBudget | None = None,
+        ahead: Callable[[], bool] | None = None,
     ) -> None:
         self.queue_id = queue_id
         self.stats = stats or NodeStats()
@@ -233,7 +238,12 @@ class QueueDispatcher:
         self._hold = _Hold(self)
         self._releasing: set[asyncio.Task[None]] = set()
         self._unreleased: set[int] = set()  # ids on their way back to the queue
-        self._after_requeue: list[int] = []  # ids to return once a requeue is committed
+        self._after_requeue: list[ClaimedMessage] = []  # to return once a requeue commits
+        self._paused = 0  # basic.gets and purges under way: nothing is held meanwhile
+        # Claims ahead of the consumers' credit (a backlog): whether the queue's rules
+        # allow them now (None: never), and ``_arrivals`` when one last came back short.
+        self._ahead = ahead
+        self._ahead_short_at: int | None = None
 
     def add(self, consumer: DeliveryTarget) -> None:
         if consumer.no_ack:
@@ -347,8 +357,8 @@ class QueueDispatcher:
     # -- held rows -------------------------------------------------------------
 
     def hold(self, rows: list[ClaimedMessage]) -> None:
-        """Keep rows written as this node's deliveries for the consumers; hand out what
-        their credit takes now."""
+        """Keep rows written or claimed as this node's deliveries for the consumers;
+        hand out what their credit takes now."""
         for row in rows:
             size = len(row.body)
             self.held_bytes += size
@@ -361,7 +371,24 @@ class QueueDispatcher:
             self._wake.set()  # the task looks at the other nodes' consumers every second
 
     def _holding_allowed(self) -> bool:
-        return bool(self.consumers) and not any(c.no_ack for c in self.consumers)
+        return (
+            bool(self.consumers) and not self._paused and not any(c.no_ack for c in self.consumers)
+        )
+
+    @contextlib.asynccontextmanager
+    async def held_back(self) -> AsyncIterator[None]:
+        """For a basic.get or a purge: the held rows go back to the queue (a claim in
+        flight first hands out or holds its rows), and none is held until it ends."""
+        self._paused += 1
+        try:
+            await self._settled.wait()  # a claim ahead ending now sends its rows back:
+            self.give_held()
+            await self.release_held()
+            if self._releasing:  # those, and any other rows on their way back, first
+                await asyncio.wait(set(self._releasing), timeout=RELEASE_WAIT)
+            yield
+        finally:
+            self._paused -= 1
 
     def kept(self) -> set[int]:
         """Ids of the rows this node holds (or is returning to the queue): owned by it,
@@ -376,14 +403,14 @@ class QueueDispatcher:
         rows = self._unhold(len(self.held))
         if rows:
             self._arrivals += 1
-            self._after_requeue += [r.id for r in rows]
-            self._unreleased.update(self._after_requeue)
+            self._after_requeue += rows
+            self._unreleased.update(r.id for r in rows)
 
     def requeued(self) -> None:
         """The requeue is committed: the rows held until it go back to the queue."""
-        ids, self._after_requeue = self._after_requeue, []
-        if ids:
-            self._spawn_release(ids)
+        rows, self._after_requeue = self._after_requeue, []
+        if rows:
+            self._spawn_release(rows)
 
     def _unhold(self, n: int) -> list[ClaimedMessage]:
         rows = [self.held.popleft() for _ in range(min(n, len(self.held)))]
@@ -435,9 +462,9 @@ class QueueDispatcher:
         ids = [r.id for r in rows]
         self._unreleased.update(ids)
         try:
-            await self._repo.release(ids, self._node_id)
+            await self._repo.release(ids, [r.delivery_count for r in rows], self._node_id)
         except Exception:
-            self._spawn_release(ids)
+            self._spawn_release(rows)
             raise
         self._unreleased.difference_update(ids)
         self._wake.set()
@@ -446,13 +473,14 @@ class QueueDispatcher:
         rows = self._unhold(len(self.held))
         if rows:
             self._arrivals += 1
-            self._spawn_release([r.id for r in rows])
+            self._spawn_release(rows)
 
-    def _spawn_release(self, ids: list[int]) -> None:
+    def _spawn_release(self, rows: list[ClaimedMessage]) -> None:
+        ids, counts = [r.id for r in rows], [r.delivery_count for r in rows]
         self._unreleased.update(ids)
 
         async def attempt() -> None:
-            await self._repo.release(ids, self._node_id)
+            await self._repo.release(ids, counts, self._node_id)
 
         async def run() -> None:
             await retry(attempt, lambda _exc: True, Backoff(0.1, 5.0))
@@ -486,6 +514,8 @@ class QueueDispatcher:
             if self.held:
                 if not any(c.credit() > 0 for c in self.consumers):
                     self._waiting_since = None  # zero-TTL messages published now are dropped
+                if self._wants_ahead():
+                    self._wake.set()  # a backlog: claim the next rows to hold
                 return
         if self._drained_at != self._arrivals:
             self._wake.set()
@@ -510,10 +540,8 @@ class QueueDispatcher:
             self._wake.set()  # re-arm the wait with the nearer timer
 
     async def caught_up(self) -> None:
-        """Let consumers with credit take what is ready now (before a basic.get)."""
-        self.give_held()
-        if self.held:
-            await self.release_held()  # the get takes the oldest, as a consumer would
+        """Let consumers with credit take what is ready now (before a basic.get, within
+        :meth:`held_back`: the get takes the oldest row, as a consumer would)."""
         if not any(c.credit() > 0 for c in self.consumers):
             return
         self._wake.set()
@@ -626,11 +654,15 @@ class QueueDispatcher:
             self.give_held()
             if self.held:  # the credit went to older rows than the queue's
                 self._waiting_since = None
+                if await self._claim_ahead():
+                    continue
                 await self._check_alone()  # another node's consumer gets them back
                 return False
             eligible = await self._claimers()
             if not eligible:
                 self._waiting_since = None  # zero-TTL messages published now are dropped
+                if await self._claim_ahead():
+                    continue  # the consumers' next rows are held for them
                 return False
             if self._waiting_since is None:
                 self._waiting_since = time.monotonic()
@@ -653,12 +685,68 @@ class QueueDispatcher:
                 return True
         return False
 
+    # -- claims ahead ----------------------------------------------------------
+
+    def _wants_ahead(self) -> bool:
+        """A claim ahead of the consumers' credit may pay: the queue may have a backlog
+        (no claim came back short since the last news of arrivals, nor one ahead), it
+        holds fewer than half of ``AHEAD_ROWS``, and it may hold rows (see ``hold``;
+        ``ahead``: no length limit, which counts held rows as ready)."""
+        return (
+            self.holds
+            and self._ahead is not None
+            and not self.single_active
+            and not self._paused
+            and self._settled.is_set()
+            and self._drained_at != self._arrivals
+            and self._ahead_short_at != self._arrivals
+            and len(self.held) < AHEAD_ROWS // 2
+            and self.held_bytes < HOLD_BYTES // 2
+            and self.budget.bytes < self.budget.limit // 2
+            and self._holding_allowed()
+            and self._alone_now()
+            and self._ahead()
+        )
+
+    async def _claim_ahead(self) -> bool:
+        """If it pays (``_wants_ahead``), claim rows to hold, none of them for credit
+        now: the consumers' next rows, handed out from memory as acks free credit.
+        True if it came back full. A short one does not mark the queue drained: a
+        claim ahead stops before a row with a TTL (it must expire) and within a budget
+        of bytes; the claims for credit find out."""
+        if not self._wants_ahead():
+            return False
+        arrivals = self._arrivals
+        want = min(AHEAD_ROWS - len(self.held), AHEAD_CAP)
+        room = min(HOLD_BYTES - self.held_bytes, self.budget.limit - self.budget.bytes)
+        self._settled.clear()
+        started = time.perf_counter()
+        try:
+            rows = await self._repo.claim_ahead(self.queue_id, self._node_id, want, room)
+            self.stats.claimed(time.perf_counter() - started)
+            if rows:
+                self.hold(self._with_counts(rows))
+        finally:
+            self._settled.set()
+        if len(rows) < want:
+            self._ahead_short_at = arrivals
+            return False
+        return True
+
+    def _with_counts(self, rows: list[ClaimedMessage]) -> list[ClaimedMessage]:
+        """Quorum queues: x-delivery-count on redeliveries (see ``_hand_out``)."""
+        if self.quorum:
+            for row in rows:
+                if row.delivery_count > 1:
+                    row.properties = with_delivery_count(row.properties, row.delivery_count)
+        return rows
+
     def _alone_now(self) -> bool:
         """Consumed on this node only, as read within ``ALONE_RECHECK``. A read older
         than half of that starts the next one in the background: a queue whose rows are
         all handed off or held runs no claim, whose end would read it."""
         age = time.monotonic() - self._alone_read
-        if self._alone and age >= ALONE_RECHECK / 2 and self._looking is None:
+        if age >= ALONE_RECHECK / 2 and self._looking is None:
             self._looking = asyncio.get_running_loop().create_task(self._look_again())
         return self._alone and age < ALONE_RECHECK
 
@@ -669,6 +757,8 @@ class QueueDispatcher:
             log.debug("reading the consumers of queue %s failed: %s", self.queue_id, exc)
         finally:
             self._looking = None
+        if self._wants_ahead():
+            self._wake.set()  # alone after all: a backlog's next rows may be claimed
 
     async def _check_alone(self, every: float = ALONE_RECHECK) -> None:
         """Drained: read again, at most once a second (``every``), whether other nodes
@@ -711,12 +801,9 @@ class QueueDispatcher:
     ) -> bool:
         """Deliver claimed rows round-robin; give back what a vanished consumer missed
         (True if any went back)."""
-        if self.quorum:
-            # RabbitMQ's consumers see x-delivery-count from the first redelivery on
-            # (basic.get shows it from 0); a first delivery, as a hand-off's, has none.
-            for row in rows:
-                if row.delivery_count > 1:
-                    row.properties = with_delivery_count(row.properties, row.delivery_count)
+        # RabbitMQ's consumers see x-delivery-count from the first redelivery on
+        # (basic.get shows it from 0); a first delivery, as a hand-off's, has none.
+        self._with_counts(rows)
         shares = self._split(eligible, credit, rows)
         requeue: list[int] = []
         consumed: list[int] = []

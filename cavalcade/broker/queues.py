@@ -274,9 +274,10 @@ class Queues:
         await self.node.batcher.flush()
         q = await self.get(s, name)
         d = self.node.dispatchers.get(q.id)
-        if d is not None:
-            await d.release_held()  # they are ready messages: purged too
-        return await self.node.repo.purge_queue(q.id)
+        if d is None:
+            return await self.node.repo.purge_queue(q.id)
+        async with d.held_back():  # held rows are ready messages: purged too
+            return await self.node.repo.purge_queue(q.id)
 
     async def delete(self, s: Session, name: str, if_unused: bool, if_empty: bool) -> int:
         # access before existence, as RabbitMQ

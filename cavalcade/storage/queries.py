@@ -78,6 +78,30 @@ UPDATE messages m
 RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
 """
 
+# Claim ahead of the consumers' credit, for node $3 to hold (dispatch.py): up to $2 of
+# the first ready rows of queue $1, stopping before the first with a TTL (it must expire
+# in the queue) and before the bodies pass $4 bytes. The head locks them all; those left
+# out stay ready (their lock ends with the statement). The window runs over the locked
+# head, never over ``messages`` (see CLAIM).
+CLAIM_AHEAD = f"""
+UPDATE messages m
+   SET owner_node = $3, owner_channel = 0, delivery_count = m.delivery_count + 1
+ WHERE m.id = ANY(ARRAY(
+   SELECT id FROM (
+     SELECT id,
+            sum(n) OVER w AS bytes,
+            bool_or(ttl) OVER w AS ttl_before
+       FROM (SELECT id, priority, octet_length(body) AS n, expires_at IS NOT NULL AS ttl
+               FROM messages
+              WHERE queue_id = $1 AND {READY}
+              ORDER BY priority DESC, id
+              LIMIT $2
+                FOR UPDATE SKIP LOCKED) head
+     WINDOW w AS (ORDER BY priority DESC, id)) ahead
+    WHERE bytes <= $4 AND NOT ttl_before))
+RETURNING {_CLAIMED_COLUMNS}, m.delivery_count
+"""
+
 # Take up to $2 ready messages of queue $1 (zero-TTL ones since $3) for a no-ack
 # delivery: they are deleted at once.
 CLAIM_DELETE = f"""
@@ -104,13 +128,15 @@ UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
  WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
 """
 
-# Return the rows $1 that node $2 held for its consumers, never delivered, to ready: not
-# redelivered, their delivery not counted. Only as they were written (a row requeued and
-# claimed again meanwhile is a delivery). ``IS TRUE``: see ``ACK``.
+# Return the rows $1 that node $2 held for its consumers, never delivered, to ready, that
+# delivery uncounted (a written row's count was 1, a claimed one's $3): only as they
+# were written or claimed (a row requeued and claimed again meanwhile is a delivery; a
+# requeue flags it redelivered, which a release leaves as it is). ``IS TRUE``: see ``ACK``.
 RELEASE = """
-UPDATE messages SET owner_node = NULL, owner_channel = NULL, delivery_count = 0
- WHERE id = ANY($1::bigint[]) AND (owner_node = $2) IS TRUE
-   AND owner_channel = 0 AND delivery_count = 1 AND NOT redelivered
+UPDATE messages m SET owner_node = NULL, owner_channel = NULL, delivery_count = r.n - 1
+  FROM unnest($1::bigint[], $3::int[]) AS r(id, n)
+ WHERE m.id = r.id AND (m.owner_node = $2) IS TRUE
+   AND m.owner_channel = 0 AND m.delivery_count = r.n
 """
 
 # Return everything node $1 holds to ready (the node shuts down).

@@ -649,6 +649,17 @@ class Repository:
             )
         return _claimed(rows)
 
+    async def claim_ahead(
+        self, queue_id: int, node_id: uuid.UUID, limit: int, max_bytes: int
+    ) -> list[ClaimedMessage]:
+        """Claim up to ``limit`` ready messages for this node to hold (SKIP LOCKED), in
+        queue order, stopping before one with a TTL and within ``max_bytes`` of bodies.
+        On the async-commit pool, as :meth:`claim`."""
+        rows = await self.async_commit_pool.fetch(
+            queries.CLAIM_AHEAD, queue_id, limit, node_id, max_bytes
+        )
+        return _claimed(rows)
+
     async def database_time(self) -> float:
         """The database clock now, in epoch seconds."""
         return float(await self.async_commit_pool.fetchval(queries.DATABASE_TIME))
@@ -663,10 +674,15 @@ class Repository:
         if ids:
             await self.durable_pool.execute(queries.REQUEUE, list(ids), node_id)
 
-    async def release(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
-        """Return rows this node held undelivered to ready, as never delivered."""
+    async def release(
+        self, ids: Sequence[int], delivery_counts: Sequence[int], node_id: uuid.UUID
+    ) -> None:
+        """Return rows this node held undelivered (each with the delivery count it was
+        written or claimed with) to ready, that delivery uncounted."""
         if ids:
-            await self.durable_pool.execute(queries.RELEASE, list(ids), node_id)
+            await self.durable_pool.execute(
+                queries.RELEASE, list(ids), node_id, list(delivery_counts)
+            )
 
     async def delete_messages(self, ids: Sequence[int], node_id: uuid.UUID) -> None:
         if ids:

@@ -1,7 +1,8 @@
-"""A consumer behind its publisher (a full prefetch while messages keep coming): the
-node holds the next rows for it and hands them out as its acks free credit, with no
-claim. To a client they are ready messages, as on RabbitMQ: counted as ready, taken in
-order by basic.get, purged, and never flagged redelivered when they go back to the queue."""
+"""A consumer behind its publisher (a full prefetch while messages keep coming), or one
+that starts on a backlog: the node holds the next rows for it and hands them out as its
+acks free credit, with no claim (a backlog's are claimed ahead, hundreds at a time). To
+a client they are ready messages, as on RabbitMQ: counted as ready, taken in order by
+basic.get, purged, and never flagged redelivered when they go back to the queue."""
 
 from __future__ import annotations
 
@@ -22,24 +23,30 @@ pytestmark = pytest.mark.timeout(90)
 class _Behind:
     """A consumer with prefetch ``prefetch`` on a fresh durable queue, waiting (the
     queue drained), and ``n`` persistent messages published with confirms from another
-    connection; nothing is acked until told."""
+    connection (``backlog``: before it starts); nothing is acked until told."""
 
-    def __init__(self, url: str, prefetch: int, n: int) -> None:
+    def __init__(self, url: str, prefetch: int, n: int, backlog: bool = False) -> None:
         self.conn, self.publisher = connect(url), connect(url)
         self.q = unique("held")
         self.ch = self.conn.channel()
         self.ch.queue_declare(self.q, durable=True)
         self.ch.basic_qos(prefetch_count=prefetch)
-        self.got: list[tuple[pika.spec.Basic.Deliver, bytes]] = []
-        self.tag = self.ch.basic_consume(self.q, lambda _c, m, _p, body: self.got.append((m, body)))
-        settle(self.conn, 0.3)  # its first claim finds the queue empty
         self.pch = self.publisher.channel()
         self.pch.confirm_delivery()
-        for i in range(n):
-            self.pch.basic_publish("", self.q, b"m%02d" % i, pika.BasicProperties(delivery_mode=2))
+        if backlog:
+            self._publish(n)
+        self.got: list[tuple[pika.spec.Basic.Deliver, bytes]] = []
+        self.tag = self.ch.basic_consume(self.q, lambda _c, m, _p, body: self.got.append((m, body)))
+        if not backlog:
+            settle(self.conn, 0.3)  # its first claim finds the queue empty
+            self._publish(n)
         assert drain(self.conn, lambda: len(self.got) >= prefetch)
         settle(self.conn, 0.2)
         assert len(self.got) == prefetch  # nothing more until an ack
+
+    def _publish(self, n: int) -> None:
+        for i in range(n):
+            self.pch.basic_publish("", self.q, b"m%02d" % i, pika.BasicProperties(delivery_mode=2))
 
     def ready(self) -> int:
         return self.pch.queue_declare(self.q, passive=True).method.message_count
@@ -56,8 +63,11 @@ class _Behind:
             safe_close(self.conn)
 
 
-def test_a_consumer_behind_gets_everything_in_order_as_it_acks(amqp_url: str) -> None:
-    b = _Behind(amqp_url, prefetch=5, n=40)
+@pytest.mark.parametrize("backlog", [False, True], ids=["behind", "backlog"])
+def test_a_consumer_behind_gets_everything_in_order_as_it_acks(
+    amqp_url: str, backlog: bool
+) -> None:
+    b = _Behind(amqp_url, prefetch=5, n=40, backlog=backlog)
     try:
         assert b.ready() == 35
         acked = 0
@@ -73,8 +83,11 @@ def test_a_consumer_behind_gets_everything_in_order_as_it_acks(amqp_url: str) ->
         b.close()
 
 
-def test_what_waits_for_a_consumer_is_got_cancelled_and_purged_as_ready(amqp_url: str) -> None:
-    b = _Behind(amqp_url, prefetch=2, n=10)
+@pytest.mark.parametrize("backlog", [False, True], ids=["behind", "backlog"])
+def test_what_waits_for_a_consumer_is_got_cancelled_and_purged_as_ready(
+    amqp_url: str, backlog: bool
+) -> None:
+    b = _Behind(amqp_url, prefetch=2, n=10, backlog=backlog)
     try:
         method, _props, body = b.pch.basic_get(b.q, auto_ack=True)
         assert (body, method.redelivered, method.message_count) == (b"m02", False, 7)
@@ -123,5 +136,24 @@ def test_a_consumer_behind_needs_no_claim_and_the_api_counts_its_rows_as_ready(
             b.ch.basic_ack(b.got[i][0].delivery_tag)
         assert b.bodies() == [b"m%02d" % i for i in range(40)]
         assert _claims(port) - before <= 2  # the consumer's first (empty) claim, maybe one more
+    finally:
+        b.close()
+
+
+def test_a_backlog_is_claimed_ahead_not_once_per_ack(database_url, start_broker) -> None:
+    """A consumer with a small prefetch on a backlog (a Celery worker after an outage):
+    its next rows are claimed hundreds at a time and handed out from memory, not one
+    claim for every ack."""
+    port = free_port()
+    node = start_broker(database_url, management_port=port)
+    b = _Behind(node.url, prefetch=2, n=300, backlog=True)
+    try:
+        before = _claims(port)
+        for i in range(300):
+            assert drain(b.conn, lambda i=i: len(b.got) > i)
+            b.ch.basic_ack(b.got[i][0].delivery_tag)
+        assert [body for _, body in b.got] == [b"m%02d" % i for i in range(300)]
+        assert not any(m.redelivered for m, _ in b.got)
+        assert _claims(port) - before <= 3  # (was 150: one per ack of each free slot)
     finally:
         b.close()

@@ -471,8 +471,9 @@ def test_restarted_node_on_the_same_port_is_a_new_node(nodes, database_url):
     a = nodes.spawn(database_url, env=FAST_ENV)
     b = nodes.spawn(database_url, env=FAST_ENV)
     before = wait_until(
-        lambda: len(ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) == 2
-        and ids,
+        lambda: (
+            len(ids := {r["id"] for r in sql(database_url, "SELECT id FROM nodes")}) == 2 and ids
+        ),
         20,
         "both nodes' rows",
     )

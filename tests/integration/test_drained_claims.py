@@ -1,6 +1,7 @@
 """Freed credit claims only while a queue may hold ready rows (a real dispatcher on a
 real PostgreSQL): an early-acking consumer of a drained queue runs no empty claims, and
-no arrival is missed because of it."""
+no arrival is missed because of it. Rows held for the consumers (written for them, or
+claimed ahead of their credit from a backlog) go out as credit frees, with no claim."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -52,6 +54,7 @@ class Counting(Repository):
     """The repository, counting claims; ``during_claim`` runs while one is in flight."""
 
     claims = 0
+    ahead = 0
     during_claim: Callable[[], None] | None = None
 
     async def claim(self, *args: object, **kwargs: object) -> list[ClaimedMessage]:  # type: ignore[override]
@@ -60,6 +63,10 @@ class Counting(Repository):
         if self.during_claim is not None:
             self.during_claim()
         return rows
+
+    async def claim_ahead(self, *args: object, **kwargs: object) -> list[ClaimedMessage]:  # type: ignore[override]
+        self.ahead += 1
+        return await super().claim_ahead(*args, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -92,10 +99,10 @@ async def _publish(repo: Repository, qid: int, n: int) -> None:
 
 @contextlib.asynccontextmanager
 async def _dispatching(
-    repo: Repository, qid: int, node: uuid.UUID, prefetch: int
+    repo: Repository, qid: int, node: uuid.UUID, prefetch: int, **options: Any
 ) -> AsyncIterator[tuple[QueueDispatcher, Target]]:
     """A dispatcher of ``qid`` with one consumer, once its first claim is done."""
-    d = QueueDispatcher(repo, node, qid, poll_interval=60.0)
+    d = QueueDispatcher(repo, node, qid, poll_interval=60.0, **options)
     t = Target(prefetch)
     d.add(t)
     try:
@@ -437,3 +444,92 @@ async def test_held_rows_go_back_when_a_look_finds_another_nodes_consumer(
             assert asyncio.get_running_loop().time() < deadline, "still held"
             await asyncio.sleep(0.05)
         assert await repo.ready_count(qid) == 2
+
+
+async def _rows(repo: Repository, qid: int) -> list[tuple[bytes, bool, int, bool]]:
+    """(body, redelivered, delivery_count, owned) of every row of the queue, in order."""
+    rows = await repo.durable_pool.fetch(
+        "SELECT body, redelivered, delivery_count, owner_node IS NOT NULL FROM messages"
+        " WHERE queue_id = $1 ORDER BY id",
+        qid,
+    )
+    return [tuple(r) for r in rows]  # type: ignore[misc]
+
+
+async def test_a_backlog_is_claimed_ahead_and_handed_out_as_credit_frees(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    await _publish(repo, qid, 40)
+    async with _dispatching(repo, qid, node, 2, holds=True, ahead=lambda: True) as (d, t):
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(d.held) < 38:  # the first look at the other nodes comes back first
+            assert asyncio.get_running_loop().time() < deadline, len(d.held)
+            await asyncio.sleep(0.02)
+        assert [m.body for m in t.unacked] == [b"0", b"1"]
+        assert [m.body for m in d.held] == [b"%d" % i for i in range(2, 40)]
+        assert d.consumers_if_empty() is None and not d.drained
+        # Claimed: this node's, counted as one delivery each.
+        assert {r[1:] for r in await _rows(repo, qid)} == {(False, 1, True)}
+        claims, ahead = repo.claims, repo.ahead
+        got: list[bytes] = []
+        for _ in range(19):
+            got += [m.body for m in t.unacked]
+            await _ack(repo, node, t)
+            d.credit_freed()
+        assert got == [b"%d" % i for i in range(38)] and not d.held
+        assert (repo.claims, repo.ahead) == (claims, ahead)  # all from memory
+        await _ack(repo, node, t)
+        d.credit_freed()
+        await _settle(d)
+        assert d.drained and await _rows(repo, qid) == []
+
+
+async def test_rows_claimed_ahead_go_back_as_they_were(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """Released (here before a basic.get), a row claimed ahead is ready again with that
+    delivery uncounted, and a redelivered one stays flagged; nothing is held until the
+    get is done."""
+    repo, qid, node = setup
+    await _publish(repo, qid, 6)
+    first = await repo.claim(qid, node, 0, 2, False)
+    await repo.requeue([m.id for m in first], node)  # b"0", b"1": delivered once, requeued
+    async with _dispatching(repo, qid, node, 1, holds=True, ahead=lambda: True) as (d, t):
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(d.held) < 5:
+            assert asyncio.get_running_loop().time() < deadline, len(d.held)
+            await asyncio.sleep(0.02)
+        assert [(m.body, m.redelivered) for m in t.unacked] == [(b"0", True)]
+        assert [(m.body, m.delivery_count) for m in d.held][:2] == [(b"1", 2), (b"2", 1)]
+        async with d.held_back():
+            assert not d.held and not d.kept()
+            assert await _rows(repo, qid) == [
+                (b"0", True, 2, True),
+                (b"1", True, 1, False),
+                *((b"%d" % i, False, 0, False) for i in range(2, 6)),
+            ]
+            assert d.take_direct([1]) == []  # neither held nor handed off meanwhile
+            await _ack(repo, node, t)
+            d.credit_freed()
+            await _settle(d)
+            assert not d.held  # the freed credit claimed b"1" for the consumer, no more
+            assert [(m.body, m.redelivered) for m in t.unacked] == [(b"1", True)]
+
+
+async def test_a_claim_ahead_stops_before_a_ttl_and_within_its_bytes(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    repo, qid, node = setup
+    rows = [
+        NewMessage(qid, 0, True, "", "q", b"\x00\x00", None, None, None, None, b"x" * 10)
+        for _ in range(4)
+    ]
+    rows[3].ttl_ms = 60_000  # it must expire in the queue, not in a node's memory
+    rows.append(NewMessage(qid, 0, True, "", "q", b"\x00\x00", None, None, None, None, b"y"))
+    async with repo.write_transaction() as tx:
+        await tx.insert(rows)
+    assert len(await repo.claim_ahead(qid, node, 10, 25)) == 2  # 20 bytes, not 30
+    assert len(await repo.claim_ahead(qid, node, 10, 1000)) == 1  # the TTL row stops it
+    assert len(await repo.claim_ahead(qid, node, 10, 1000)) == 0
+    assert await repo.ready_count(qid) == 2
