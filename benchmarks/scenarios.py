@@ -12,8 +12,9 @@ matters), and one table with both figures and their ratio is printed at the end.
 
 Scenarios: ``rawbench`` (8 back-to-back runs of ../shared/bench/rawbench.py),
 ``backlog`` (publish a backlog with confirms, passive declare, node memory, drain with
-prefetch 1000), ``many_queues`` (declare + bind N queues to a topic
-exchange, publish through it), ``idle`` (CPU of idle consumers and idle connections,
+prefetch 1000; then a backlog of at most 50k drained with prefetch 8 and an ack each, as
+a Celery worker), ``many_queues`` (declare + bind N queues to a topic exchange, publish
+through it), ``idle`` (CPU of idle consumers and idle connections,
 broker and its PostgreSQL backends together), ``fanout`` (one exchange, 100 queues),
 ``large`` (1/16/100 MB round trips), ``latency`` (1 msg / 10 ms), ``competing`` (20
 consumers, prefetch 10). The machine is shared and noisy: compare ratios, not figures.
@@ -315,13 +316,55 @@ async def scenario_backlog(t: Target, a: argparse.Namespace) -> Result:
     drain_rate = n / (time.perf_counter() - t0)
     w.write(rb.enc(1, commands.Queue.Delete(queue=qname)))
     await rb.close_conn(r, w)
+    small = await _small_prefetch_drain(t, min(n, 50_000))
     return {
         "publish msg/s": publish_rate,
         "passive declare ms (median)": statistics.median(times),
         "declare-ok count / n": count / n,
         "memory with backlog MB": mem,
         "drain msg/s": drain_rate,
+        "drain prefetch 8, ack each msg/s": small,
     }
+
+
+async def _small_prefetch_drain(t: Target, n: int) -> float:
+    """A backlog of ``n`` drained as a Celery worker does: prefetch 8, an ack per message."""
+    from pamqp import body, commands, header
+
+    rb = raw()
+    qname = f"backlog8-{uuid.uuid4().hex[:8]}"
+    r, w = await rb.open_conn(t.url)
+    w.write(rb.enc(1, commands.Queue.Declare(queue=qname, durable=True, arguments=t.queue_args())))
+    await rb.expect(r, commands.Queue.DeclareOk)
+    w.write(rb.enc(1, commands.Confirm.Select()))
+    await rb.expect(r, commands.Confirm.SelectOk)
+    publish = rb.enc(1, commands.Basic.Publish(exchange="", routing_key=qname))
+    hdr = rb.enc(1, header.ContentHeader(0, 256, commands.Basic.Properties(delivery_mode=2)))
+    frame = publish + hdr + rb.enc(1, body.ContentBody(b"x" * 256))
+    for start in range(0, n, 500):  # in windows of 500, each confirmed before the next
+        k = min(500, n - start)
+        w.write(frame * k)
+        confirmed = start
+        while confirmed < start + k:
+            ftype, _, payload = await rb.read_frame(r)
+            if ftype == 1 and struct.unpack_from(">HH", payload) == (60, 80):
+                confirmed = struct.unpack_from(">Q", payload, 4)[0]
+    w.write(rb.enc(1, commands.Basic.Qos(prefetch_count=8)))
+    await rb.expect(r, commands.Basic.QosOk)
+    w.write(rb.enc(1, commands.Basic.Consume(queue=qname, consumer_tag="d8")))
+    await rb.expect(r, commands.Basic.ConsumeOk)
+    got, t0 = 0, time.perf_counter()
+    while got < n:
+        ftype, _, payload = await rb.read_frame(r)
+        if ftype == 1 and struct.unpack_from(">HH", payload) == (60, 60):
+            tag = struct.unpack_from(">Q", payload, 5 + payload[4])[0]
+        elif ftype == 3:
+            got += 1
+            w.write(rb.enc(1, commands.Basic.Ack(delivery_tag=tag)))
+    rate = n / (time.perf_counter() - t0)
+    w.write(rb.enc(1, commands.Queue.Delete(queue=qname)))
+    await rb.close_conn(r, w)
+    return rate
 
 
 async def scenario_many_queues(t: Target, a: argparse.Namespace) -> Result:
