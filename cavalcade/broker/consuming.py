@@ -90,10 +90,14 @@ class Consuming:
         return d
 
     def _may_claim_ahead(self, queue_id: int) -> bool:
-        """Whether a queue's dispatcher may hold rows of a backlog: not past a length
-        limit, which counts them as ready (its rules as cached now: policies change)."""
+        """Whether a queue's dispatcher may hold rows of a backlog (its rules as cached
+        now: policies change): no length limit, which counts them as ready, and no
+        message TTL (every row would stop the claim ahead, which locks its head)."""
         found = self.node.queue_by_id(queue_id)
-        return found is not None and queue_limit(found[1].arguments) is None
+        if found is None:
+            return False
+        args = found[1].arguments
+        return queue_limit(args) is None and args.get("x-message-ttl") is None
 
     @staticmethod
     def is_single_active(s: Session, queue_id: int) -> bool:

@@ -230,6 +230,7 @@ class QueueDispatcher:
         self._alone_read = -ALONE_RECHECK
         self._heard_elsewhere = 0  # NOTIFYs of consumers added on other nodes
         self._looking: asyncio.Task[None] | None = None  # a read of them under way
+        self._look_after = 0.0  # after a failed read: not before then
         # Rows held for the consumers (see the module's docstring), oldest first.
         self.holds = holds
         self.budget = budget or HoldBudget()
@@ -241,9 +242,10 @@ class QueueDispatcher:
         self._after_requeue: list[ClaimedMessage] = []  # to return once a requeue commits
         self._paused = 0  # basic.gets and purges under way: nothing is held meanwhile
         # Claims ahead of the consumers' credit (a backlog): whether the queue's rules
-        # allow them now (None: never), and ``_arrivals`` when one last came back short.
+        # allow them now (None: never), and whether the last one came back short (then
+        # none until a claim for credit comes back full: a backlog again).
         self._ahead = ahead
-        self._ahead_short_at: int | None = None
+        self._ahead_short = False
 
     def add(self, consumer: DeliveryTarget) -> None:
         if consumer.no_ack:
@@ -359,6 +361,10 @@ class QueueDispatcher:
     def hold(self, rows: list[ClaimedMessage]) -> None:
         """Keep rows written or claimed as this node's deliveries for the consumers;
         hand out what their credit takes now."""
+        if self._after_requeue:  # newer than a requeue still coming: back after it
+            self._after_requeue += rows
+            self._unreleased.update(r.id for r in rows)
+            return
         for row in rows:
             size = len(row.body)
             self.held_bytes += size
@@ -566,6 +572,8 @@ class QueueDispatcher:
             await asyncio.shield(self.release_held())
         except Exception as exc:  # noqa: BLE001 - retried in the background
             log.warning("returning held rows of queue %s failed: %s", self.queue_id, exc)
+        if self._releasing:  # before a shutdown's requeue of all it owns (redelivered)
+            await asyncio.wait(set(self._releasing), timeout=RELEASE_WAIT)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -651,6 +659,8 @@ class QueueDispatcher:
     async def _drain(self) -> bool:
         """Claim and deliver until the queue is empty (True) or nobody has credit."""
         while not self._stopping:
+            if self._unreleased:  # older rows on their way back: a claim would jump them
+                return False  # (their release wakes the task)
             self.give_held()
             if self.held:  # the credit went to older rows than the queue's
                 self._waiting_since = None
@@ -683,6 +693,7 @@ class QueueDispatcher:
                 self._drained_at = None if returned else arrivals
                 await self._check_alone()
                 return True
+            self._ahead_short = False  # a full claim: the queue has a backlog
         return False
 
     # -- claims ahead ----------------------------------------------------------
@@ -699,7 +710,7 @@ class QueueDispatcher:
             and not self._paused
             and self._settled.is_set()
             and self._drained_at != self._arrivals
-            and self._ahead_short_at != self._arrivals
+            and not self._ahead_short
             and len(self.held) < AHEAD_ROWS // 2
             and self.held_bytes < HOLD_BYTES // 2
             and self.budget.bytes < self.budget.limit // 2
@@ -716,7 +727,6 @@ class QueueDispatcher:
         of bytes; the claims for credit find out."""
         if not self._wants_ahead():
             return False
-        arrivals = self._arrivals
         want = min(AHEAD_ROWS - len(self.held), AHEAD_CAP)
         room = min(HOLD_BYTES - self.held_bytes, self.budget.limit - self.budget.bytes)
         self._settled.clear()
@@ -729,7 +739,7 @@ class QueueDispatcher:
         finally:
             self._settled.set()
         if len(rows) < want:
-            self._ahead_short_at = arrivals
+            self._ahead_short = True
             return False
         return True
 
@@ -745,8 +755,9 @@ class QueueDispatcher:
         """Consumed on this node only, as read within ``ALONE_RECHECK``. A read older
         than half of that starts the next one in the background: a queue whose rows are
         all handed off or held runs no claim, whose end would read it."""
-        age = time.monotonic() - self._alone_read
-        if age >= ALONE_RECHECK / 2 and self._looking is None:
+        now = time.monotonic()
+        age = now - self._alone_read
+        if age >= ALONE_RECHECK / 2 and self._looking is None and now >= self._look_after:
             self._looking = asyncio.get_running_loop().create_task(self._look_again())
         return self._alone and age < ALONE_RECHECK
 
@@ -755,6 +766,8 @@ class QueueDispatcher:
             await self._check_alone(ALONE_RECHECK / 2)
         except Exception as exc:  # noqa: BLE001 - the read goes stale: claims read it
             log.debug("reading the consumers of queue %s failed: %s", self.queue_id, exc)
+            self._look_after = time.monotonic() + ALONE_RECHECK / 2  # not again at once
+            return
         finally:
             self._looking = None
         if self._wants_ahead():

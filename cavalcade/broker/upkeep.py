@@ -3,6 +3,7 @@ owns after an outage, and vacuuming the churning tables."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from . import write_path
@@ -10,6 +11,8 @@ from .node import NodeState
 from .queue_rules import QueueRules
 
 log = logging.getLogger(__name__)
+
+SETTLE_WAIT = 5.0  # seconds the reconcile waits for claims in flight to end
 
 # Vacuums between two orphan sweeps (one every ``vacuum_interval``, 10 s by default).
 ORPHAN_SWEEP_EVERY = 30
@@ -28,9 +31,17 @@ class Upkeep:
         an ack lost in a crash) go back to their queues. Returns how many."""
         node = self.node
         await node.batcher.flush()
+        owned = await node.repo.owned_messages(node.node_id)
+        # A claim in flight now took rows that are in ``owned`` and not yet delivered
+        # or held: once it ends they are, and only then is what channels hold read.
+        waits = [asyncio.ensure_future(d.settled()) for d in node.dispatchers.values()]
+        if waits:
+            _done, pending = await asyncio.wait(waits, timeout=SETTLE_WAIT)
+            for w in pending:
+                w.cancel()
         # Rows held for consumers are delivered from memory later: not orphans either.
         held = node.held().union(*(d.kept() for d in node.dispatchers.values()))
-        orphans = [m for m in await node.repo.owned_messages(node.node_id) if m not in held]
+        orphans = [m for m in owned if m not in held]
         await node.repo.requeue(orphans, node.node_id)
         if orphans:
             node.wake_all()

@@ -132,11 +132,13 @@ UPDATE messages SET owner_node = NULL, owner_channel = NULL, redelivered = true
 # delivery uncounted (a written row's count was 1, a claimed one's $3): only as they
 # were written or claimed (a row requeued and claimed again meanwhile is a delivery; a
 # requeue flags it redelivered, which a release leaves as it is). ``IS TRUE``: see ``ACK``.
+# Not a join with ``unnest``: with stale statistics its custom plan scans ``messages``
+# (256 ms for 1,024 ids over 200k rows); the ids find their rows by primary key, as ACK's.
 RELEASE = """
-UPDATE messages m SET owner_node = NULL, owner_channel = NULL, delivery_count = r.n - 1
-  FROM unnest($1::bigint[], $3::int[]) AS r(id, n)
- WHERE m.id = r.id AND (m.owner_node = $2) IS TRUE
-   AND m.owner_channel = 0 AND m.delivery_count = r.n
+UPDATE messages m
+   SET owner_node = NULL, owner_channel = NULL, delivery_count = m.delivery_count - 1
+ WHERE m.id = ANY($1::bigint[]) AND (m.owner_node = $2) IS TRUE AND m.owner_channel = 0
+   AND m.delivery_count = ($3::int[])[array_position($1::bigint[], m.id)]
 """
 
 # Return everything node $1 holds to ready (the node shuts down).

@@ -533,3 +533,33 @@ async def test_a_claim_ahead_stops_before_a_ttl_and_within_its_bytes(
     assert len(await repo.claim_ahead(qid, node, 10, 1000)) == 1  # the TTL row stops it
     assert len(await repo.claim_ahead(qid, node, 10, 1000)) == 0
     assert await repo.ready_count(qid) == 2
+
+
+async def test_a_requeue_while_rows_are_claimed_ahead_keeps_the_queue_order(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """A nack with requeue while a backlog's rows are held: the requeued row, then the
+    held ones, then the rest of the queue (no claim jumps rows on their way back)."""
+    repo, qid, node = setup
+    await _publish(repo, qid, 700)
+    async with _dispatching(repo, qid, node, 2, holds=True, ahead=lambda: True) as (d, t):
+        deadline = asyncio.get_running_loop().time() + 5
+        while len(d.held) < 512:
+            assert asyncio.get_running_loop().time() < deadline, len(d.held)
+            await asyncio.sleep(0.02)
+        assert [m.body for m in t.unacked] == [b"0", b"1"]
+        nacked = t.unacked.pop(0)
+        d.requeue_coming()  # as WriteBatcher.requeue, then the channel frees the credit
+        d.credit_freed()
+        await repo.requeue([nacked.id], node)
+        d.requeued()  # the requeue's commit
+        order: list[int] = []
+        while len(order) < 700:
+            deadline = asyncio.get_running_loop().time() + 5
+            while not t.unacked:
+                assert asyncio.get_running_loop().time() < deadline, order[-5:]
+                await asyncio.sleep(0.01)
+            order += [int(m.body) for m in t.unacked]
+            await _ack(repo, node, t)
+            d.credit_freed()
+        assert order == [1, 0, *range(2, 700)]
