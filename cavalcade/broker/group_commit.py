@@ -464,7 +464,12 @@ class WriteBatcher:
         wake, self._requeue_queues = self._requeue_queues, set()
         rejects, self._rejects = self._rejects, []
         results: list[tuple[Spans, set[int]]] = []
-        touched = await self._write_retrying(ops, (acks, requeues, rejects, wake), results)
+        try:
+            touched = await self._write_retrying(ops, (acks, requeues, rejects, wake), results)
+        finally:
+            # Committed, refused (isolate) or given up: the held rows a requeue kept back
+            # go back now either way (after a commit this is a no-op: _commit did it).
+            self._requeued(wake)
         self.backlog_bytes -= size
         self._backlog_ops -= len(ops)
         self._update_blocked()

@@ -31,21 +31,28 @@ class Upkeep:
         an ack lost in a crash) go back to their queues. Returns how many."""
         node = self.node
         await node.batcher.flush()
+        # What channels and dispatchers hold is read before the rows owned (a row acked
+        # meanwhile is in the first read; its delete may not be committed yet) and again
+        # once the claims in flight have ended (their rows are in ``owned`` and only then
+        # delivered or held). Rows held for consumers are delivered later: not orphans.
+        held = self._holding()
         owned = await node.repo.owned_messages(node.node_id)
-        # A claim in flight now took rows that are in ``owned`` and not yet delivered
-        # or held: once it ends they are, and only then is what channels hold read.
         waits = [asyncio.ensure_future(d.settled()) for d in node.dispatchers.values()]
         if waits:
             _done, pending = await asyncio.wait(waits, timeout=SETTLE_WAIT)
             for w in pending:
                 w.cancel()
-        # Rows held for consumers are delivered from memory later: not orphans either.
-        held = node.held().union(*(d.kept() for d in node.dispatchers.values()))
+        held |= self._holding()
         orphans = [m for m in owned if m not in held]
         await node.repo.requeue(orphans, node.node_id)
         if orphans:
             node.wake_all()
         return len(orphans)
+
+    def _holding(self) -> set[int]:
+        """Message ids this node's channels track as unacked, or its dispatchers hold."""
+        node = self.node
+        return set(node.held()).union(*(d.kept() for d in node.dispatchers.values()))
 
     async def sweep(self, limit: int = 1000) -> None:
         """Expire messages past their TTL and queues past their ``x-expires``. Expired

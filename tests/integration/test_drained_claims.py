@@ -563,3 +563,48 @@ async def test_a_requeue_while_rows_are_claimed_ahead_keeps_the_queue_order(
             await _ack(repo, node, t)
             d.credit_freed()
         assert order == [1, 0, *range(2, 700)]
+
+
+async def test_the_reconcile_leaves_a_row_acked_while_it_reads(
+    setup: tuple[Counting, int, uuid.UUID],
+) -> None:
+    """An ack taken while the reconcile reads what the node owns (the channel has let
+    the tag go, the batch's delete is not committed yet) is no orphan: requeued, the
+    acked message would be delivered again."""
+    from types import SimpleNamespace
+
+    from cavalcade.broker.upkeep import Upkeep
+
+    repo, qid, node = setup
+    await _publish(repo, qid, 3)
+    async with _dispatching(repo, qid, node, 3) as (d, t):
+        assert len(t.unacked) == 3
+        read = repo.owned_messages
+        acked: list[ClaimedMessage] = []
+
+        async def owned(node_id: uuid.UUID) -> list[int]:
+            ids = await read(node_id)
+            asyncio.get_running_loop().call_soon(lambda: acked.append(t.unacked.pop(0)))
+            return ids
+
+        async def flush() -> None:
+            pass
+
+        repo.owned_messages = owned  # type: ignore[method-assign]
+        node_state = SimpleNamespace(
+            batcher=SimpleNamespace(flush=flush),
+            repo=repo,
+            node_id=node,
+            dispatchers={qid: d},
+            held=lambda: {m.id for m in t.unacked},
+            wake_all=lambda: None,
+        )
+        assert await Upkeep(node_state, None).reconcile() == 0  # type: ignore[arg-type]
+        assert acked
+        await repo.delete_messages([acked[0].id], node)  # the batch's ack commits
+        assert (
+            await repo.durable_pool.fetchval(
+                "SELECT count(*) FROM messages WHERE id = $1", acked[0].id
+            )
+            == 0
+        )
