@@ -249,12 +249,12 @@ def raw() -> Any:
     return rawbench
 
 
-async def scenario_backlog(t: Target, a: argparse.Namespace) -> Result:
+async def _confirming(t: Target, qname: str) -> tuple[Any, Any, bytes]:
+    """A raw connection with confirms on, a fresh durable queue ``qname``, and the frames
+    of one persistent 256 B publish to it: (reader, writer, frames)."""
     from pamqp import body, commands, header
 
     rb = raw()
-    n = a.messages
-    qname = f"backlog-{uuid.uuid4().hex[:8]}"
     r, w = await rb.open_conn(t.url)
     w.write(rb.enc(1, commands.Queue.Declare(queue=qname, durable=True, arguments=t.queue_args())))
     await rb.expect(r, commands.Queue.DeclareOk)
@@ -263,6 +263,16 @@ async def scenario_backlog(t: Target, a: argparse.Namespace) -> Result:
     publish = rb.enc(1, commands.Basic.Publish(exchange="", routing_key=qname))
     hdr = rb.enc(1, header.ContentHeader(0, 256, commands.Basic.Properties(delivery_mode=2)))
     frame = publish + hdr + rb.enc(1, body.ContentBody(b"x" * 256))
+    return r, w, frame
+
+
+async def scenario_backlog(t: Target, a: argparse.Namespace) -> Result:
+    from pamqp import commands
+
+    rb = raw()
+    n = a.messages
+    qname = f"backlog-{uuid.uuid4().hex[:8]}"
+    r, w, frame = await _confirming(t, qname)
     confirmed = 0
     ev = asyncio.Event()
 
@@ -329,18 +339,11 @@ async def scenario_backlog(t: Target, a: argparse.Namespace) -> Result:
 
 async def _small_prefetch_drain(t: Target, n: int) -> float:
     """A backlog of ``n`` drained as a Celery worker does: prefetch 8, an ack per message."""
-    from pamqp import body, commands, header
+    from pamqp import commands
 
     rb = raw()
     qname = f"backlog8-{uuid.uuid4().hex[:8]}"
-    r, w = await rb.open_conn(t.url)
-    w.write(rb.enc(1, commands.Queue.Declare(queue=qname, durable=True, arguments=t.queue_args())))
-    await rb.expect(r, commands.Queue.DeclareOk)
-    w.write(rb.enc(1, commands.Confirm.Select()))
-    await rb.expect(r, commands.Confirm.SelectOk)
-    publish = rb.enc(1, commands.Basic.Publish(exchange="", routing_key=qname))
-    hdr = rb.enc(1, header.ContentHeader(0, 256, commands.Basic.Properties(delivery_mode=2)))
-    frame = publish + hdr + rb.enc(1, body.ContentBody(b"x" * 256))
+    r, w, frame = await _confirming(t, qname)
     for start in range(0, n, 500):  # in windows of 500, each confirmed before the next
         k = min(500, n - start)
         w.write(frame * k)

@@ -62,7 +62,7 @@ HOLD_ROWS = 2000  # rows a queue holds for its consumers here, at most
 HOLD_BYTES = 4 * 1024 * 1024  # their bodies, at most
 HOLD_NODE_BYTES = 64 * 1024 * 1024  # the bodies every queue of a node holds, at most
 HOLD_BODY = 64 * 1024  # a larger body is never held
-RELEASE_WAIT = 5.0  # seconds a basic.get or purge waits for held rows to be back
+RELEASE_WAIT = 5.0  # seconds a get, purge or stop waits for held rows to be back
 AHEAD_ROWS = 1024  # a backlog: rows a queue claims ahead of its consumers' credit
 AHEAD_CAP = 512  # rows one claim ahead takes, at most
 
@@ -390,8 +390,7 @@ class QueueDispatcher:
             await self._settled.wait()  # a claim ahead ending now sends its rows back:
             self.give_held()
             await self.release_held()
-            if self._releasing:  # those, and any other rows on their way back, first
-                await asyncio.wait(set(self._releasing), timeout=RELEASE_WAIT)
+            await self._releases_done()  # those, and any other rows on their way back
             yield
         finally:
             self._paused -= 1
@@ -480,6 +479,11 @@ class QueueDispatcher:
         if rows:
             self._arrivals += 1
             self._spawn_release(rows)
+
+    async def _releases_done(self) -> None:
+        """Wait (at most ``RELEASE_WAIT``) for the releases under way to be committed."""
+        if self._releasing:
+            await asyncio.wait(set(self._releasing), timeout=RELEASE_WAIT)
 
     def _spawn_release(self, rows: list[ClaimedMessage]) -> None:
         ids, counts = [r.id for r in rows], [r.delivery_count for r in rows]
@@ -572,8 +576,7 @@ class QueueDispatcher:
             await asyncio.shield(self.release_held())
         except Exception as exc:  # noqa: BLE001 - retried in the background
             log.warning("returning held rows of queue %s failed: %s", self.queue_id, exc)
-        if self._releasing:  # before a shutdown's requeue of all it owns (redelivered)
-            await asyncio.wait(set(self._releasing), timeout=RELEASE_WAIT)
+        await self._releases_done()  # before a shutdown requeues all it owns, redelivered
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
