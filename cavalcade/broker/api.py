@@ -145,8 +145,16 @@ class Publishing(Protocol):
     def check_message(self, props: Properties) -> None: ...
 
     def publish(
-        self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
-    ) -> asyncio.Future[int]: ...
+        self,
+        s: Session,
+        exchange: str,
+        routing_key: str,
+        props: Properties,
+        body: bytes,
+        waited: bool = True,
+    ) -> asyncio.Future[int]:
+        """``waited``: a client waits for the commit (see broker/gathering.py)."""
+        ...
 
 
 class Consuming(Protocol):

@@ -29,6 +29,7 @@ from cavalcade.storage.sqlstate import is_data_error, is_resource_alarm
 from . import write_path
 from .alarms import ResourceAlarm
 from .dispatch import DeliveryTarget, QueueDispatcher
+from .gathering import Gathering
 from .isolation import isolate
 from .memory import MemoryWatermark, publish_cost
 from .outage import Outage
@@ -65,6 +66,7 @@ class PendingPublish:
     rows: list[NewMessage] | None = None  # routed early, against ``version``
     version: int = -1
     cc: tuple[str, ...] = ()  # more routing keys (the CC and BCC headers)
+    waited: bool = True  # a client waits for its commit (a confirm, a mandatory return)
 
 
 class Router(Protocol):
@@ -148,6 +150,7 @@ class WriteBatcher:
         self._task: asyncio.Task[None] | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.gathering = Gathering()
         self.backlog_bytes = 0
         self._backlog_ops = 0  # the publishes backlog_bytes counts
         self.backlog_limit = backlog_limit
@@ -187,6 +190,7 @@ class WriteBatcher:
         return bool(self._ops or self._acks or self._requeues or self._rejects)
 
     def _kick(self) -> None:
+        self.gathering.arrivals += 1
         self._idle.clear()
         self._work.set()
 
@@ -265,9 +269,23 @@ class WriteBatcher:
         while True:
             await self._work.wait()
             self._work.clear()
+            streaming = False  # work came while the last commit ran
             while self._pending():
+                if streaming:
+                    await self._gather()
                 await self._write_one()
+                streaming = self._pending()
             self._idle.set()
+
+    async def _gather(self) -> None:
+        """Wait a moment for more work when that pays (see gathering.py)."""
+        g, now = self.gathering, time.monotonic()
+        items = len(self._ops) + len(self._acks)
+        waited_on = any(not isinstance(w, PendingPublish) or w.waited for w, _, _ in self._ops)
+        if g.worth_waiting(now, True, items, waited_on):
+            seen = g.arrivals
+            await asyncio.sleep(g.wait)
+            g.gathered(time.monotonic(), seen)
 
     def _take_ops(self) -> tuple[list[Op], int]:
         """The oldest work that fits in one transaction."""

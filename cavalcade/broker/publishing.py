@@ -74,16 +74,22 @@ class Publishing:
         return True
 
     def publish(
-        self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
+        self,
+        s: Session,
+        exchange: str,
+        routing_key: str,
+        props: Properties,
+        body: bytes,
+        waited: bool = True,
     ) -> asyncio.Future[int]:
         """Hand a publish to the write batcher. It is routed there, against a topology at
         least as new as any change committed before the batch (so a binding made on
         another node applies at once); the future gives the number of queues reached,
-        once committed."""
+        once committed. ``waited``: a client waits for that commit."""
         cc = tuple(extra_routing_keys(props))  # valid: see check_message
         if cc:
             props = without_bcc(props) or props
-        p = PendingPublish(s.vhost, exchange, routing_key, props, body, cc=cc)
+        p = PendingPublish(s.vhost, exchange, routing_key, props, body, cc=cc, waited=waited)
         if not s.vhost.stale:
             # Route now, off the write path; the batch re-routes it if the version moved.
             p.rows, p.version = self._route(p), s.vhost.version

@@ -332,9 +332,15 @@ class Broker:
     check_message = staticmethod(check_message)
 
     def publish(
-        self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
+        self,
+        s: Session,
+        exchange: str,
+        routing_key: str,
+        props: Properties,
+        body: bytes,
+        waited: bool = True,
     ) -> asyncio.Future[int]:
-        return self.publishing.publish(s, exchange, routing_key, props, body)
+        return self.publishing.publish(s, exchange, routing_key, props, body, waited)
 
     async def prepare(self, pending: Sequence[PendingPublish]) -> None:
         await self.publishing.prepare(pending)

@@ -119,11 +119,12 @@ class Publisher:
         if self.tx.active:
             self.tx.publishes.append((m, props, body))
             return
-        fut = self.broker.publish(session, m.exchange, m.routing_key, props, body)
         seq = 0
         if self.confirm:
             self.publish_seq += 1
             seq = self.publish_seq
+        waited = bool(m.mandatory or seq)
+        fut = self.broker.publish(session, m.exchange, m.routing_key, props, body, waited)
         if m.mandatory or seq:
             fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
             self._last_stored = fut

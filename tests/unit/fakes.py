@@ -261,7 +261,13 @@ class FakeBroker:
         return None
 
     def publish(
-        self, s: Session, exchange: str, routing_key: str, props: Properties, body: bytes
+        self,
+        s: Session,
+        exchange: str,
+        routing_key: str,
+        props: Properties,
+        body: bytes,
+        waited: bool = True,
     ) -> asyncio.Future[int]:
         self.published.append((exchange, routing_key, props, body))
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
