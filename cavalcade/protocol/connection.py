@@ -25,7 +25,7 @@ from cavalcade.errors import (
 from cavalcade.settings import Settings
 
 from .closing import close_frame
-from .flow import BLOCKED, FlowControl
+from .flow import BLOCKED, SLICED, FlowControl
 from .framing import (
     FRAME_BODY,
     FRAME_HEADER,
@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 # Seconds a closing connection's channels get to finish the methods they received
 # (a channel held by a database outage is torn down after that, its work unfinished).
 CLOSE_FINISH = 2.0
+READ_SLICE = 4096  # octets of frames handled per turn of the event loop
 
 
 # Hot-path constants (an Enum member read off its class costs a lookup each time).
@@ -105,6 +106,7 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
         self.publisher = False
         self._reader = FrameReader(settings.frame_max)
         self._header_seen = False
+        self._sliced = False  # reading paused while read frames wait for their turn
         self._buf = b""
         self._state = ConnectionState.START
         self._user: tuple[int, str] | None = None
@@ -149,16 +151,38 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
             if not rest:
                 return
             data = rest
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """Handle the frames of a read, READ_SLICE octets per turn of the event loop: a
+        publisher's 256 KiB read must not starve the other connections (its consumer's
+        acks among them). The socket is not read while frames wait for their turn."""
         try:
-            for f in self._reader.feed(data):
+            for f in self._reader.feed(data, READ_SLICE):
                 if self.closed:
                     return
                 self._on_frame(f)
         except AMQPError as exc:
             self.fail(exc)
+            return
         except Exception as exc:  # bad input never takes the node down
             log.exception("error handling frames")
             self.fail(exc)
+            return
+        if self.closed:
+            return
+        if self._reader.holds_frame():
+            if not self._sliced:
+                self._sliced = True
+                self.pause_reading(SLICED)
+            asyncio.get_running_loop().call_soon(self._feed_more)
+        elif self._sliced:
+            self._sliced = False
+            self.resume_reading(SLICED)
+
+    def _feed_more(self) -> None:
+        if not self.closed:
+            self._feed(b"")
 
     def _read_header(self, data: bytes) -> bytes | None:
         """Collect the protocol header: the bytes after it, or None while it is incomplete

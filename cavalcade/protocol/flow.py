@@ -11,6 +11,7 @@ import asyncio
 from typing import Any
 
 BLOCKED = -1  # the reason while the node's publish backlog is full
+SLICED = -2  # the reason while frames of the last read wait for their turn
 WRITE_HIGH = 4 * 1024 * 1024
 WRITE_LOW = 1024 * 1024
 

@@ -45,19 +45,33 @@ class FrameReader:
 
     def __init__(self, frame_max: int) -> None:
         self.frame_max = frame_max
-        self._buf = bytearray()
+        self._held: bytes | bytearray = b""  # bytes of frames not yet yielded, from _at
+        self._at = 0
 
-    def feed(self, data: bytes) -> Iterator[RawFrame]:
+    def feed(self, data: bytes, budget: int | None = None) -> Iterator[RawFrame]:
+        """The complete frames of what is held and ``data``; with a ``budget``, none
+        begun past that many octets (the rest is held: see :meth:`holds_frame`)."""
         # Frames are sliced from ``data`` itself while nothing is held over (the usual
-        # case: one copy of each payload); else from the buffer ``data`` extends.
-        buf: bytes | bytearray = data
-        if self._buf:
-            self._buf += data
-            buf = self._buf
-        pos = 0
-        end = len(buf)
+        # case: one copy of each payload); else from a buffer of the held bytes and
+        # ``data`` (an incomplete frame grows in place).
+        held, pos = self._held, self._at
+        if pos >= len(held):
+            buf: bytes | bytearray = data
+            pos = 0
+        elif not data:
+            buf = held
+        elif type(held) is bytearray and pos == 0:
+            held += data
+            buf = held
+        else:
+            buf = bytearray(held[pos:])
+            buf += data
+            pos = 0
+        start, end = pos, len(buf)
         try:
             while end - pos >= 7:
+                if budget is not None and pos > start and pos - start >= budget:
+                    break
                 ftype, channel, size = _HEAD.unpack_from(buf, pos)
                 # RabbitMQ allows 8 octets of fudge: a payload of frame_max octets passes
                 # (some clients cut bodies at frame_max, not frame_max - 8).
@@ -77,10 +91,17 @@ class FrameReader:
                 yield RawFrame(ftype, channel, payload)
                 pos = stop + 1
         finally:
-            if buf is self._buf:
-                del self._buf[:pos]
-            elif pos < end:
-                self._buf += buf[pos:]  # an incomplete frame, held for the next read
+            if pos >= end:
+                self._held, self._at = b"", 0
+            else:
+                self._held, self._at = buf, pos
+
+    def holds_frame(self) -> bool:
+        """Is a complete frame held (one past a budget)?"""
+        held, at = self._held, self._at
+        if len(held) - at < 7:
+            return False
+        return len(held) - at > 7 + _HEAD.unpack_from(held, at)[2]
 
 
 def decode_method(payload: bytes) -> Frame:

@@ -61,6 +61,30 @@ def test_any_split_of_a_stream_gives_the_same_frames(cuts: list[int]) -> None:
     assert all(type(f.payload) is bytes for f in got)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(min_value=0, max_value=len(_STREAM)), max_size=12),
+    st.integers(min_value=0, max_value=64),
+)
+def test_a_budget_holds_the_rest_for_later_turns(cuts: list[int], budget: int) -> None:
+    """With a budget per feed (the connection's READ_SLICE), each feed stops at the first
+    frame begun past it and holds the rest; feeding nothing until no complete frame is
+    held gives the same frames in the same order, and every feed yields at least one
+    frame while one is complete."""
+    whole = list(FrameReader(131072).feed(_STREAM))
+    reader = FrameReader(131072)
+    got = []
+    bounds = [0, *sorted(cuts), len(_STREAM)]
+    for start, end in zip(bounds, bounds[1:], strict=False):
+        got += list(reader.feed(_STREAM[start:end], budget))
+        while reader.holds_frame():
+            turn = list(reader.feed(b"", budget))
+            assert turn
+            got += turn
+    assert got == whole
+    assert not reader.holds_frame()
+
+
 def test_bad_frame_end() -> None:
     data = bytearray(encode_method(1, commands.Channel.Open()))
     data[-1] = 0

@@ -6,18 +6,20 @@ from __future__ import annotations
 
 import asyncio
 
-from pamqp import commands, common
+from pamqp import body, commands, common, header
+from pamqp import frame as pamqp_frame
 
 from cavalcade import __version__
 from cavalcade.errors import FrameError, NotFound
 from cavalcade.protocol.closing import close_frame
+from cavalcade.protocol.connection import READ_SLICE
 from cavalcade.protocol.flow import BLOCKED, WRITE_HIGH, WRITE_LOW, FlowControl
 from cavalcade.protocol.framing import PROTOCOL_HEADER
 from cavalcade.protocol.handshake import CAPABILITIES
 from cavalcade.protocol.link import ConnectionState
 from cavalcade.settings import Settings
 
-from .fakes import Client, FakeTransport, method_bytes, until
+from .fakes import Client, FakeBroker, FakeTransport, method_bytes, until
 
 
 def _close(code: int, text: str, class_id: int = 0, method_id: int = 0) -> bytes:
@@ -316,3 +318,36 @@ async def test_flow_control_drain_waits_for_resume_writing() -> None:
     flow.resume_writing()
     await waiter
     assert not flow.write_paused
+
+
+async def test_a_large_read_is_handled_a_slice_per_turn_and_others_go_between() -> None:
+    """A publisher's read of many frames is handled READ_SLICE octets per turn of the
+    event loop, its socket unread meanwhile: another connection's frames that come in
+    the meantime are handled before the rest of it (a consumer's acks, say)."""
+
+    def publish(text: bytes) -> bytes:
+        out = method_bytes(1, commands.Basic.Publish(exchange="", routing_key="q"))
+        out += pamqp_frame.marshal(
+            header.ContentHeader(0, len(text), commands.Basic.Properties()), 1
+        )
+        return bytes(out + pamqp_frame.marshal(body.ContentBody(text), 1))
+
+    broker = FakeBroker()
+    a, b = Client(broker=broker), Client(broker=broker)
+    for c in (a, b):
+        await c.handshake()
+        await c.open_channel(1)
+    await asyncio.sleep(0)  # the channel tasks wait on their inboxes: publishes go inline
+    many = b"".join(publish(b"a%03d" % i + b"x" * 200) for i in range(200))
+    assert len(many) > 4 * READ_SLICE
+    a.send(many)
+    first = len(broker.published)
+    assert 0 < first < 200
+    assert not a.transport.reading  # the rest waits: its socket is not read meanwhile
+    b.send(publish(b"b"))
+    await until(lambda: a.transport.reading)
+    bodies = [p[3] for p in broker.published]
+    assert [x[:4] for x in bodies if x[:1] == b"a"] == [b"a%03d" % i for i in range(200)]
+    assert bodies.index(b"b") < len(bodies) - 1  # b's publish went between a's slices
+    await a.close()
+    await b.close()
