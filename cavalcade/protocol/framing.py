@@ -101,7 +101,8 @@ class FrameReader:
         held, at = self._held, self._at
         if len(held) - at < 7:
             return False
-        return len(held) - at > 7 + _HEAD.unpack_from(held, at)[2]
+        size: int = _HEAD.unpack_from(held, at)[2]
+        return len(held) - at > 7 + size
 
 
 def decode_method(payload: bytes) -> Frame:
