@@ -199,6 +199,8 @@ class Flow(Protocol):
 
     async def flush(self) -> None: ...
 
+    def hurry(self) -> None: ...
+
     def attach(
         self,
         held: Callable[[], set[int]],

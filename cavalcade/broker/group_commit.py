@@ -151,6 +151,7 @@ class WriteBatcher:
         self._idle = asyncio.Event()
         self._idle.set()
         self.gathering = Gathering()
+        self._hurry: asyncio.Future[None] | None = None  # ends the gather under way
         self.backlog_bytes = 0
         self._backlog_ops = 0  # the publishes backlog_bytes counts
         self.backlog_limit = backlog_limit
@@ -209,6 +210,8 @@ class WriteBatcher:
     def _submit(self, work: Work, size: int) -> asyncio.Future[int]:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._ops.append((work, fut, size))
+        if not isinstance(work, PendingPublish) or work.waited:
+            self.hurry()
         self.backlog_bytes += size
         self._backlog_ops += 1
         if not self.blocked and self._over_limit():
@@ -245,6 +248,7 @@ class WriteBatcher:
     def requeue(self, messages: Sequence[tuple[int, int]]) -> None:
         """Queue (queue id, message id) pairs to return to ready, redelivered."""
         if messages:
+            self.hurry()  # the queue hands out nothing it holds until they are back
             self._requeues.extend(m for _, m in messages)
             queue_ids = {q for q, _ in messages}
             self._requeue_queues.update(queue_ids)
@@ -257,6 +261,7 @@ class WriteBatcher:
     def reject(self, ids: Sequence[int]) -> None:
         """Queue rejected rows to be dead-lettered (their queues have a DLX)."""
         if ids:
+            self.hurry()
             self._rejects.extend(ids)
             self._kick()
 
@@ -278,14 +283,30 @@ class WriteBatcher:
             self._idle.set()
 
     async def _gather(self) -> None:
-        """Wait a moment for more work when that pays (see gathering.py)."""
+        """Wait a moment for more work when that pays (see gathering.py); work someone
+        waits for ends the wait (:meth:`hurry`)."""
         g, now = self.gathering, time.monotonic()
         items = len(self._ops) + len(self._acks)
-        waited_on = any(not isinstance(w, PendingPublish) or w.waited for w, _, _ in self._ops)
-        if g.worth_waiting(now, True, items, waited_on):
-            seen = g.arrivals
-            await asyncio.sleep(g.wait)
-            g.gathered(time.monotonic(), seen)
+        waited_on = bool(self._requeues or self._rejects) or any(
+            not isinstance(w, PendingPublish) or w.waited for w, _, _ in self._ops
+        )
+        if not g.worth_waiting(now, True, items, waited_on):
+            return
+        seen = g.arrivals
+        loop = asyncio.get_running_loop()
+        self._hurry = woken = loop.create_future()
+        timer = loop.call_later(g.wait, _wake, woken)
+        try:
+            await woken
+        finally:
+            timer.cancel()
+            self._hurry = None
+        g.gathered(time.monotonic(), seen)
+
+    def hurry(self) -> None:
+        """A client waits for the next commit: it does not wait to gather more."""
+        if self._hurry is not None:
+            _wake(self._hurry)
 
     def _take_ops(self) -> tuple[list[Op], int]:
         """The oldest work that fits in one transaction."""
@@ -552,6 +573,11 @@ class WriteBatcher:
             else (m.queue_id for m in messages),
             acks,
         )
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
 
 
 def _handed_only(direct: list[DirectShare]) -> set[int]:

@@ -149,6 +149,10 @@ class Broker:
         """Wait until every publish and settlement queued so far is committed."""
         await self.batcher.flush()
 
+    def hurry(self) -> None:
+        """A client now waits for publishes queued so far: commit without gathering more."""
+        self.batcher.hurry()
+
     def publish_backlog(self) -> PublishBacklog:
         """Bytes published and not yet committed, and the backlog that blocks publishers."""
         return PublishBacklog(self.batcher.backlog_bytes, self.batcher.backlog_limit)

@@ -162,11 +162,10 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
                 if self.closed:
                     return
                 self._on_frame(f)
-        except AMQPError as exc:
-            self.fail(exc)
-            return
         except Exception as exc:  # bad input never takes the node down
-            log.exception("error handling frames")
+            if not isinstance(exc, AMQPError):
+                log.exception("error handling frames")
+            self._unslice()  # read the client's close-ok
             self.fail(exc)
             return
         if self.closed:
@@ -176,7 +175,11 @@ class AMQPConnection(asyncio.Protocol, Generic[C]):
                 self._sliced = True
                 self.pause_reading(SLICED)
             asyncio.get_running_loop().call_soon(self._feed_more)
-        elif self._sliced:
+        else:
+            self._unslice()
+
+    def _unslice(self) -> None:
+        if self._sliced:
             self._sliced = False
             self.resume_reading(SLICED)
 

@@ -93,16 +93,22 @@ class FrameReader:
         finally:
             if pos >= end:
                 self._held, self._at = b"", 0
+            elif (type(buf) is bytearray and pos == 0) or _complete(buf, pos):
+                self._held, self._at = buf, pos  # frames past the budget: held as they are
             else:
-                self._held, self._at = buf, pos
+                self._held, self._at = bytearray(buf[pos:]), 0  # only an incomplete frame
 
     def holds_frame(self) -> bool:
         """Is a complete frame held (one past a budget)?"""
-        held, at = self._held, self._at
-        if len(held) - at < 7:
-            return False
-        size: int = _HEAD.unpack_from(held, at)[2]
-        return len(held) - at > 7 + size
+        return _complete(self._held, self._at)
+
+
+def _complete(buf: bytes | bytearray, at: int) -> bool:
+    """Does ``buf`` hold a whole frame at ``at``?"""
+    if len(buf) - at < 7:
+        return False
+    size: int = _HEAD.unpack_from(buf, at)[2]
+    return len(buf) - at > 7 + size
 
 
 def decode_method(payload: bytes) -> Frame:

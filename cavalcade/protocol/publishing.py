@@ -143,6 +143,7 @@ class Publisher:
         if sees_publishes:
             self._last_publish = None
         if fut is not None and not fut.done():
+            self.broker.hurry()  # a publish nobody waited for: now the client does
             await asyncio.wait([fut])  # batches commit in order: all earlier ones are done
         if owes_replies:
             self._send_confirms()

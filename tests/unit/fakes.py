@@ -116,6 +116,7 @@ class FakeBroker:
     def __init__(self, users: dict[str, str] | None = None) -> None:
         self.users = users if users is not None else {"guest": "guest"}
         self.batcher = FakeBatcher()
+        self.hurried = 0  # hurry() calls: a client waits for the publishes queued
         self.outage = FakeOutage()
         self.stats = FakeStats()
         self.queues: dict[str, FakeQueue] = {}
@@ -140,6 +141,9 @@ class FakeBroker:
 
     async def flush(self) -> None:
         await self.batcher.flush()
+
+    def hurry(self) -> None:
+        self.hurried += 1
 
     # -- errors, ids -----------------------------------------------------------
 

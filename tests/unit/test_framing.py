@@ -171,3 +171,15 @@ def test_deliver_frames_are_the_content_frames_of_a_deliver(
     names = short_str("ex") + short_str(routing_key)
     joined = deliver_frames(7, short_str("ctag"), 99, redelivered, names, props, body, frame_max)
     assert b"".join(joined) == b"".join(apart)
+
+
+def test_an_incomplete_frame_is_held_without_the_read_it_ended() -> None:
+    """Held over from a 252 KB read: only the 100 octets of its last, incomplete frame."""
+    one = bytes([3, 0, 1, 0, 0, 0x03, 0xE8]) + b"y" * 1000 + b"\xce"
+    read = one * 250 + (bytes([3, 0, 1, 0, 0, 0x13, 0x88]) + b"z" * 5000 + b"\xce")[:100]
+    reader = FrameReader(131072)
+    got = list(reader.feed(read, 4096))
+    while reader.holds_frame():
+        got += list(reader.feed(b"", 4096))
+    assert len(got) == 250
+    assert len(reader._held) - reader._at == 100 and len(reader._held) < 4096

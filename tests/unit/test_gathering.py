@@ -13,6 +13,8 @@ from cavalcade.broker.gathering import Gathering
 from cavalcade.broker.group_commit import PendingPublish, WriteBatcher
 from cavalcade.domain.properties import parse_properties
 
+from .fakes import until
+
 
 def test_waits_only_in_a_stream_of_small_unwaited_batches() -> None:
     g = Gathering(wait=0.002, items=32)
@@ -89,3 +91,52 @@ async def test_a_stream_nobody_waits_for_is_gathered() -> None:
 
 async def test_a_commit_a_client_waits_for_does_not_wait() -> None:
     assert await _run("a confirmed publish") == [([1], 0), ([2], 1), ([3], 0)]
+
+
+async def _in_a_gather() -> tuple[WriteBatcher, Commits]:
+    """A batcher waiting to gather (an ack came during its first commit) for an hour:
+    only :meth:`WriteBatcher.hurry` ends that wait within a test."""
+    batcher = WriteBatcher(cast(Any, None), uuid.uuid4(), lambda _queues: None)
+    batcher.gathering = Gathering(wait=3600.0, items=32)
+    commits = Commits(batcher)
+    batcher._commit = commits  # type: ignore[method-assign]
+    commits.during_first.append(lambda: batcher.ack([2]))
+    batcher.start()
+    batcher.ack([1])
+    await until(lambda: batcher._hurry is not None)
+    return batcher, commits
+
+
+async def test_a_confirmed_publish_that_comes_during_the_wait_ends_it() -> None:
+    batcher, commits = await _in_a_gather()
+    unwaited = batcher.submit(_publish(waited=False))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    assert not unwaited.done()  # a publish nobody waits for is gathered
+    confirmed = batcher.submit(_publish(waited=True))
+    await until(confirmed.done)
+    assert commits.batches[1] == ([2], 2)
+    await batcher.stop()
+
+
+async def test_a_flush_during_the_wait_ends_it() -> None:
+    batcher, _commits = await _in_a_gather()
+    flushed = asyncio.ensure_future(batcher.flush())  # basic.get, purge, tx.commit, ...
+    await until(flushed.done)
+    await batcher.stop()
+
+
+async def test_requeues_end_the_wait_and_are_never_gathered() -> None:
+    batcher, commits = await _in_a_gather()
+    batcher.requeue([(7, 10)])  # the queue hands out nothing it holds until it is back
+    await until(lambda: len(commits.batches) == 2)
+    assert not batcher.gathering.worth_waiting(0.0, True, 1, waited_on=True)
+    await batcher.stop()
+
+
+async def test_hurry_ends_the_wait_for_an_earlier_unwaited_publish() -> None:
+    batcher, _commits = await _in_a_gather()
+    earlier = batcher.submit(_publish(waited=False))
+    batcher.hurry()  # the channel's purge now waits for it (before_synchronous)
+    await until(earlier.done)
+    await batcher.stop()

@@ -351,3 +351,18 @@ async def test_a_large_read_is_handled_a_slice_per_turn_and_others_go_between() 
     assert bodies.index(b"b") < len(bodies) - 1  # b's publish went between a's slices
     await a.close()
     await b.close()
+
+
+async def test_an_error_in_a_later_slice_still_reads_the_close_ok() -> None:
+    """A bad frame in the second slice of a read: connection.close goes out and the
+    socket is read again, so the client's close-ok ends the connection at once."""
+    c = Client()
+    await c.handshake()
+    await c.open_channel(1)
+    many = method_bytes(1, commands.Basic.Qos(prefetch_count=1)) * (2 * READ_SLICE // 20)
+    bad = b"\x05\x00\x00\x00\x00\x00\x00\xce"  # no such frame type
+    c.send(many + bad)
+    assert not c.transport.reading
+    await until(lambda: c.conn._state is ConnectionState.CLOSING)
+    assert c.transport.reading
+    await c.close()
