@@ -287,6 +287,8 @@ class WriteBatcher:
         waits for ends the wait (:meth:`hurry`)."""
         g, now = self.gathering, time.monotonic()
         items = len(self._ops) + len(self._acks)
+        if items >= g.items:
+            return  # a commit's worth already: no need to look at who waits
         waited_on = bool(self._requeues or self._rejects) or any(
             not isinstance(w, PendingPublish) or w.waited for w, _, _ in self._ops
         )

@@ -125,7 +125,7 @@ class Publisher:
             seq = self.publish_seq
         waited = bool(m.mandatory or seq)
         fut = self.broker.publish(session, m.exchange, m.routing_key, props, body, waited)
-        if m.mandatory or seq:
+        if waited:
             fut.add_done_callback(partial(self._on_stored, m, props.raw, body, seq))
             self._last_stored = fut
         self._last_publish = fut
